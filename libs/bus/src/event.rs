@@ -1,0 +1,63 @@
+//! The events topics carry, as JSON. Messages inside them use the protocol crate's lossless
+//! internal form of the canonical message.
+
+use samvad_protocol::Message;
+use serde::{Deserialize, Serialize};
+
+/// A message for one recipient: `Send`, `System` and `Offline` topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Addressed {
+    pub recipient: String,
+    pub message: Message,
+}
+
+/// A recipient's `CLIENT_ACK` for message `id`: `ClientAcks` topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAck {
+    pub user: String,
+    pub id: String,
+}
+
+/// A WebSocket connection opened or closed on a gateway: `Connections` topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEvent {
+    pub user: String,
+    pub gateway: String,
+    pub connection: u64,
+    pub connected: bool,
+}
+
+/// A device registered at login: `Logins` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLogin {
+    pub user: String,
+    pub device_id: String,
+    pub notification_token: String,
+    pub message_version: f32,
+}
+
+/// A message on its way to a connection, with its place in the recipient's inbox
+/// (`None` for ephemeral messages, which are never stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub seq: Option<u64>,
+    pub message: Message,
+}
+
+/// What delivery hands one gateway instance: `Gateway(id)` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum GatewayEvent {
+    /// New messages for every connection `user` has on this gateway.
+    Live { user: String, items: Vec<Outgoing> },
+    /// A chunk of what was pending when `connection` opened, in inbox order. The gateway holds
+    /// live messages for that connection until the chunk with `done` arrives, then sends those
+    /// not already replayed, so a reconnecting client sees one ordered stream.
+    Replay {
+        user: String,
+        connection: u64,
+        items: Vec<Outgoing>,
+        done: bool,
+    },
+}

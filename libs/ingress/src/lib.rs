@@ -1,0 +1,157 @@
+//! How a message from a client enters the system, the same for both gateways: decode, check,
+//! stamp with the authenticated sender and the server's id and time, and publish durably.
+//! A message that passes these checks and is published is the message the server acks.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use samvad_bus::{Bus, BusError, ClientAck, Record, Topic};
+use samvad_kit::{ApiError, Context};
+use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
+use samvad_store::{StoreError, Stores};
+
+/// Usernames known to exist, remembered so most sends skip the profile lookup. Bounded: past
+/// the bound it is cleared and refills.
+const KNOWN_USERS_MAX: usize = 100_000;
+
+/// Why a client's message was refused. Each is answered to that client alone.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Invalid(#[from] InvalidMessage),
+    #[error("unknown user `{0}`")]
+    UnknownUser(String),
+    #[error("unknown group `{0}`")]
+    UnknownGroup(String),
+    #[error("you are not a member of group `{0}`")]
+    NotMember(String),
+    #[error("the server cannot take messages right now; send again")]
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// The frame was too large (WebSocket close 1009, HTTP 413).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Self::Decode(DecodeError::TooLarge { .. }))
+    }
+}
+
+impl From<StoreError> for Rejection {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Unavailable(detail) => ApiError::unavailable(detail),
+            r if r.is_too_large() => ApiError::too_large(r.to_string()),
+            Rejection::NotMember(_) => ApiError::forbidden(r.to_string()),
+            Rejection::UnknownUser(_) | Rejection::UnknownGroup(_) => {
+                ApiError::not_found(r.to_string())
+            }
+            r => ApiError::bad_request(r.to_string()),
+        }
+    }
+}
+
+/// The gateways' shared front door.
+#[derive(Clone)]
+pub struct Ingress {
+    bus: Arc<dyn Bus>,
+    stores: Stores,
+    limits: Limits,
+    known_users: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Ingress {
+    pub fn new(ctx: &Context) -> Self {
+        Self {
+            bus: Arc::clone(&ctx.bus),
+            stores: ctx.stores.clone(),
+            limits: Limits {
+                max_bytes: ctx.settings.max_message_bytes,
+            },
+            known_users: Arc::default(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Checks a decoded message from `user` and stamps it. The result is ready to publish.
+    pub async fn accept(&self, user: &str, mut message: Message) -> Result<Message, Rejection> {
+        message.validate_from_client()?;
+        message.source = user.to_owned();
+        message.server_id = uuid::Uuid::now_v7().to_string();
+        message.server_timestamp = samvad_kit::now_ms();
+        if message.kind == MessageType::ClientAck {
+            return Ok(message);
+        }
+        if message.channel == Channel::Group {
+            let group = self
+                .stores
+                .groups
+                .group(&message.destination)
+                .await?
+                .ok_or_else(|| Rejection::UnknownGroup(message.destination.clone()))?;
+            if group.member(user).is_none() {
+                return Err(Rejection::NotMember(message.destination));
+            }
+        } else {
+            self.check_user(&message.destination).await?;
+        }
+        Ok(message)
+    }
+
+    async fn check_user(&self, username: &str) -> Result<(), Rejection> {
+        if self.lock_known().contains(username) {
+            return Ok(());
+        }
+        let found = self.stores.profiles.existing(&[username.to_owned()]).await?;
+        if found.is_empty() {
+            return Err(Rejection::UnknownUser(username.to_owned()));
+        }
+        let mut known = self.lock_known();
+        if known.len() >= KNOWN_USERS_MAX {
+            known.clear();
+        }
+        known.insert(username.to_owned());
+        Ok(())
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known_users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes accepted messages; returns once they are durable. Client acks go to delivery,
+    /// everything else to the router, keyed by destination so a conversation keeps its order.
+    pub async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
+        let mut acks = Vec::new();
+        let mut new = Vec::new();
+        for m in messages {
+            if m.kind == MessageType::ClientAck {
+                let ack = ClientAck {
+                    user: m.source.clone(),
+                    id: m.id.clone(),
+                };
+                acks.push(Record::json(m.source.clone(), &ack)?);
+            } else {
+                new.push(Record::json(m.destination.clone(), m)?);
+            }
+        }
+        if !acks.is_empty() {
+            self.bus.publish(&Topic::ClientAcks, acks).await?;
+        }
+        if !new.is_empty() {
+            self.bus.publish(&Topic::NewMessages, new).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,502 @@
+//! Settings: every one an environment variable and a flag of the same meaning (`--help` lists
+//! them, `.env.tmpl` documents them). Values are read as text and checked together by
+//! [`Config::validate`], so a bad start-up reports every problem at once.
+//!
+//! The loader takes its environment as a parameter, so tests never touch the process's.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
+
+/// Every setting any service reads. Services use the sections they need.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about = "Samvad chat server")]
+pub struct Config {
+    /// Address the HTTP/WebSocket server binds.
+    #[arg(long, env = "SAMVAD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Where the embedded store keeps its files.
+    #[arg(long, env = "SAMVAD_DATA_DIR", default_value = "./samvad-data")]
+    pub data_dir: PathBuf,
+
+    /// Log format: `human` or `json`. The filter is RUST_LOG (default `info`).
+    #[arg(long, env = "SAMVAD_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+
+    /// Message bus: `memory` (in-process, on disk in the data directory).
+    #[arg(long, env = "SAMVAD_BUS", default_value = "memory")]
+    pub bus: String,
+
+    /// Store: `embedded` (SQLite in the data directory).
+    #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
+    pub store: String,
+
+    /// Presence: `memory` (this process only).
+    #[arg(long, env = "SAMVAD_PRESENCE", default_value = "memory")]
+    pub presence: String,
+
+    /// This gateway instance's id, unique among gateways; defaults to a random one per start.
+    #[arg(long, env = "SAMVAD_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Push providers, comma separated: `log`.
+    #[arg(long, env = "SAMVAD_PUSH_PROVIDERS", default_value = "log")]
+    pub push_providers: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Login token check: `dev` (accept any token; local use only) or `jwks`. Defaults to `dev`
+    /// when listening on loopback only, and must be set otherwise.
+    #[arg(long, env = "SAMVAD_AUTH_PROVIDER")]
+    pub auth_provider: Option<String>,
+
+    /// Allow the `dev` provider on a non-loopback address (`1` to allow).
+    #[arg(long, env = "SAMVAD_ALLOW_DEV_AUTH", default_value = "0")]
+    pub allow_dev_auth: String,
+
+    /// `jwks`: URL of the JSON Web Key Set that signs login tokens.
+    #[arg(long, env = "SAMVAD_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+
+    /// `jwks`: required `iss` of login tokens.
+    #[arg(long, env = "SAMVAD_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+
+    /// `jwks`: required `aud` of login tokens.
+    #[arg(long, env = "SAMVAD_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+
+    /// `jwks`: Firebase project id; presets the JWKS URL, issuer and audience for Firebase
+    /// phone-auth ID tokens.
+    #[arg(long, env = "SAMVAD_AUTH_FIREBASE_PROJECT")]
+    pub auth_firebase_project: Option<String>,
+
+    /// `jwks`: the token claim that must equal the username.
+    #[arg(long, env = "SAMVAD_AUTH_USERNAME_CLAIM", default_value = "phone_number")]
+    pub auth_username_claim: String,
+
+    /// Access-key signing secrets, `kid:secret` comma separated (secrets of 32+ bytes); the
+    /// first signs, all verify. Unset: one is generated and kept in the data directory.
+    #[arg(long, env = "SAMVAD_ACCESS_KEY_SECRETS", hide_env_values = true)]
+    pub access_key_secrets: Option<String>,
+
+    /// Lifetime of an access key, in seconds.
+    #[arg(long, env = "SAMVAD_ACCESS_KEY_TTL_SECS", default_value = "2592000")]
+    pub access_key_ttl_secs: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest frame or message accepted, in bytes.
+    #[arg(long, env = "SAMVAD_MAX_MESSAGE_BYTES", default_value = "65536")]
+    pub max_message_bytes: String,
+
+    /// Messages per second one WebSocket connection may send (sustained).
+    #[arg(long, env = "SAMVAD_RATE_LIMIT", default_value = "50")]
+    pub rate_limit: String,
+
+    /// Messages one WebSocket connection may send in a burst.
+    #[arg(long, env = "SAMVAD_RATE_BURST", default_value = "200")]
+    pub rate_burst: String,
+
+    /// Web origins allowed to open WebSockets, comma separated, besides the server's own
+    /// host; `*` allows any.
+    #[arg(long, env = "SAMVAD_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+}
+
+/// Which login-token check to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthProvider {
+    Dev,
+    Jwks {
+        jwks_url: String,
+        issuer: String,
+        audience: String,
+        username_claim: String,
+    },
+}
+
+/// The checked, typed form of [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub json_logs: bool,
+    pub gateway_id: String,
+    pub auth: AuthProvider,
+    pub access_key_secrets: Option<Vec<(String, Vec<u8>)>>,
+    pub access_key_ttl: Duration,
+    pub max_message_bytes: usize,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Config {
+    /// Parses `args` (the first is the program name) with `env` standing in for the process
+    /// environment.
+    pub fn parse_with_env<I, T>(args: I, env: &HashMap<String, String>) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        parse_with_env(args, env)
+    }
+
+    /// Checks every setting, reporting all problems together.
+    pub fn validate(&self) -> Result<Settings, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+
+        let listen = self.listen.parse::<SocketAddr>();
+        check(
+            listen.is_ok(),
+            format!("SAMVAD_LISTEN: `{}` is not an address like 127.0.0.1:8080", self.listen),
+        );
+        let json_logs = self.log_format == "json";
+        check(
+            matches!(self.log_format.as_str(), "human" | "json"),
+            format!("SAMVAD_LOG_FORMAT: `{}` is not `human` or `json`", self.log_format),
+        );
+        check(
+            self.bus == "memory",
+            format!("SAMVAD_BUS: `{}` is not available; use `memory`", self.bus),
+        );
+        check(
+            self.store == "embedded",
+            format!("SAMVAD_STORE: `{}` is not available; use `embedded`", self.store),
+        );
+        check(
+            self.presence == "memory",
+            format!("SAMVAD_PRESENCE: `{}` is not available; use `memory`", self.presence),
+        );
+        for provider in self.push_providers.split(',').map(str::trim) {
+            check(
+                provider == "log",
+                format!("SAMVAD_PUSH_PROVIDERS: `{provider}` is not available; use `log`"),
+            );
+        }
+        if let Some(id) = &self.gateway_id {
+            check(
+                !id.is_empty()
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                format!("SAMVAD_GATEWAY_ID: `{id}` must be letters, digits, `-` or `_`"),
+            );
+        }
+
+        let loopback = listen.as_ref().is_ok_and(|a| a.ip().is_loopback());
+        let auth = self.auth.validate(loopback, &mut problems);
+        let access_key_secrets = self.auth.access_key_secrets.as_deref().map(|list| {
+            list.split(',')
+                .filter_map(|entry| match entry.split_once(':') {
+                    Some((kid, secret)) if !kid.is_empty() && secret.len() >= 32 => {
+                        Some((kid.to_owned(), secret.as_bytes().to_vec()))
+                    }
+                    _ => {
+                        problems.push(
+                            "SAMVAD_ACCESS_KEY_SECRETS: every entry must be `kid:secret` with a \
+                             secret of at least 32 bytes"
+                                .into(),
+                        );
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let ttl = number(
+            &mut problems,
+            "SAMVAD_ACCESS_KEY_TTL_SECS",
+            &self.auth.access_key_ttl_secs,
+            60..=31_536_000,
+        );
+        let max_message_bytes = number(
+            &mut problems,
+            "SAMVAD_MAX_MESSAGE_BYTES",
+            &self.limits.max_message_bytes,
+            256..=16 * 1024 * 1024,
+        );
+        let rate_limit = number(
+            &mut problems,
+            "SAMVAD_RATE_LIMIT",
+            &self.limits.rate_limit,
+            1..=1_000_000,
+        );
+        let rate_burst = number(
+            &mut problems,
+            "SAMVAD_RATE_BURST",
+            &self.limits.rate_burst,
+            1..=1_000_000,
+        );
+
+        match (listen, auth) {
+            (Ok(listen), Some(auth)) if problems.is_empty() => Ok(Settings {
+                listen,
+                data_dir: self.data_dir.clone(),
+                json_logs,
+                gateway_id: self
+                    .gateway_id
+                    .clone()
+                    .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::now_v7().simple())),
+                auth,
+                access_key_secrets,
+                access_key_ttl: Duration::from_secs(ttl),
+                max_message_bytes: max_message_bytes as usize,
+                rate_limit: rate_limit as u32,
+                rate_burst: rate_burst as u32,
+                allowed_origins: self
+                    .limits
+                    .allowed_origins
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// Every environment variable the configuration reads.
+    pub fn env_names() -> Vec<String> {
+        Self::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl AuthArgs {
+    fn validate(&self, loopback: bool, problems: &mut Vec<String>) -> Option<AuthProvider> {
+        let provider = match self.auth_provider.as_deref() {
+            Some(p) => p,
+            None if loopback => "dev",
+            None => {
+                problems.push(
+                    "SAMVAD_AUTH_PROVIDER: required when listening beyond loopback (`jwks`)".into(),
+                );
+                return None;
+            }
+        };
+        match provider {
+            "dev" => {
+                if !loopback && self.allow_dev_auth != "1" {
+                    problems.push(
+                        "SAMVAD_AUTH_PROVIDER: `dev` accepts any login token; it is refused on a \
+                         non-loopback address unless SAMVAD_ALLOW_DEV_AUTH=1"
+                            .into(),
+                    );
+                    return None;
+                }
+                Some(AuthProvider::Dev)
+            }
+            "jwks" => {
+                let project = self.auth_firebase_project.as_deref();
+                let pick = |given: &Option<String>, preset: Option<String>, name: &str| {
+                    given.clone().or(preset).ok_or_else(|| {
+                        format!("{name}: required with SAMVAD_AUTH_PROVIDER=jwks (or set SAMVAD_AUTH_FIREBASE_PROJECT)")
+                    })
+                };
+                let jwks_url = pick(
+                    &self.auth_jwks_url,
+                    project.map(|_| samvad_auth::JwksConfig::firebase("").jwks_url),
+                    "SAMVAD_AUTH_JWKS_URL",
+                );
+                let issuer = pick(
+                    &self.auth_issuer,
+                    project.map(|p| samvad_auth::JwksConfig::firebase(p).issuer),
+                    "SAMVAD_AUTH_ISSUER",
+                );
+                let audience = pick(
+                    &self.auth_audience,
+                    project.map(str::to_owned),
+                    "SAMVAD_AUTH_AUDIENCE",
+                );
+                match (jwks_url, issuer, audience) {
+                    (Ok(jwks_url), Ok(issuer), Ok(audience)) => Some(AuthProvider::Jwks {
+                        jwks_url,
+                        issuer,
+                        audience,
+                        username_claim: self.auth_username_claim.clone(),
+                    }),
+                    (a, b, c) => {
+                        problems.extend([a.err(), b.err(), c.err()].into_iter().flatten());
+                        None
+                    }
+                }
+            }
+            other => {
+                problems.push(format!(
+                    "SAMVAD_AUTH_PROVIDER: `{other}` is not `dev` or `jwks`"
+                ));
+                None
+            }
+        }
+    }
+}
+
+fn number(
+    problems: &mut Vec<String>,
+    name: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> u64 {
+    match value.parse::<u64>() {
+        Ok(n) if range.contains(&n) => n,
+        _ => {
+            problems.push(format!(
+                "{name}: `{value}` is not a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ));
+            *range.start()
+        }
+    }
+}
+
+/// clap reads `env` attributes from the process environment; this strips them and feeds
+/// values from `env` instead, as flags, unless the same flag is on the command line.
+fn parse_with_env<P, I, T>(args: I, env: &HashMap<String, String>) -> Result<P, clap::Error>
+where
+    P: CommandFactory + FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut extra = Vec::new();
+    let command = P::command();
+    for arg in command.get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let flag = format!("--{long}");
+        let given = args.iter().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        });
+        if let Some(value) = env.get(&*var.to_string_lossy())
+            && !given
+        {
+            extra.push(OsString::from(format!("{flag}={value}")));
+        }
+    }
+    let command = command.mut_args(|a| a.env(None::<&str>));
+    let mut all = args;
+    all.extend(extra);
+    let matches = command.try_get_matches_from(all)?;
+    P::from_arg_matches(&matches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_on_loopback_with_dev_auth() {
+        let config = Config::parse_with_env(["samvad"], &env(&[])).unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.auth, AuthProvider::Dev);
+        assert_eq!(settings.max_message_bytes, 65536);
+    }
+
+    #[test]
+    fn environment_is_read_and_flags_win() {
+        let e = env(&[("SAMVAD_LISTEN", "127.0.0.1:9000"), ("SAMVAD_MAX_MESSAGE_BYTES", "1024")]);
+        let config =
+            Config::parse_with_env(["samvad", "--listen", "127.0.0.1:7000"], &e).unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(settings.listen.port(), 7000);
+        assert_eq!(settings.max_message_bytes, 1024);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = env(&[
+            ("SAMVAD_LISTEN", "0.0.0.0:80"),
+            ("SAMVAD_MAX_MESSAGE_BYTES", "lots"),
+            ("SAMVAD_BUS", "carrier-pigeon"),
+            ("SAMVAD_LOG_FORMAT", "xml"),
+        ]);
+        let problems = Config::parse_with_env(["samvad"], &e)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        let text = problems.join("\n");
+        for name in [
+            "SAMVAD_AUTH_PROVIDER",
+            "SAMVAD_MAX_MESSAGE_BYTES",
+            "SAMVAD_BUS",
+            "SAMVAD_LOG_FORMAT",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn dev_auth_is_refused_beyond_loopback_unless_allowed() {
+        let e = env(&[("SAMVAD_LISTEN", "0.0.0.0:80"), ("SAMVAD_AUTH_PROVIDER", "dev")]);
+        let problems = Config::parse_with_env(["samvad"], &e)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(problems[0].contains("SAMVAD_ALLOW_DEV_AUTH"));
+        let mut e = e;
+        e.insert("SAMVAD_ALLOW_DEV_AUTH".into(), "1".into());
+        let settings = Config::parse_with_env(["samvad"], &e)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(settings.auth, AuthProvider::Dev);
+    }
+
+    #[test]
+    fn firebase_preset_fills_jwks_settings() {
+        let e = env(&[
+            ("SAMVAD_AUTH_PROVIDER", "jwks"),
+            ("SAMVAD_AUTH_FIREBASE_PROJECT", "chat-app"),
+        ]);
+        let settings = Config::parse_with_env(["samvad"], &e)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let AuthProvider::Jwks {
+            issuer,
+            audience,
+            username_claim,
+            ..
+        } = settings.auth
+        else {
+            panic!("expected jwks");
+        };
+        assert_eq!(issuer, "https://securetoken.google.com/chat-app");
+        assert_eq!(audience, "chat-app");
+        assert_eq!(username_claim, "phone_number");
+    }
+}

@@ -1,0 +1,410 @@
+//! A node: one process running one or more services over shared backends.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use prometheus_client::registry::{Metric, Registry};
+use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
+use samvad_bus::{Bus, MemoryBus, Received, Topic};
+use samvad_presence::{MemoryPresence, Presence};
+use samvad_sqlite::Db;
+use samvad_store::{EmbeddedStore, Stores};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AuthProvider, Config, Settings};
+
+/// Most records a consumer handles in one batch.
+const CONSUME_BATCH: usize = 256;
+
+type StartFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Router>> + Send + 'a>>;
+
+/// A service: its name (the binary and container name) and how to start it on a node. `start`
+/// spawns the service's consumers with [`Context::spawn`] and returns its HTTP routes.
+#[derive(Clone, Copy)]
+pub struct ServiceDef {
+    pub name: &'static str,
+    pub start: for<'a> fn(&'a Context) -> StartFuture<'a>,
+}
+
+/// What a service is given: settings, backends, and the node's task and metric plumbing.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub bus: Arc<dyn Bus>,
+    pub stores: Stores,
+    pub presence: Arc<dyn Presence>,
+    pub access_keys: Arc<AccessKeys>,
+    pub login: Arc<LoginProvider>,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) registry: Mutex<Registry>,
+    tasks: TaskTracker,
+    failed: AtomicBool,
+}
+
+impl Context {
+    /// Cancelled when the node begins to stop.
+    pub fn shutdown(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Runs a long-lived task the node waits for on shutdown. If it fails, the failure is
+    /// logged and the whole node stops with an error: a crash-only service restarts from its
+    /// committed positions rather than limp on.
+    pub fn spawn<F>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        self.shared.tasks.spawn(async move {
+            if let Err(error) = task.await {
+                tracing::error!(task = name, error = format!("{error:#}"), "task failed; stopping");
+                shared.failed.store(true, Ordering::SeqCst);
+                shared.shutdown.cancel();
+            }
+        });
+    }
+
+    /// Spawns a short task (one connection, one request's background work) that is waited for
+    /// on shutdown but whose failure concerns only itself.
+    pub fn spawn_detached<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.tasks.spawn(task);
+    }
+
+    /// Joins `group` on `topic` and runs `handler` on each batch until shutdown, committing a
+    /// batch only after its handler succeeded. A failing handler (a store briefly down) gets the
+    /// same batch again after a growing pause: nothing is skipped, nothing is lost. Handlers
+    /// must be idempotent, and must log, count and skip records they cannot decode rather than
+    /// fail on them.
+    pub async fn consume<H, F>(
+        &self,
+        topic: Topic,
+        group: &str,
+        mut handler: H,
+    ) -> anyhow::Result<()>
+    where
+        H: FnMut(Vec<Received>) -> F + Send + 'static,
+        F: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let mut subscription = self
+            .bus
+            .subscribe(&topic, group)
+            .await
+            .with_context(|| format!("subscribing to {topic}"))?;
+        let shutdown = self.shutdown();
+        self.spawn("consumer", async move {
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    batch = subscription.next_batch(CONSUME_BATCH) => batch?,
+                };
+                let mut pause = Duration::from_millis(50);
+                loop {
+                    match handler(batch.clone()).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep(pause) => {}
+                            }
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                subscription.commit(&batch).await?;
+            }
+        });
+        Ok(())
+    }
+
+    /// Registers a metric on the node's `/metrics`.
+    pub fn register_metric(&self, name: &str, help: &str, metric: impl Metric) {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .register(name, help, metric);
+    }
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// The address the HTTP server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts stopping the node.
+    pub fn stop(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Waits until the node has stopped (after [`Node::stop`], a signal or a failed task).
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("tasks still running after 10 s; stopping anyway");
+        }
+        self.server.await.context("http server task")??;
+        if self.shared.failed.load(Ordering::SeqCst) {
+            anyhow::bail!("a task failed");
+        }
+        Ok(())
+    }
+}
+
+/// Builds the backends `settings` name and starts `services` on `listener`.
+pub async fn start(
+    settings: Settings,
+    services: &[ServiceDef],
+    listener: TcpListener,
+) -> anyhow::Result<Node> {
+    // reqwest is built without a TLS crypto provider of its own; this process uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    let db = Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?;
+    let bus = MemoryBus::open(db.clone()).await.context("opening the bus")?;
+    let store = EmbeddedStore::open(db).await.context("opening the store")?;
+    let secrets = match &settings.access_key_secrets {
+        Some(secrets) => secrets.clone(),
+        None => vec![("local".into(), local_secret(&settings.data_dir)?)],
+    };
+    let access_keys = AccessKeys::new(secrets, settings.access_key_ttl)?;
+    let login = match &settings.auth {
+        AuthProvider::Dev => {
+            tracing::warn!(
+                "DEV AUTH: any login token is accepted for any username. For local use only; \
+                 set SAMVAD_AUTH_PROVIDER=jwks for real users."
+            );
+            LoginProvider::Dev
+        }
+        AuthProvider::Jwks {
+            jwks_url,
+            issuer,
+            audience,
+            username_claim,
+        } => LoginProvider::Jwks(JwksVerifier::new(
+            JwksConfig {
+                jwks_url: jwks_url.clone(),
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                username_claim: username_claim.clone(),
+            },
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the HTTP client")?,
+        )?),
+    };
+
+    let shared = Arc::new(Shared {
+        shutdown: CancellationToken::new(),
+        registry: Mutex::new(Registry::with_prefix("samvad")),
+        tasks: TaskTracker::new(),
+        failed: AtomicBool::new(false),
+    });
+    let ctx = Context {
+        settings: Arc::new(settings),
+        bus: Arc::new(bus),
+        stores: Stores::embedded(store),
+        presence: Arc::new(MemoryPresence::default()),
+        access_keys: Arc::new(access_keys),
+        login: Arc::new(login),
+        shared: Arc::clone(&shared),
+    };
+
+    let mut router = crate::http::routes(Arc::clone(&shared));
+    for service in services {
+        let routes = (service.start)(&ctx)
+            .await
+            .with_context(|| format!("starting {}", service.name))?;
+        router = router.merge(routes);
+        tracing::info!(service = service.name, "started");
+    }
+
+    let addr = listener.local_addr()?;
+    let shutdown = shared.shutdown.clone();
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .into_future(),
+    );
+    tracing::info!(%addr, "listening");
+    Ok(Node {
+        addr,
+        shared,
+        server,
+    })
+}
+
+/// The access-key secret of a node that was given none: made once, kept in the data directory.
+fn local_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("access-key.secret");
+    if let Ok(secret) = std::fs::read(&path)
+        && secret.len() >= 32
+    {
+        return Ok(secret);
+    }
+    let secret: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..64)
+            .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+            .collect()
+    };
+    write_private(&path, secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret.into_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// The `main` of every binary. With more than one service, the first argument may name one
+/// (`samvad delivery`) or `serve` for all of them; otherwise all run.
+pub fn main(services: &[ServiceDef]) -> ExitCode {
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut chosen = services.to_vec();
+    if services.len() > 1
+        && let Some(role) = args.get(1).filter(|a| !a.starts_with('-')).cloned()
+    {
+        args.remove(1);
+        if role != "serve" {
+            match services.iter().find(|s| s.name == role) {
+                Some(service) => chosen = vec![*service],
+                None => {
+                    let names: Vec<&str> = services.iter().map(|s| s.name).collect();
+                    eprintln!(
+                        "unknown role `{role}`; use `serve` or one of: {}",
+                        names.join(", ")
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = match Config::parse_with_env(&args, &env) {
+        Ok(config) => config,
+        Err(e) => e.exit(),
+    };
+    let settings = match config.validate() {
+        Ok(settings) => settings,
+        Err(problems) => {
+            eprintln!("samvad cannot start; fix these settings:");
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(settings.json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings, &chosen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let node = start(settings, services, listener).await?;
+    let shutdown = node.shared.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        shutdown.cancel();
+    });
+    node.stopped().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

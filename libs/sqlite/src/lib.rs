@@ -1,0 +1,280 @@
+//! Group-committed SQLite for the all-in-one shape.
+//!
+//! One writer thread owns the only write connection. Jobs sent to it while it is busy are
+//! batched into one transaction and one fsync, so durability costs one disk flush per batch,
+//! not per message. Each job runs inside its own savepoint: a job that fails is rolled back
+//! and reported to its caller alone, the rest of the batch commits. Reads go to a small pool of
+//! read-only connections (WAL mode lets them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+use tokio::sync::oneshot;
+
+/// Most jobs one transaction takes; more wait for the next one.
+const MAX_BATCH: usize = 1024;
+const READERS: usize = 4;
+/// How long a connection waits for another's lock (a previous process still closing) before
+/// reporting the database busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database writer has stopped")]
+    Closed,
+    #[error("the transaction was not committed (see the log for the storage error)")]
+    NotCommitted,
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> Box<dyn FnOnce() + Send> + Send>;
+
+/// A SQLite database with a group-committing writer and a read pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: Arc<PathBuf>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`. Each component that keeps tables here
+    /// creates them with [`Db::write`] when it opens.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let open_err = |source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // FULL: a commit is on disk (WAL fsynced) before it returns; that is what an ack promises.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+        )
+        .map_err(open_err)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open_err)?;
+            reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+            readers.push(reader);
+        }
+        let (writer, jobs) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_loop(conn, jobs))
+            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        Ok(Self {
+            writer,
+            readers: Arc::new(Mutex::new(readers)),
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    /// Runs `f` in the next group commit and returns its result once the transaction is durable.
+    /// An error from `f` rolls back `f`'s own writes only.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write_ordered(f, |_| {}).await
+    }
+
+    /// Queues `f` for the next group commit without waiting for it: for writes whose loss in a
+    /// crash costs only a redelivery, such as a consumer's position. A failure is logged.
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send + 'static,
+    {
+        let job: Job = Box::new(move |txn| {
+            if let Err(e) = run_in_savepoint(txn, f) {
+                tracing::warn!(error = %e, "background sqlite write failed");
+            }
+            Box::new(|| {})
+        });
+        if self.writer.send(job).is_err() {
+            tracing::warn!("background sqlite write dropped: the writer has stopped");
+        }
+    }
+
+    /// Runs `f` in the next group commit and, once the transaction is durable, runs
+    /// `after_commit` on its result on the writer thread, in commit order, before returning it.
+    /// This is how a log makes appended records visible to readers strictly in offset order.
+    pub async fn write_ordered<T, F, A>(&self, f: F, after_commit: A) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let result = run_in_savepoint(txn, f);
+            Box::new(move || {
+                if let Ok(value) = &result {
+                    after_commit(value);
+                }
+                let _ = tx.send(result);
+            })
+        });
+        self.writer.send(job).map_err(|_| DbError::Closed)?;
+        rx.await.map_err(|_| DbError::NotCommitted)?
+    }
+
+    /// Runs a read on a pooled connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let path = Arc::clone(&self.path);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().ok().and_then(|mut pool| pool.pop());
+            let conn = match conn {
+                Some(conn) => conn,
+                // Pool drained by concurrent readers: open one more; it joins the pool after.
+                None => Connection::open_with_flags(
+                    path.as_path(),
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = readers.lock()
+                && pool.len() < READERS * 4
+            {
+                pool.push(conn);
+            }
+            Ok(result?)
+        })
+        .await
+        .map_err(|_| DbError::Closed)?
+    }
+}
+
+fn run_in_savepoint<T>(
+    txn: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+) -> Result<T, DbError> {
+    txn.execute_batch("SAVEPOINT job")?;
+    match f(txn) {
+        Ok(value) => {
+            txn.execute_batch("RELEASE job")?;
+            Ok(value)
+        }
+        Err(e) => {
+            txn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e.into())
+        }
+    }
+}
+
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let replies = match commit_batch(&mut conn, batch) {
+            Ok(replies) => replies,
+            Err(e) => {
+                // The whole transaction failed (disk full, I/O error): every caller in it learns
+                // so through its dropped reply channel; nothing was acknowledged.
+                tracing::error!(error = %e, "sqlite group commit failed");
+                continue;
+            }
+        };
+        for reply in replies {
+            reply();
+        }
+    }
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+) -> rusqlite::Result<Vec<Box<dyn FnOnce() + Send>>> {
+    let txn = conn.transaction()?;
+    let replies = batch.into_iter().map(|job| job(&txn)).collect();
+    txn.commit()?;
+    Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT NOT NULL);";
+
+    #[tokio::test]
+    async fn writes_are_visible_to_readers_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let db = Db::open(&path).unwrap();
+        db.write(|t| t.execute_batch(SCHEMA)).await.unwrap();
+        let mut writes = Vec::new();
+        for k in 0..100_i64 {
+            let db = db.clone();
+            writes.push(tokio::spawn(async move {
+                db.write(move |t| t.execute("INSERT INTO t VALUES (?1, 'x')", [k]))
+                    .await
+            }));
+        }
+        for w in writes {
+            assert_eq!(w.await.unwrap().unwrap(), 1);
+        }
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 100);
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 100);
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        db.write(|t| t.execute_batch(SCHEMA)).await.unwrap();
+        db.write(|t| t.execute("INSERT INTO t VALUES (1, 'a')", []))
+            .await
+            .unwrap();
+        let ok = db.write(|t| t.execute("INSERT INTO t VALUES (2, 'b')", []));
+        let dup = db.write(|t| {
+            t.execute("INSERT INTO t VALUES (3, 'c')", [])?;
+            t.execute("INSERT INTO t VALUES (1, 'dup')", [])
+        });
+        let (ok, dup) = tokio::join!(ok, dup);
+        assert!(ok.is_ok());
+        assert!(dup.is_err());
+        let keys: Vec<i64> = db
+            .read(|c| {
+                let mut s = c.prepare("SELECT k FROM t ORDER BY k")?;
+                s.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, vec![1, 2], "the failed job's first insert was rolled back");
+    }
+}

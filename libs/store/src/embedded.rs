@@ -1,0 +1,385 @@
+//! The embedded backend: tables in the all-in-one process's SQLite database. Writes join the
+//! database's group commit, so concurrent deliveries share one fsync.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use samvad_protocol::Message;
+use samvad_sqlite::{Db, DbError};
+
+use crate::{
+    Device, Group, GroupStore, InboxStore, Member, Pending, Profile, ProfileStore, Removal,
+    Result, Role, StoreError,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS profiles (
+    username TEXT PRIMARY KEY, name TEXT, created_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    username TEXT NOT NULL, device_id TEXT NOT NULL, token TEXT NOT NULL,
+    version REAL NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (username, device_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    group_id TEXT PRIMARY KEY, name TEXT NOT NULL, profile_pic TEXT,
+    created_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL, username TEXT NOT NULL, role TEXT NOT NULL, joined INTEGER NOT NULL,
+    PRIMARY KEY (group_id, username)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (username, group_id);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, sender TEXT NOT NULL,
+    id TEXT NOT NULL, message TEXT, acked INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_dedupe ON inbox (recipient, sender, id);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (recipient, seq) WHERE acked = 0;
+CREATE INDEX IF NOT EXISTS inbox_pending_id ON inbox (recipient, id) WHERE acked = 0;
+";
+
+/// Profiles, groups and inboxes in SQLite.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Db,
+}
+
+fn backend(e: DbError) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl EmbeddedStore {
+    pub async fn open(db: Db) -> Result<Self> {
+        db.write(|t| t.execute_batch(SCHEMA))
+            .await
+            .map_err(backend)?;
+        Ok(Self { db })
+    }
+}
+
+fn load_group(conn: &rusqlite::Connection, group_id: &str) -> rusqlite::Result<Option<Group>> {
+    let head = conn
+        .query_row(
+            "SELECT name, profile_pic FROM groups WHERE group_id = ?1",
+            [group_id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+        )
+        .optional()?;
+    let Some((name, profile_pic)) = head else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT username, role FROM group_members WHERE group_id = ?1 ORDER BY joined",
+    )?;
+    let members = stmt
+        .query_map([group_id], |r| {
+            let role: String = r.get(1)?;
+            Ok(Member {
+                username: r.get(0)?,
+                role: if role == "admin" {
+                    Role::Admin
+                } else {
+                    Role::User
+                },
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(Group {
+        group_id: group_id.to_owned(),
+        name,
+        members,
+        profile_pic,
+    }))
+}
+
+fn insert_member(
+    t: &Transaction<'_>,
+    group_id: &str,
+    username: &str,
+    role: Role,
+) -> rusqlite::Result<bool> {
+    let changed = t.execute(
+        "INSERT INTO group_members (group_id, username, role, joined)
+         SELECT ?1, ?2, ?3, coalesce(max(joined), 0) + 1 FROM group_members WHERE group_id = ?1
+         ON CONFLICT (group_id, username) DO NOTHING",
+        params![group_id, username, role.as_str()],
+    )?;
+    Ok(changed == 1)
+}
+
+#[async_trait::async_trait]
+impl ProfileStore for EmbeddedStore {
+    async fn login(&self, username: &str, device: &Device) -> Result<bool> {
+        let username = username.to_owned();
+        let device = device.clone();
+        self.db
+            .write(move |t| {
+                let now = now_ms();
+                let created = t.execute(
+                    "INSERT INTO profiles (username, created_at) VALUES (?1, ?2)
+                     ON CONFLICT (username) DO NOTHING",
+                    params![username, now],
+                )? == 1;
+                t.execute(
+                    "INSERT INTO devices (username, device_id, token, version, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (username, device_id) DO UPDATE SET
+                        token = excluded.token, version = excluded.version,
+                        updated_at = excluded.updated_at",
+                    params![
+                        username,
+                        device.device_id,
+                        device.notification_token,
+                        f64::from(device.message_version),
+                        now
+                    ],
+                )?;
+                Ok(created)
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn profile(&self, username: &str) -> Result<Option<Profile>> {
+        let username = username.to_owned();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT username, name FROM profiles WHERE username = ?1",
+                    [username],
+                    |r| {
+                        Ok(Profile {
+                            username: r.get(0)?,
+                            name: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn existing(&self, usernames: &[String]) -> Result<Vec<String>> {
+        let usernames = usernames.to_vec();
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached("SELECT 1 FROM profiles WHERE username = ?1")?;
+                let mut found = Vec::new();
+                for name in usernames {
+                    if stmt.exists([&name])? {
+                        found.push(name);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn devices(&self, username: &str) -> Result<Vec<Device>> {
+        let username = username.to_owned();
+        self.db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT device_id, token, version FROM devices WHERE username = ?1",
+                )?;
+                stmt.query_map([username], |r| {
+                    Ok(Device {
+                        device_id: r.get(0)?,
+                        notification_token: r.get(1)?,
+                        message_version: r.get::<_, f64>(2)? as f32,
+                    })
+                })?
+                .collect()
+            })
+            .await
+            .map_err(backend)
+    }
+}
+
+#[async_trait::async_trait]
+impl GroupStore for EmbeddedStore {
+    async fn create(&self, group: &Group) -> Result<()> {
+        let group = group.clone();
+        self.db
+            .write(move |t| {
+                t.execute(
+                    "INSERT INTO groups (group_id, name, profile_pic, created_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![group.group_id, group.name, group.profile_pic, now_ms()],
+                )?;
+                for m in &group.members {
+                    insert_member(t, &group.group_id, &m.username, m.role)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn group(&self, group_id: &str) -> Result<Option<Group>> {
+        let group_id = group_id.to_owned();
+        self.db
+            .read(move |c| load_group(c, &group_id))
+            .await
+            .map_err(backend)
+    }
+
+    async fn groups_of(&self, username: &str) -> Result<Vec<Group>> {
+        let username = username.to_owned();
+        self.db
+            .read(move |c| {
+                let ids = c
+                    .prepare_cached(
+                        "SELECT group_id FROM group_members WHERE username = ?1 ORDER BY group_id",
+                    )?
+                    .query_map([username], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut groups = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(g) = load_group(c, &id)? {
+                        groups.push(g);
+                    }
+                }
+                Ok(groups)
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn add_members(&self, group_id: &str, usernames: &[String]) -> Result<Vec<String>> {
+        let group_id = group_id.to_owned();
+        let usernames = usernames.to_vec();
+        self.db
+            .write(move |t| {
+                let mut added = Vec::new();
+                for name in usernames {
+                    if insert_member(t, &group_id, &name, Role::User)? {
+                        added.push(name);
+                    }
+                }
+                Ok(added)
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn remove_member(&self, group_id: &str, username: &str) -> Result<Option<Removal>> {
+        let group_id = group_id.to_owned();
+        let username = username.to_owned();
+        self.db
+            .write(move |t| {
+                let removed = t.execute(
+                    "DELETE FROM group_members WHERE group_id = ?1 AND username = ?2",
+                    params![group_id, username],
+                )?;
+                if removed == 0 {
+                    return Ok(None);
+                }
+                let admins: i64 = t.query_row(
+                    "SELECT count(*) FROM group_members WHERE group_id = ?1 AND role = 'admin'",
+                    [&group_id],
+                    |r| r.get(0),
+                )?;
+                let promoted = if admins == 0 {
+                    let next: Option<String> = t
+                        .query_row(
+                            "SELECT username FROM group_members WHERE group_id = ?1
+                             ORDER BY joined LIMIT 1",
+                            [&group_id],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if let Some(next) = &next {
+                        t.execute(
+                            "UPDATE group_members SET role = 'admin'
+                             WHERE group_id = ?1 AND username = ?2",
+                            params![group_id, next],
+                        )?;
+                    }
+                    next
+                } else {
+                    None
+                };
+                Ok(Some(Removal { promoted }))
+            })
+            .await
+            .map_err(backend)
+    }
+}
+
+#[async_trait::async_trait]
+impl InboxStore for EmbeddedStore {
+    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Option<u64>>> {
+        let rows = items
+            .iter()
+            .map(|(recipient, m)| {
+                let body =
+                    serde_json::to_string(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((recipient.clone(), m.source.clone(), m.id.clone(), body))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.db
+            .write(move |t| {
+                let mut insert = t.prepare_cached(
+                    "INSERT INTO inbox (recipient, sender, id, message) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (recipient, sender, id) DO NOTHING",
+                )?;
+                rows.iter()
+                    .map(|(recipient, sender, id, body)| {
+                        let inserted = insert.execute(params![recipient, sender, id, body])?;
+                        Ok((inserted == 1).then(|| t.last_insert_rowid() as u64))
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>> {
+        let recipient = recipient.to_owned();
+        let rows = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, message FROM inbox
+                     WHERE recipient = ?1 AND acked = 0 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                stmt.query_map(params![recipient, after as i64, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(backend)?;
+        rows.into_iter()
+            .map(|(seq, body)| {
+                let message =
+                    serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(Pending { seq, message })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, acks: &[(String, String)]) -> Result<usize> {
+        let acks = acks.to_vec();
+        self.db
+            .write(move |t| {
+                // The row stays (without its body) so a late re-send of the id is still dropped.
+                let mut update = t.prepare_cached(
+                    "UPDATE inbox SET acked = 1, message = NULL
+                     WHERE recipient = ?1 AND id = ?2 AND acked = 0",
+                )?;
+                let mut acked = 0;
+                for (recipient, id) in &acks {
+                    acked += update.execute(params![recipient, id])?;
+                }
+                Ok(acked)
+            })
+            .await
+            .map_err(backend)
+    }
+}

@@ -1,0 +1,146 @@
+//! Durable state behind narrow traits: profiles and devices, groups, and each recipient's inbox
+//! of messages awaiting a client ack. The embedded backend keeps them in the all-in-one
+//! process's SQLite database; a server backend implements the same traits.
+//!
+//! Correctness rests on idempotent writes keyed by natural ids, so a consumer that handles a
+//! record twice after a crash changes nothing the second time: an inbox entry is unique per
+//! (recipient, sender, message id), which is also how a re-sent id from the same sender is
+//! dropped.
+
+mod embedded;
+
+use std::sync::Arc;
+
+use samvad_protocol::Message;
+use serde::{Deserialize, Serialize};
+
+pub use embedded::EmbeddedStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub username: String,
+    pub name: Option<String>,
+}
+
+/// A device registered at login, for push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub device_id: String,
+    pub notification_token: String,
+    pub message_version: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub username: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub group_id: String,
+    pub name: String,
+    pub members: Vec<Member>,
+    pub profile_pic: Option<String>,
+}
+
+impl Group {
+    pub fn member(&self, username: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.username == username)
+    }
+}
+
+/// What removing a member changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The member who became admin because the last admin left.
+    pub promoted: Option<String>,
+}
+
+/// A message waiting in a recipient's inbox, with its place in their order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub seq: u64,
+    pub message: Message,
+}
+
+#[async_trait::async_trait]
+pub trait ProfileStore: Send + Sync + 'static {
+    /// Creates the profile if needed and registers the device. Returns whether the profile is new.
+    async fn login(&self, username: &str, device: &Device) -> Result<bool>;
+    async fn profile(&self, username: &str) -> Result<Option<Profile>>;
+    /// The subset of `usernames` that have a profile.
+    async fn existing(&self, usernames: &[String]) -> Result<Vec<String>>;
+    async fn devices(&self, username: &str) -> Result<Vec<Device>>;
+}
+
+#[async_trait::async_trait]
+pub trait GroupStore: Send + Sync + 'static {
+    async fn create(&self, group: &Group) -> Result<()>;
+    async fn group(&self, group_id: &str) -> Result<Option<Group>>;
+    async fn groups_of(&self, username: &str) -> Result<Vec<Group>>;
+    /// Adds members as `user`; returns those who were not members before.
+    async fn add_members(&self, group_id: &str, usernames: &[String]) -> Result<Vec<String>>;
+    /// Removes a member; when the last admin leaves, the longest-standing remaining member
+    /// becomes admin. `None` when they were not a member.
+    async fn remove_member(&self, group_id: &str, username: &str) -> Result<Option<Removal>>;
+}
+
+#[async_trait::async_trait]
+pub trait InboxStore: Send + Sync + 'static {
+    /// Keeps each message for its recipient until acked, in order, in one durable write.
+    /// Returns each one's sequence number, or `None` when the same sender's id is already in
+    /// that inbox (a re-send, or a record redelivered after a crash).
+    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Option<u64>>>;
+    /// Unacked messages after `after`, oldest first, at most `limit`.
+    async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>>;
+    /// Ends the duty for each (recipient, message id). Returns how many were pending.
+    async fn ack(&self, acks: &[(String, String)]) -> Result<usize>;
+}
+
+/// The three stores a service may use, whichever backend holds them.
+#[derive(Clone)]
+pub struct Stores {
+    pub profiles: Arc<dyn ProfileStore>,
+    pub groups: Arc<dyn GroupStore>,
+    pub inbox: Arc<dyn InboxStore>,
+}
+
+impl Stores {
+    pub fn embedded(store: EmbeddedStore) -> Self {
+        let store = Arc::new(store);
+        Self {
+            profiles: store.clone(),
+            groups: store.clone(),
+            inbox: store,
+        }
+    }
+}

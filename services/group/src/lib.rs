@@ -1,0 +1,257 @@
+//! group: groups and their membership. The creator is the first admin; admins add and remove
+//! members, anyone may leave, and when the last admin leaves the longest-standing member
+//! becomes admin. Every change sends each affected member a NOTIFICATION system message.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use samvad_bus::{Addressed, Record, Topic};
+use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
+use samvad_protocol::{Channel, Message, MessageType};
+use samvad_store::{Group, Member, Role};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: "group",
+    start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
+};
+
+const MAX_CREATE_MEMBERS: usize = 100;
+const MAX_ADD_MEMBERS: usize = 50;
+
+fn routes(ctx: &Context) -> Router {
+    Router::new()
+        .route("/v1.0/groups/", get(list).post(create))
+        .route("/v1.0/groups/{id}", get(fetch))
+        .route("/v1.0/groups/{id}/members", post(add).delete(remove))
+        .with_state(ctx.clone())
+}
+
+async fn list(State(ctx): State<Context>, User(user): User) -> Result<Json<Vec<Group>>, ApiError> {
+    Ok(Json(ctx.stores.groups.groups_of(&user).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Create {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    profile_pic: Option<String>,
+}
+
+async fn create(
+    State(ctx): State<Context>,
+    User(user): User,
+    JsonBody(req): JsonBody<Create>,
+) -> Result<Json<Value>, ApiError> {
+    if req.name.trim().is_empty() || req.name.len() > 200 {
+        return Err(ApiError::bad_request("group name must be 1 to 200 bytes"));
+    }
+    let mut members: Vec<String> = Vec::new();
+    for m in req.members.into_iter().filter(|m| *m != user) {
+        if !members.contains(&m) {
+            members.push(m);
+        }
+    }
+    if members.len() > MAX_CREATE_MEMBERS {
+        return Err(ApiError::bad_request(format!(
+            "a new group may have at most {MAX_CREATE_MEMBERS} members"
+        )));
+    }
+    check_users_exist(&ctx, &members).await?;
+    let group = Group {
+        group_id: uuid::Uuid::now_v7().to_string(),
+        name: req.name,
+        members: std::iter::once(Member {
+            username: user.clone(),
+            role: Role::Admin,
+        })
+        .chain(members.iter().map(|m| Member {
+            username: m.clone(),
+            role: Role::User,
+        }))
+        .collect(),
+        profile_pic: req.profile_pic,
+    };
+    ctx.stores.groups.create(&group).await?;
+    let everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
+    notify(&ctx, &group.group_id, &user, Change::Added(&everyone), &everyone).await?;
+    Ok(Json(json!({ "groupId": group.group_id })))
+}
+
+/// 404 `{"status": false}` for a group that is absent or that the caller is not in (the
+/// protocol's shape; not telling the two apart keeps group ids from being probed).
+fn not_found() -> (axum::http::StatusCode, Json<Value>) {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        Json(json!({ "status": false })),
+    )
+}
+
+async fn fetch(
+    State(ctx): State<Context>,
+    User(user): User,
+    Path(id): Path<String>,
+) -> Result<Result<Json<Group>, (axum::http::StatusCode, Json<Value>)>, ApiError> {
+    Ok(match ctx.stores.groups.group(&id).await? {
+        Some(group) if group.member(&user).is_some() => Ok(Json(group)),
+        _ => Err(not_found()),
+    })
+}
+
+/// The group, if `user` is in it.
+async fn group_of_member(ctx: &Context, id: &str, user: &str) -> Result<Group, ApiError> {
+    match ctx.stores.groups.group(id).await? {
+        Some(group) if group.member(user).is_some() => Ok(group),
+        _ => Err(ApiError::not_found(format!("unknown group `{id}`"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct Add {
+    members: Vec<String>,
+}
+
+async fn add(
+    State(ctx): State<Context>,
+    User(user): User,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<Add>,
+) -> Result<Json<Value>, ApiError> {
+    if req.members.len() > MAX_ADD_MEMBERS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ADD_MEMBERS} members may be added at once"
+        )));
+    }
+    let group = group_of_member(&ctx, &id, &user).await?;
+    if group.member(&user).map(|m| m.role) != Some(Role::Admin) {
+        return Err(ApiError::forbidden("only a group admin may add members"));
+    }
+    check_users_exist(&ctx, &req.members).await?;
+    let added = ctx.stores.groups.add_members(&id, &req.members).await?;
+    if !added.is_empty() {
+        let mut everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
+        everyone.extend(added.iter().cloned());
+        notify(&ctx, &id, &user, Change::Added(&added), &everyone).await?;
+    }
+    Ok(Json(json!({ "status": true })))
+}
+
+#[derive(Deserialize)]
+struct Remove {
+    member: String,
+}
+
+async fn remove(
+    State(ctx): State<Context>,
+    User(user): User,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<Remove>,
+) -> Result<Json<Value>, ApiError> {
+    let group = group_of_member(&ctx, &id, &user).await?;
+    let is_admin = group.member(&user).map(|m| m.role) == Some(Role::Admin);
+    if req.member != user && !is_admin {
+        return Err(ApiError::forbidden(
+            "only a group admin may remove others; anyone may remove themself",
+        ));
+    }
+    if ctx
+        .stores
+        .groups
+        .remove_member(&id, &req.member)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "`{}` is not a member of this group",
+            req.member
+        )));
+    }
+    let everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
+    notify(
+        &ctx,
+        &id,
+        &user,
+        Change::Removed(std::slice::from_ref(&req.member)),
+        &everyone,
+    )
+    .await?;
+    Ok(Json(json!({ "status": true })))
+}
+
+async fn check_users_exist(ctx: &Context, users: &[String]) -> Result<(), ApiError> {
+    let found = ctx.stores.profiles.existing(users).await?;
+    let unknown: Vec<&str> = users
+        .iter()
+        .filter(|u| !found.contains(u))
+        .map(String::as_str)
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "unknown users: {}",
+            unknown.join(", ")
+        )))
+    }
+}
+
+enum Change<'a> {
+    Added(&'a [String]),
+    Removed(&'a [String]),
+}
+
+/// Sends each of `recipients` the system message for `change`, durably, before the request is
+/// answered.
+async fn notify(
+    ctx: &Context,
+    group_id: &str,
+    actor: &str,
+    change: Change<'_>,
+    recipients: &[String],
+) -> Result<(), ApiError> {
+    let (action, content) = match change {
+        Change::Added(users) => ("add", json!({ "added": users })),
+        Change::Removed(users) => ("remove", json!({ "removed": users })),
+    };
+    let now = samvad_kit::now_ms();
+    let message = Message {
+        version: 2.1,
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: MessageType::Notification,
+        channel: Channel::Group,
+        ephemeral: false,
+        source: actor.to_owned(),
+        destination: group_id.to_owned(),
+        timestamp: now,
+        content: content.to_string().into_bytes(),
+        meta: [
+            ("action", action),
+            ("chatId", group_id),
+            ("chatid", group_id),
+            ("contentType", "notification"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        server_id: uuid::Uuid::now_v7().to_string(),
+        server_timestamp: now,
+    };
+    let records = recipients
+        .iter()
+        .map(|r| {
+            Record::json(
+                r.clone(),
+                &Addressed {
+                    recipient: r.clone(),
+                    message: message.clone(),
+                },
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ctx.bus.publish(&Topic::System, records).await?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! profile: login (the auth provider proves the username, Samvad issues the access key),
+//! `/v1.0/auth` for nginx, the caller's profile and contact sync. Each login registers the
+//! device for push.
+
+use axum::extract::State;
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use samvad_bus::{DeviceLogin, Record, Topic};
+use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
+use samvad_store::Device;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: "profile",
+    start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
+};
+
+/// Longest username accepted.
+const MAX_USERNAME: usize = 64;
+/// Most usernames one contact sync may ask about.
+const MAX_SYNC: usize = 5_000;
+
+fn routes(ctx: &Context) -> Router {
+    Router::new()
+        .route("/v1.0/login", post(login))
+        .route("/v1.0/auth", any(auth))
+        .route("/v1.0/profile/", get(profile))
+        .route("/v1.0/contactbook/sync", post(sync))
+        .with_state(ctx.clone())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Login {
+    username: String,
+    auth_token: String,
+    #[serde(default)]
+    notification_token: String,
+    #[serde(default = "default_device")]
+    device_id: String,
+    #[serde(default = "default_version")]
+    message_version: f32,
+}
+
+fn default_device() -> String {
+    "default".into()
+}
+
+fn default_version() -> f32 {
+    2.1
+}
+
+/// A username is what people type to reach each other; `server` is the acks' source.
+pub fn check_username(username: &str) -> Result<(), ApiError> {
+    if username.is_empty()
+        || username.len() > MAX_USERNAME
+        || username.chars().any(char::is_control)
+        || username.trim() != username
+    {
+        return Err(ApiError::bad_request(format!(
+            "username must be 1 to {MAX_USERNAME} bytes, without control characters or \
+             surrounding spaces"
+        )));
+    }
+    if username == samvad_protocol::SERVER_SOURCE {
+        return Err(ApiError::bad_request("username `server` is reserved"));
+    }
+    Ok(())
+}
+
+async fn login(
+    State(ctx): State<Context>,
+    JsonBody(login): JsonBody<Login>,
+) -> Result<Json<Value>, ApiError> {
+    check_username(&login.username)?;
+    ctx.login.verify(&login.username, &login.auth_token).await?;
+    let device = Device {
+        device_id: login.device_id,
+        notification_token: login.notification_token,
+        message_version: login.message_version,
+    };
+    let is_new = ctx.stores.profiles.login(&login.username, &device).await?;
+    let event = DeviceLogin {
+        user: login.username.clone(),
+        device_id: device.device_id,
+        notification_token: device.notification_token,
+        message_version: device.message_version,
+    };
+    ctx.bus
+        .publish(&Topic::Logins, vec![Record::json(login.username.clone(), &event)?])
+        .await?;
+    tracing::info!(user = %login.username, is_new, "login");
+    Ok(Json(json!({
+        "status": true,
+        "username": login.username,
+        "accesskey": ctx.access_keys.issue(&login.username),
+        "isNew": is_new,
+    })))
+}
+
+async fn auth(user: Result<User, ApiError>) -> (axum::http::StatusCode, Json<Value>) {
+    match user {
+        Ok(_) => (axum::http::StatusCode::OK, Json(json!({}))),
+        Err(_) => (axum::http::StatusCode::UNAUTHORIZED, Json(json!({}))),
+    }
+}
+
+async fn profile(State(ctx): State<Context>, User(user): User) -> Result<Json<Value>, ApiError> {
+    let profile = ctx
+        .stores
+        .profiles
+        .profile(&user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no profile; log in first"))?;
+    let mut body = json!({ "username": profile.username });
+    if let Some(name) = profile.name {
+        body["name"] = json!(name);
+    }
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct Sync {
+    users: Vec<String>,
+}
+
+async fn sync(
+    State(ctx): State<Context>,
+    User(_): User,
+    JsonBody(sync): JsonBody<Sync>,
+) -> Result<Json<Value>, ApiError> {
+    if sync.users.len() > MAX_SYNC {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_SYNC} users per sync"
+        )));
+    }
+    let found = ctx.stores.profiles.existing(&sync.users).await?;
+    Ok(Json(Value::Object(
+        found.into_iter().map(|u| (u, Value::Bool(true))).collect(),
+    )))
+}

@@ -1,0 +1,99 @@
+//! rest-gateway: `POST /v1.0/messages` — a batch of encoded messages sent over HTTP, checked and
+//! made durable exactly as the WebSocket gateway does, answered with their acks.
+
+use axum::extract::{FromRef, Query, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use samvad_ingress::{Ingress, Rejection};
+use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
+use samvad_protocol::{Encoding, MessageType};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: "rest-gateway",
+    start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
+};
+
+/// Most messages one request may carry.
+const MAX_BATCH: usize = 100;
+
+#[derive(Clone, FromRef)]
+struct Rest {
+    ctx: Context,
+    ingress: Ingress,
+}
+
+fn routes(ctx: &Context) -> Router {
+    Router::new()
+        .route("/v1.0/messages", post(send))
+        .with_state(Rest {
+            ctx: ctx.clone(),
+            ingress: Ingress::new(ctx),
+        })
+}
+
+#[derive(Deserialize)]
+struct Params {
+    format: Option<String>,
+    ack: Option<String>,
+}
+
+async fn send(
+    State(ingress): State<Ingress>,
+    Query(params): Query<Params>,
+    User(user): User,
+    JsonBody(frames): JsonBody<Vec<String>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if frames.is_empty() || frames.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "send 1 to {MAX_BATCH} messages per request"
+        )));
+    }
+    let binary = params.format.as_deref() == Some("binary");
+    let mut accepted = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.iter().enumerate() {
+        let decoded = if binary {
+            let bytes = STANDARD
+                .decode(frame)
+                .map_err(|e| ApiError::bad_request(format!("message {i}: not base64: {e}")))?;
+            samvad_protocol::decode_binary(&bytes, ingress.limits())
+        } else {
+            samvad_protocol::decode_text(frame, ingress.limits())
+        };
+        let message = decoded.map_err(|e| numbered(i, Rejection::Decode(e)))?;
+        accepted.push(
+            ingress
+                .accept(&user, message)
+                .await
+                .map_err(|e| numbered(i, e))?,
+        );
+    }
+    ingress.publish(&accepted).await?;
+    if params.ack.as_deref() != Some("true") {
+        return Ok((StatusCode::CREATED, Json(json!({}))));
+    }
+    let acks: Vec<String> = accepted
+        .iter()
+        .filter(|m| m.kind != MessageType::ClientAck)
+        .map(|m| {
+            let ack = m.server_ack();
+            if binary {
+                STANDARD.encode(samvad_protocol::encode_binary(&ack))
+            } else {
+                samvad_protocol::encode_text(&ack, Encoding::V2_1)
+            }
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(json!({ "acks": acks }))))
+}
+
+/// Says which message of the batch was refused; none of the batch is sent.
+fn numbered(i: usize, rejection: Rejection) -> ApiError {
+    let mut error = ApiError::from(rejection);
+    error.message = format!("message {i}: {}", error.message);
+    error
+}

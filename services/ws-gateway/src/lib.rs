@@ -1,0 +1,256 @@
+//! ws-gateway: holds the WebSocket connections. It authenticates the upgrade, answers `ping`,
+//! decodes each frame in the connection's format, acks a message only once it is durable, and
+//! writes out what delivery hands it — replay first, then live messages, one ordered stream
+//! per connection.
+//!
+//! Every connection of a user receives every message; the first `CLIENT_ACK` from any of them
+//! ends the server's duty for it. A connection that cannot keep up (its bounded queue is full)
+//! is closed rather than allowed to grow memory; what it missed is replayed when it returns.
+
+mod connection;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use axum::Router;
+use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use samvad_bus::{GatewayEvent, Outgoing, Received, Topic};
+use samvad_ingress::Ingress;
+use samvad_kit::{ApiError, Context, ServiceDef};
+use samvad_protocol::{Encoding, Message};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: "ws-gateway",
+    start: |ctx| Box::pin(start(ctx)),
+};
+
+/// Events queued for one connection before it counts as too slow.
+const QUEUE: usize = 512;
+
+/// How a connection's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// v1/v2 JSON text in, v2.1 text out.
+    Text,
+    /// v3 protobuf binary both ways.
+    Binary,
+}
+
+/// A message on its way out, encoded at most once per format however many connections get it.
+pub(crate) struct Item {
+    seq: Option<u64>,
+    message: Message,
+    text: OnceLock<Utf8Bytes>,
+    binary: OnceLock<Bytes>,
+}
+
+impl Item {
+    fn new(outgoing: Outgoing) -> Arc<Self> {
+        Arc::new(Self {
+            seq: outgoing.seq,
+            message: outgoing.message,
+            text: OnceLock::new(),
+            binary: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn frame(&self, format: Format) -> Frame {
+        match format {
+            Format::Text => Frame::Text(
+                self.text
+                    .get_or_init(|| {
+                        samvad_protocol::encode_text(&self.message, Encoding::V2_1).into()
+                    })
+                    .clone(),
+            ),
+            Format::Binary => Frame::Binary(
+                self.binary
+                    .get_or_init(|| samvad_protocol::encode_binary(&self.message).into())
+                    .clone(),
+            ),
+        }
+    }
+}
+
+/// What the dispatcher hands a connection.
+pub(crate) enum Outbound {
+    Live(Arc<[Arc<Item>]>),
+    Replay { items: Vec<Arc<Item>>, done: bool },
+}
+
+struct Conn {
+    id: u64,
+    queue: mpsc::Sender<Outbound>,
+    /// Cancelled to close a connection that fell behind.
+    slow: CancellationToken,
+}
+
+#[derive(Clone)]
+pub(crate) struct Gateway {
+    pub(crate) ctx: Context,
+    pub(crate) ingress: Ingress,
+    conns: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+async fn start(ctx: &Context) -> anyhow::Result<Router> {
+    let gateway = Gateway {
+        ctx: ctx.clone(),
+        ingress: Ingress::new(ctx),
+        conns: Arc::default(),
+        next_id: Arc::new(AtomicU64::new(1)),
+    };
+    let id = &ctx.settings.gateway_id;
+    let dispatcher = gateway.clone();
+    ctx.consume(Topic::Gateway(id.clone()), id, move |batch| {
+        dispatcher.dispatch(&batch);
+        async { Ok(()) }
+    })
+    .await?;
+    Ok(Router::new()
+        .route("/v1.0/wss/", get(upgrade))
+        .route("/v1.0/wss", get(upgrade))
+        .with_state(gateway))
+}
+
+impl Gateway {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register(
+        &self,
+        user: &str,
+    ) -> (u64, mpsc::Receiver<Outbound>, CancellationToken) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let slow = CancellationToken::new();
+        self.lock().entry(user.to_owned()).or_default().push(Conn {
+            id,
+            queue,
+            slow: slow.clone(),
+        });
+        (id, rx, slow)
+    }
+
+    pub(crate) fn unregister(&self, user: &str, id: u64) {
+        let mut conns = self.lock();
+        if let Some(list) = conns.get_mut(user) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                conns.remove(user);
+            }
+        }
+    }
+
+    /// Hands delivery's events to the connections they are for. Never waits: a full queue
+    /// closes that connection.
+    fn dispatch(&self, batch: &[Received]) {
+        let conns = self.lock();
+        for event in batch.iter().filter_map(Received::json_or_skip::<GatewayEvent>) {
+            match event {
+                GatewayEvent::Live { user, items } => {
+                    let Some(list) = conns.get(&user) else {
+                        continue; // stale presence: it waits in the inbox for the next connect
+                    };
+                    let items: Arc<[Arc<Item>]> = items.into_iter().map(Item::new).collect();
+                    for conn in list {
+                        offer(conn, Outbound::Live(Arc::clone(&items)));
+                    }
+                }
+                GatewayEvent::Replay {
+                    user,
+                    connection,
+                    items,
+                    done,
+                } => {
+                    if let Some(conn) = conns
+                        .get(&user)
+                        .and_then(|list| list.iter().find(|c| c.id == connection))
+                    {
+                        let items = items.into_iter().map(Item::new).collect();
+                        offer(conn, Outbound::Replay { items, done });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn offer(conn: &Conn, event: Outbound) {
+    if conn.queue.try_send(event).is_err() {
+        conn.slow.cancel();
+    }
+}
+
+#[derive(Deserialize)]
+struct Params {
+    ack: Option<String>,
+    format: Option<String>,
+}
+
+async fn upgrade(
+    State(gateway): State<Gateway>,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = check_origin(&headers, &gateway.ctx.settings.allowed_origins) {
+        return e.into_response();
+    }
+    let (user, subprotocol) = match samvad_auth::credentials(&headers)
+        .and_then(|c| Ok((gateway.ctx.access_keys.authenticate(&c)?, c.subprotocol)))
+    {
+        Ok(found) => found,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let format = match params.format.as_deref() {
+        Some("binary") => Format::Binary,
+        _ => Format::Text,
+    };
+    let ack = params.ack.as_deref() == Some("true");
+    let max = gateway.ctx.settings.max_message_bytes;
+    let mut ws = ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max);
+    if let Some(sub) = subprotocol {
+        ws = ws.protocols([sub]);
+    }
+    let ctx = gateway.ctx.clone();
+    ws.on_upgrade(move |socket| async move {
+        ctx.spawn_detached(connection::run(gateway, socket, user, format, ack));
+    })
+}
+
+/// Browsers send `Origin` on WebSocket upgrades and do not apply CORS to them, so without this
+/// check any web page could open a socket with the user's cookies. Non-browser clients send no
+/// `Origin` and pass.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return Ok(());
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    if origin_host == host || allowed.iter().any(|a| a == "*" || a == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "origin {origin} may not open WebSockets here (see SAMVAD_ALLOWED_ORIGINS)"
+        )))
+    }
+}
