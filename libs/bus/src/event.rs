@@ -46,8 +46,11 @@ pub struct Outgoing {
 }
 
 /// What delivery hands one gateway instance: `Gateway(id)` topic.
+///
+/// Externally tagged (`{"live": {...}}`): an internally tagged enum would buffer its fields,
+/// which the message's embedded raw JSON content cannot pass through.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum GatewayEvent {
     /// New messages for every connection `user` has on this gateway.
     Live { user: String, items: Vec<Outgoing> },
@@ -60,4 +63,46 @@ pub enum GatewayEvent {
         items: Vec<Outgoing>,
         done: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Message {
+        Message {
+            id: "m-1".into(),
+            source: "alice".into(),
+            destination: "bob".into(),
+            content: br#"{"text":"hi"}"#.to_vec(),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let live = GatewayEvent::Live {
+            user: "bob".into(),
+            items: vec![Outgoing {
+                seq: Some(7),
+                message: message(),
+            }],
+        };
+        let replay = GatewayEvent::Replay {
+            user: "bob".into(),
+            connection: 3,
+            items: vec![],
+            done: true,
+        };
+        for event in [live, replay] {
+            let json = serde_json::to_vec(&event).unwrap();
+            assert_eq!(serde_json::from_slice::<GatewayEvent>(&json).unwrap(), event);
+        }
+        let addressed = Addressed {
+            recipient: "bob".into(),
+            message: message(),
+        };
+        let json = serde_json::to_vec(&addressed).unwrap();
+        assert_eq!(serde_json::from_slice::<Addressed>(&json).unwrap(), addressed);
+    }
 }

@@ -40,13 +40,14 @@
 //!
 //! Writing v2: `head.type` is the first of `meta["type"]`, `meta["chatType"]`, `meta["module"]`
 //! (v1's spellings, so they carry across versions) that names the message's channel, else
-//! `chat`, `group` or `other` (for Other and Unknown); `head.contentType` is `meta["contentType"]` if it
-//! names the kind, else the kind's protocol name; `head.action`/`head.chatid` come from meta when
-//! present. v2.1 adds `head.ephemeral` and `head.category` — `system` for SERVER_ACK,
-//! CLIENT_ACK, NOTIFICATION and `meta.action == "state"`, else `user`. Hoisted keys (`type`,
-//! `contentType`, `action`, `chatid`, `category`) and the names of canonical fields
-//! (`createdAt`, `serverId`, `serverTimestamp`, written from the fields when non-zero/non-empty)
-//! are not copied into the output `meta`. `body` is omitted when there is no content (or, which
+//! `chat`, `group` or `other` (for Other and Unknown); `head.contentType` is
+//! `meta["contentType"]` if it names the kind, else the kind's protocol name;
+//! `head.action`/`head.chatid` come from meta when present. v2.1 adds `head.ephemeral` and
+//! `head.category` — `system` for SERVER_ACK, CLIENT_ACK, NOTIFICATION and
+//! `meta.action == "state"`, else `user`. Hoisted keys (`type`, `contentType`, `action`,
+//! `chatid`, `category`) and the names of canonical fields (`createdAt`, `serverId`,
+//! `serverTimestamp`, written from the fields when non-zero/non-empty) are not copied into the
+//! output `meta`. `body` is omitted when there is no content (or, which
 //! validation prevents, content that is not JSON). Beside `head` the frame also carries the flat
 //! v1 keys: `msgId`, `from`, `to`, `type` (= `head.contentType`), `chatId` (meta `chatId`, else
 //! `chatid`, else the destination), `text` (the content's top-level `text`, if a string),

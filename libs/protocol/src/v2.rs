@@ -10,10 +10,10 @@ use crate::json::{self, Object};
 use crate::{Channel, DecodeError, Message, MessageType};
 
 /// Canonical meta keys that v2 writes in `head` rather than in `meta`.
-pub(crate) const HOISTED: [&str; 5] = ["type", "contentType", "action", "chatid", "category"];
+const HOISTED: [&str; 5] = ["type", "contentType", "action", "chatid", "category"];
 
 /// v2 `meta` keys that carry canonical fields: `timestamp`, `server_id`, `server_timestamp`.
-pub(crate) const CANONICAL_IN_META: [&str; 3] = ["createdAt", "serverId", "serverTimestamp"];
+const CANONICAL_IN_META: [&str; 3] = ["createdAt", "serverId", "serverTimestamp"];
 
 /// Which v2 dialect to write.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@ use crate::{Format, Gateway, Item, Outbound};
 const IDLE: Duration = Duration::from_secs(120);
 /// Live messages held for a connection while its replay is still coming.
 const HOLD_MAX: usize = 10_000;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Refusals for sending too fast after which the connection is closed.
 const FLOOD_CLOSE: u32 = 100;
 
@@ -67,13 +69,16 @@ pub(crate) async fn run(gateway: Gateway, socket: WebSocket, user: String, forma
         tracing::warn!(user = %user, error = %e, "cannot record disconnect");
     }
     if let End::Close(code, reason) = end {
-        let _ = conn
-            .socket
-            .send(Frame::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
+        let frame = Frame::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        if conn.socket.send(frame).await.is_ok() {
+            // Read on until the client answers the close, so that frames it had in flight do
+            // not make the kernel reset the connection before it sees why it was closed.
+            let drain = async { while let Some(Ok(_)) = conn.socket.recv().await {} };
+            let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+        }
     }
 }
 

@@ -1,0 +1,120 @@
+//! Credentials: nothing is trusted from `user` alone.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::TestApp;
+
+async fn ws_status(app: &TestApp, headers: &[(&'static str, String)]) -> u16 {
+    let mut request = format!("ws://{}/v1.0/wss/?format=text", app.addr)
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        request
+            .headers_mut()
+            .insert(*k, v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+#[tokio::test]
+async fn spoofed_users_are_refused_by_header_and_by_cookie() {
+    let app = TestApp::spawn().await;
+    let alice = app.login("alice").await;
+    app.login("bob").await;
+    assert_eq!(
+        ws_status(&app, &[("user", "bob".into()), ("accesskey", alice.clone())]).await,
+        401
+    );
+    assert_eq!(
+        ws_status(&app, &[("cookie", format!("user=bob; accesskey={alice}"))]).await,
+        401
+    );
+    assert_eq!(ws_status(&app, &[("user", "alice".into())]).await, 401, "user alone is nothing");
+    assert_eq!(
+        ws_status(&app, &[("cookie", format!("user=alice; accesskey={alice}"))]).await,
+        101
+    );
+    assert_eq!(
+        ws_status(&app, &[("sec-websocket-protocol", format!("accesskey.{alice}"))]).await,
+        101
+    );
+    let res = app
+        .http
+        .post(app.url("/v1.0/messages?format=text"))
+        .header("user", "bob")
+        .header("accesskey", &alice)
+        .json(&json!(["{}"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.json::<Value>().await.unwrap()["error"].is_string());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_auth_route_answers_nginx() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let ok = app.as_user(Method::GET, "/v1.0/auth", &alice).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json::<Value>().await.unwrap(), json!({}));
+    let bearer = app
+        .http
+        .post(app.url("/v1.0/auth"))
+        .bearer_auth(&alice.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    for key in ["", "garbage", "a.b.c"] {
+        let no = app
+            .http
+            .get(app.url("/v1.0/auth"))
+            .header("accesskey", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no.status(), 401);
+        assert_eq!(no.json::<Value>().await.unwrap(), json!({}));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_web_origin_cannot_open_a_socket() {
+    let app = TestApp::spawn().await;
+    let alice = app.login("alice").await;
+    let creds = ("cookie", format!("user=alice; accesskey={alice}"));
+    assert_eq!(
+        ws_status(&app, &[creds.clone(), ("origin", "https://evil.example".into())]).await,
+        403
+    );
+    assert_eq!(
+        ws_status(&app, &[creds, ("origin", format!("http://{}", app.addr))]).await,
+        101
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn login_refuses_bad_requests() {
+    let app = TestApp::spawn().await;
+    for (body, status) in [
+        (json!({"username": "", "authToken": "x"}), 400),
+        (json!({"username": "server", "authToken": "x"}), 400),
+        (json!({"username": "alice", "authToken": ""}), 401),
+        (json!({"username": "alice"}), 422),
+    ] {
+        let res = app.http.post(app.url("/v1.0/login")).json(&body).send().await.unwrap();
+        assert_eq!(res.status(), status, "{body}");
+        assert!(res.json::<Value>().await.unwrap()["error"].is_string());
+    }
+    app.stop().await;
+}

@@ -1,0 +1,114 @@
+//! Bad input gets a clear answer and harms nobody else.
+
+use samvad_protocol::{Encoding, MessageType};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{Client, Seen, TestApp, chat, text_of};
+
+/// Bob still gets alice's messages: nothing the bad client did touched him.
+async fn bob_still_hears_alice(a: &mut Client, b: &mut Client, id: &str) {
+    a.send(&chat(id, "alice", "bob", id)).await;
+    let got = b.chat_message().await;
+    assert_eq!(text_of(&got), id);
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_connection_lives_on() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "text", false).await;
+
+    let cases: Vec<(Frame, &str)> = vec![
+        (Frame::Text("{\"_v\":2.1,\"id\":".into()), "not valid JSON"),
+        (Frame::Text("[1,2,3]".into()), "must be a JSON object"),
+        (Frame::Text(r#"{"_v":7,"id":"x"}"#.into()), "unsupported message version"),
+        (Frame::Text(r#"{"_v":2.1,"head":{"to":"bob"}}"#.into()), "id"),
+        (Frame::Text(r#"{"_v":2.1,"id":"x","head":{"type":"chat"}}"#.into()), "destination"),
+        (Frame::Text(r#"{"_v":2.1,"id":5,"head":{"to":"bob"}}"#.into()), "must be a string"),
+        (Frame::Binary(vec![0x12, 0xff, 0x01].into()), "not a valid v3 protobuf"),
+        (
+            Frame::Text(
+                samvad_protocol::encode_text(&chat("u-1", "alice", "nobody", "?"), Encoding::V2_1)
+                    .into(),
+            ),
+            "unknown user `nobody`",
+        ),
+        (
+            Frame::Text(r#"{"_v":2.1,"id":"s","head":{"to":"bob","contentType":"SERVER_ACK"}}"#.into()),
+            "may not send SERVER_ACK",
+        ),
+    ];
+    for (frame, says) in cases {
+        a.send_raw(frame).await;
+        let error = a.error().await;
+        assert!(
+            error["error"].as_str().unwrap().contains(says),
+            "{error} should say {says}"
+        );
+    }
+    bob_still_hears_alice(&mut a, &mut b, "still-here").await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversize_frame_closes_with_1009_and_only_that_connection() {
+    let app = TestApp::spawn_with(&[("SAMVAD_MAX_MESSAGE_BYTES", "1024")]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mallory = app.user("mallory").await;
+    let mut a = app.connect(&alice, "text", false).await;
+    let mut b = app.connect(&bob, "text", false).await;
+    let mut m = app.connect(&mallory, "text", false).await;
+    let big = chat("big", "mallory", "bob", &"x".repeat(2000));
+    m.send(&big).await;
+    match m.next().await {
+        Seen::Closed(code) => assert_eq!(code, Some(CloseCode::Size)),
+        other => panic!("expected close 1009, saw {other:?}"),
+    }
+    bob_still_hears_alice(&mut a, &mut b, "after-big").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_is_refused_and_then_closed_without_touching_others() {
+    let app = TestApp::spawn_with(&[("SAMVAD_RATE_LIMIT", "1"), ("SAMVAD_RATE_BURST", "5")]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mallory = app.user("mallory").await;
+    let mut a = app.connect(&alice, "text", false).await;
+    let mut b = app.connect(&bob, "text", false).await;
+    let mut m = app.connect(&mallory, "text", true).await;
+    for i in 0..200 {
+        m.send_raw(Frame::Text(
+            samvad_protocol::encode_text(&chat(&format!("f-{i}"), "mallory", "bob", "spam"), Encoding::V2_1).into(),
+        ))
+        .await;
+    }
+    let mut acks = 0;
+    let mut refusals = 0;
+    let closed = loop {
+        match m.next().await {
+            Seen::Message(ack) if ack.kind == MessageType::ServerAck => acks += 1,
+            Seen::Error(e) => {
+                assert!(e["error"].as_str().unwrap().contains("rate limit"));
+                refusals += 1;
+            }
+            Seen::Closed(code) => break code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(CloseCode::Policy));
+    assert!(acks >= 5 && acks < 20, "the burst is accepted, not more: {acks}");
+    assert!(refusals >= 1);
+    // Bob got exactly what was acked.
+    for _ in 0..acks {
+        let spam = b.message().await;
+        b.client_ack(&spam).await;
+    }
+    bob_still_hears_alice(&mut a, &mut b, "after-flood").await;
+    app.stop().await;
+}

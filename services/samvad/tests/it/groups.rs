@@ -1,0 +1,194 @@
+//! Groups: the REST routes, fan-out, notifications and membership rules.
+
+use reqwest::Method;
+use samvad_protocol::{Channel, MessageType};
+use serde_json::{Value, json};
+
+use crate::support::{Seen, TestApp, User, group_chat, text_of};
+
+async fn create_group(app: &TestApp, admin: &User, name: &str, members: &[&str]) -> String {
+    let res = app
+        .as_user(Method::POST, "/v1.0/groups/", admin)
+        .json(&json!({ "name": name, "members": members }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["groupId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_group_message_reaches_every_member_but_the_sender() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "text", false).await;
+    let gid = create_group(&app, &alice, "friends", &["bob", "carol"]).await;
+
+    // Everyone in the new group hears about it.
+    let note = a.chat_message().await;
+    assert_eq!(note.kind, MessageType::Notification);
+    let note = b.message().await;
+    assert_eq!(note.kind, MessageType::Notification);
+    assert_eq!(note.destination, gid);
+    assert_eq!(note.channel, Channel::Group);
+    assert_eq!(note.meta.get("action").map(String::as_str), Some("add"));
+    assert_eq!(note.meta.get("chatId"), Some(&gid));
+    let content: Value = serde_json::from_slice(&note.content).unwrap();
+    assert_eq!(content["added"], json!(["alice", "bob", "carol"]));
+    b.client_ack(&note).await;
+
+    a.send(&group_chat("g-1", "alice", &gid, "hello all")).await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    let got = b.message().await;
+    assert_eq!(text_of(&got), "hello all");
+    assert_eq!(got.destination, gid);
+    assert_eq!(got.channel, Channel::Group);
+    a.quiet().await;
+
+    // Carol was offline: the notification and the message wait for her, in order.
+    let mut c = app.connect(&carol, "binary", false).await;
+    assert_eq!(c.message().await.kind, MessageType::Notification);
+    assert_eq!(text_of(&c.message().await), "hello all");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn group_routes_follow_the_protocol() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let dave = app.user("dave").await;
+    let gid = create_group(&app, &alice, "team", &["bob"]).await;
+
+    let list: Value = app
+        .as_user(Method::GET, "/v1.0/groups/", &bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list[0]["groupId"], gid);
+    assert_eq!(list[0]["name"], "team");
+    assert_eq!(
+        list[0]["members"],
+        json!([{"username": "alice", "role": "admin"}, {"username": "bob", "role": "user"}])
+    );
+    assert!(list[0].get("profilePic").is_some());
+
+    let one = app
+        .as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let outsider = app
+        .as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &dave)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(outsider.status(), 404);
+    assert_eq!(outsider.json::<Value>().await.unwrap(), json!({"status": false}));
+
+    // A non-admin may not add or remove others, but may leave.
+    let res = app
+        .as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &bob)
+        .json(&json!({"members": ["dave"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = app
+        .as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), &bob)
+        .json(&json!({"member": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    let res = app
+        .as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &alice)
+        .json(&json!({"members": ["dave"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": true}));
+
+    // The last admin leaves: the longest-standing member takes over.
+    let res = app
+        .as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), &alice)
+        .json(&json!({"member": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": true}));
+    let group: Value = app
+        .as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        group["members"],
+        json!([{"username": "bob", "role": "admin"}, {"username": "dave", "role": "user"}])
+    );
+
+    // Bob hears about each change: created, dave added, alice removed.
+    let mut b = app.connect(&bob, "text", false).await;
+    let mut actions = Vec::new();
+    for _ in 0..3 {
+        let m = b.message().await;
+        let content: Value = serde_json::from_slice(&m.content).unwrap();
+        actions.push((m.meta["action"].clone(), content));
+    }
+    assert_eq!(
+        actions,
+        vec![
+            ("add".into(), json!({"added": ["alice", "bob"]})),
+            ("add".into(), json!({"added": ["dave"]})),
+            ("remove".into(), json!({"removed": ["alice"]})),
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_member_cannot_send_to_a_group() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let mallory = app.user("mallory").await;
+    let gid = create_group(&app, &alice, "private", &[]).await;
+    let mut m = app.connect(&mallory, "text", true).await;
+    m.send(&group_chat("x-1", "mallory", &gid, "let me in")).await;
+    let error = m.error().await;
+    assert_eq!(error["id"], "x-1");
+    assert!(error["error"].as_str().unwrap().contains("not a member"));
+    m.send(&group_chat("x-2", "mallory", "no-such-group", "hello?")).await;
+    assert!(m.error().await["error"].as_str().unwrap().contains("unknown group"));
+    let mut a = app.connect(&alice, "text", false).await;
+    assert_eq!(a.message().await.kind, MessageType::Notification);
+    assert!(a.try_next(std::time::Duration::from_millis(300)).await.is_none_or(|s| !matches!(s, Seen::Message(_))));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn creating_a_group_with_unknown_users_is_refused() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let res = app
+        .as_user(Method::POST, "/v1.0/groups/", &alice)
+        .json(&json!({"name": "ghosts", "members": ["nobody"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "unknown users: nobody");
+    app.stop().await;
+}

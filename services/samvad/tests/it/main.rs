@@ -1,0 +1,10 @@
+//! End-to-end tests of the all-in-one server: a real server on port 0, real WebSocket and HTTP
+//! clients, assertions about what users see.
+
+mod auth;
+mod bad_input;
+mod chat;
+mod durability;
+mod groups;
+mod rest;
+mod support;

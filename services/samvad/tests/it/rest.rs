@@ -1,0 +1,155 @@
+//! The REST send endpoint and the profile routes.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::Method;
+use samvad_protocol::{Encoding, Limits, MessageType};
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, chat, text_of};
+
+#[tokio::test]
+async fn rest_send_in_text_answers_acks_and_delivers() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut b = app.connect(&bob, "text", false).await;
+    let frames: Vec<String> = (0..3)
+        .map(|i| samvad_protocol::encode_text(&chat(&format!("r-{i}"), "alice", "bob", &format!("#{i}")), Encoding::V2_1))
+        .collect();
+    let res = app
+        .as_user(Method::POST, "/v1.0/messages?format=text&ack=true", &alice)
+        .json(&frames)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let acks = body["acks"].as_array().unwrap();
+    assert_eq!(acks.len(), 3);
+    let limits = Limits::DEFAULT;
+    for (i, ack) in acks.iter().enumerate() {
+        let ack = samvad_protocol::decode_text(ack.as_str().unwrap(), &limits).unwrap();
+        assert_eq!(ack.kind, MessageType::ServerAck);
+        assert_eq!(ack.id, format!("r-{i}"));
+        assert_eq!(ack.destination, "alice");
+    }
+    for i in 0..3 {
+        assert_eq!(text_of(&b.message().await), format!("#{i}"));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rest_send_in_binary_and_without_acks() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let frame = STANDARD.encode(samvad_protocol::encode_binary(&chat("b-1", "alice", "bob", "bin")));
+    let res = app
+        .as_user(Method::POST, "/v1.0/messages?format=binary&ack=true", &alice)
+        .json(&[frame.clone()])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let ack = STANDARD.decode(body["acks"][0].as_str().unwrap()).unwrap();
+    let ack = samvad_protocol::decode_binary(&ack, &Limits::DEFAULT).unwrap();
+    assert_eq!(ack.kind, MessageType::ServerAck);
+
+    let res = app
+        .as_user(Method::POST, "/v1.0/messages?format=binary", &alice)
+        .json(&[STANDARD.encode(samvad_protocol::encode_binary(&chat("b-2", "alice", "bob", "quiet")))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({}));
+    let mut b = app.connect(&bob, "text", false).await;
+    assert_eq!(text_of(&b.message().await), "bin");
+    assert_eq!(text_of(&b.message().await), "quiet");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_message_in_a_batch_refuses_the_batch_and_says_which() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    app.login("bob").await;
+    let good = samvad_protocol::encode_text(&chat("ok", "alice", "bob", "fine"), Encoding::V2_1);
+    for (body, status, says) in [
+        (json!([good, "{not json"]), 400, "message 1: frame is not valid JSON"),
+        (json!([]), 400, "send 1 to 100 messages"),
+        (json!({"not": "an array"}), 422, "invalid type"),
+        (
+            json!([samvad_protocol::encode_text(&chat("x", "alice", "nobody", "?"), Encoding::V2_1)]),
+            404,
+            "message 0: unknown user `nobody`",
+        ),
+    ] {
+        let res = app
+            .as_user(Method::POST, "/v1.0/messages?format=text&ack=true", &alice)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{body}");
+        let error: Value = res.json().await.unwrap();
+        assert!(error["error"].as_str().unwrap().contains(says), "{error} should say {says}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn profile_and_contact_sync() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    app.login("bob").await;
+    let profile: Value = app
+        .as_user(Method::GET, "/v1.0/profile/", &alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(profile, json!({"username": "alice"}));
+    let found: Value = app
+        .as_user(Method::POST, "/v1.0/contactbook/sync", &alice)
+        .json(&json!({"users": ["bob", "zed", "alice"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found, json!({"bob": true, "alice": true}));
+
+    // A second login is not new.
+    let again: Value = app
+        .http
+        .post(app.url("/v1.0/login"))
+        .json(&json!({"username": "alice", "authToken": "x", "notificationToken": "t2", "deviceId": "phone", "messageVersion": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["isNew"], false);
+    assert_eq!(again["status"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_page() {
+    let app = TestApp::spawn().await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(app.http.get(app.url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
+    let page = app.http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Samvad"));
+    app.stop().await;
+}

@@ -1,0 +1,218 @@
+// Browser end-to-end test of the test page (www/index.html) as the real server serves it at `/`.
+//
+// Starts the samvad binary (SAMVAD_BIN, default ../../target/debug/samvad) on a free port with a
+// temp data dir, drives Debian's Chromium (CHROMIUM, default /usr/bin/chromium) through
+// playwright-core with one browser context per user, and checks a whole exchange:
+// WebSocket and REST sends, SERVER_ACK / CLIENT_ACK, groups and their notification, contact
+// sync, a v3 binary connection, and that message text is never rendered as markup.
+//
+//   cd www/tests && npm ci && cd ../.. && cargo build -p samvad && node --test www/tests/
+//
+// A screenshot of alice's page is written to SAMVAD_WWW_SCREENSHOT (default
+// $TMPDIR/samvad-www.png) for a person to look at.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const SERVER_BIN = resolve(here, process.env.SAMVAD_BIN || '../../target/debug/samvad');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SCREENSHOT = process.env.SAMVAD_WWW_SCREENSHOT || join(tmpdir(), 'samvad-www.png');
+const STEP = 10_000; // the most any single wait may take
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+/** Starts the server; resolves with { base, proc, logs(), stop() } once it logs its address. */
+async function startServer() {
+  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run \`cargo build -p samvad\` or set SAMVAD_BIN`);
+  const dataDir = mkdtempSync(join(tmpdir(), 'samvad-www-data-'));
+  const proc = spawn(SERVER_BIN, [], {
+    env: { ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: '127.0.0.1:0', SAMVAD_DATA_DIR: dataDir },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  // If the test runner itself dies, do not leave the server behind.
+  const orphanGuard = () => { try { proc.kill('SIGKILL'); } catch { /* already gone */ } };
+  process.once('exit', orphanGuard);
+  let out = '';
+  const exited = new Promise((res) => proc.once('exit', (code, signal) => res({ code, signal })));
+  const stop = async () => {
+    process.removeListener('exit', orphanGuard);
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(t);
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+  };
+  const base = await new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`server did not log its address within ${STEP} ms:\n${out}`)), STEP);
+    const onData = (chunk) => {
+      out += chunk.toString().replace(ANSI, '');
+      const m = out.match(/listening addr=(\d+\.\d+\.\d+\.\d+:\d+)/);
+      if (m) { clearTimeout(timer); res(`http://${m[1]}`); }
+    };
+    proc.stdout.on('data', onData);
+    proc.stderr.on('data', onData);
+    proc.once('error', (e) => { clearTimeout(timer); rej(e); });
+    exited.then(({ code, signal }) => { clearTimeout(timer); rej(new Error(`server exited (${code ?? signal}) before listening:\n${out}`)); });
+  }).catch(async (e) => { await stop(); throw e; });
+  return { base, logs: () => out, stop };
+}
+
+/** A page for one user in its own browser context (own cookies), with page errors collected. */
+async function openUser(browser, base, name) {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+  context.setDefaultTimeout(STEP);
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name} console: ${m.text()}`); });
+  await page.goto(base + '/', { timeout: STEP });
+  return { name, page, context, errors };
+}
+
+async function login(u) {
+  await u.page.fill('#username', u.name);
+  await u.page.fill('#token', 'dev-token');
+  await u.page.click('#login');
+  await u.page.waitForFunction(() => document.querySelector('#accesskey').value.length > 0, null, { timeout: STEP });
+  assert.match(await u.page.textContent('#login-status'), new RegExp(`Logged in as ${u.name}`));
+}
+
+async function connect(u, { format = 'text', auth = 'cookie' } = {}) {
+  await u.page.selectOption('#format', format);
+  await u.page.selectOption('#auth-mode', auth);
+  await u.page.click('#connect');
+  await u.page.waitForFunction(() => /^connected/.test(document.querySelector('#conn-status').textContent), null, { timeout: STEP });
+}
+
+async function send(u, { to, text, channel = 'chat', rest = false }) {
+  await u.page.selectOption('#channel', channel);
+  await u.page.fill('#to', to);
+  await u.page.fill('#text', text);
+  await u.page.setChecked('#via-rest', rest);
+  await u.page.click('#send');
+  // The id of the message just sent: the newest of my bubbles with this text.
+  const mine = u.page.locator('#messages .msg.mine').filter({ hasText: text }).last();
+  await mine.waitFor({ timeout: STEP });
+  return mine.getAttribute('data-id');
+}
+
+/** Waits until `u` shows a received message from `from` containing `text`; returns its bubble. */
+async function received(u, from, text) {
+  const bubble = u.page.locator(`#messages .msg.theirs[data-from="${from}"]`).filter({ hasText: text });
+  await bubble.first().waitFor({ timeout: STEP });
+  return bubble.first();
+}
+
+/** Waits for a log entry of `kind` in direction `dir` mentioning `id`. */
+async function logged(u, dir, kind, id) {
+  await u.page
+    .locator(`#log .entry[data-dir="${dir}"][data-kind="${kind}"]`)
+    .filter({ hasText: id })
+    .first()
+    .waitFor({ state: 'attached', timeout: STEP });
+}
+
+test('two browsers chat through the test page', { timeout: 60_000 }, async () => {
+  const server = await startServer();
+  let browser;
+  const users = [];
+  try {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      timeout: STEP,
+      // playwright-core launches with a fresh temporary user data dir and removes it on close.
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    const alice = await openUser(browser, server.base, 'alice');
+    const bob = await openUser(browser, server.base, 'bob');
+    users.push(alice, bob);
+    assert.equal(await alice.page.title(), 'Samvad — test client');
+
+    // Both must exist before either can be messaged.
+    await login(alice);
+    await login(bob);
+    await connect(alice, { auth: 'cookie' });
+    await connect(bob, { auth: 'subprotocol' });
+
+    // alice → bob over the WebSocket; the text must arrive as text, never as markup.
+    const hello = 'hello bob <b>not bold</b> & <img src=x onerror=alert(1)>';
+    const helloId = await send(alice, { to: 'bob', text: hello });
+    const bubble = await received(bob, 'alice', hello);
+    assert.equal(await bubble.locator('.body').textContent(), hello);
+    assert.equal(await bob.page.locator('#messages .body *, #messages img').count(), 0, 'message text was rendered as HTML');
+    // alice's SERVER_ACK (durable), and bob's automatic CLIENT_ACK, both in the logs.
+    await logged(alice, 'in', 'SERVER_ACK', helloId);
+    await alice.page.locator(`#messages .msg.mine[data-id="${helloId}"] .status.acked`).waitFor({ timeout: STEP });
+    await logged(bob, 'out', 'CLIENT_ACK', helloId);
+
+    // bob → alice over REST, acked in the response.
+    const replyId = await send(bob, { to: 'alice', text: 'hi alice, via REST', rest: true });
+    await received(alice, 'bob', 'hi alice, via REST');
+    await logged(bob, 'in', 'SERVER_ACK', replyId);
+    await logged(alice, 'out', 'CLIENT_ACK', replyId);
+
+    // alice creates a group with bob; bob is told, and a group message reaches him.
+    await alice.page.fill('#group-name', 'crew');
+    await alice.page.fill('#group-members', 'bob');
+    await alice.page.click('#create-group');
+    await alice.page.waitForFunction(() => document.querySelector('#channel').value === 'group'
+      && document.querySelector('#to').value.length > 0, null, { timeout: STEP });
+    const groupId = await alice.page.inputValue('#to');
+    await alice.page.locator(`#groups li[data-group-id="${groupId}"]`).waitFor({ timeout: STEP });
+    await bob.page.locator('#messages .sys').filter({ hasText: 'alice added' }).filter({ hasText: 'crew' }).first()
+      .waitFor({ timeout: STEP });
+    const groupText = 'hello crew';
+    const groupMsgId = await send(alice, { channel: 'group', to: groupId, text: groupText });
+    const groupBubble = await received(bob, 'alice', groupText);
+    assert.equal(await groupBubble.getAttribute('data-to'), groupId);
+    assert.match(await groupBubble.locator('.who').textContent(), /crew/);
+    await logged(alice, 'in', 'SERVER_ACK', groupMsgId);
+
+    // bob lists his groups and sees the new one.
+    await bob.page.click('#list-groups');
+    await bob.page.locator(`#groups li[data-group-id="${groupId}"]`).filter({ hasText: 'crew' }).waitFor({ timeout: STEP });
+
+    // Contact sync reports who exists.
+    await alice.page.fill('#contacts', 'bob, nobody-here');
+    await alice.page.click('#sync-contacts');
+    await alice.page.locator('#contacts-result').filter({ hasText: 'not found: nobody-here' }).waitFor({ timeout: STEP });
+    assert.match(await alice.page.textContent('#contacts-result'), /On Samvad: bob/);
+
+    // A third user on a v3 binary connection, both ways, exercising the page's protobuf codec.
+    const carol = await openUser(browser, server.base, 'carol');
+    users.push(carol);
+    await login(carol);
+    await connect(carol, { format: 'binary', auth: 'subprotocol' });
+    await send(alice, { to: 'carol', text: 'binary hello' });
+    await received(carol, 'alice', 'binary hello');
+    const carolId = await send(carol, { to: 'alice', text: 'binary reply ✓' });
+    await received(alice, 'carol', 'binary reply ✓');
+    await logged(carol, 'in', 'SERVER_ACK', carolId);
+
+    // Disconnect is clean.
+    await bob.page.click('#disconnect');
+    await bob.page.waitForFunction(() => document.querySelector('#conn-status').textContent === 'disconnected', null, { timeout: STEP });
+
+    await alice.page.screenshot({ path: SCREENSHOT, timeout: STEP });
+    const errors = users.flatMap((u) => u.errors);
+    assert.deepEqual(errors, [], 'page errors');
+  } catch (e) {
+    e.message += `\n--- server log (tail) ---\n${server.logs().split('\n').slice(-40).join('\n')}`;
+    throw e;
+  } finally {
+    if (browser) {
+      await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 5_000))]);
+    }
+    await server.stop();
+  }
+});
