@@ -11,7 +11,7 @@
 // A screenshot of alice's page is written to SAMVAD_WWW_SCREENSHOT (default
 // $TMPDIR/samvad-www.png) for a person to look at.
 
-import { test } from 'node:test';
+import { describe, before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
@@ -66,9 +66,11 @@ async function startServer() {
 }
 
 /** A page for one user in its own browser context (own cookies), with page errors collected. */
-async function openUser(browser, base, name) {
+async function openUser(browser, base, name, { fakeClock = false } = {}) {
   const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
   context.setDefaultTimeout(STEP);
+  // A fake clock lets the test fast-forward through the 30 s ping interval.
+  if (fakeClock) await context.clock.install();
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
@@ -120,11 +122,15 @@ async function logged(u, dir, kind, id) {
     .waitFor({ state: 'attached', timeout: STEP });
 }
 
-test('two browsers chat through the test page', { timeout: 60_000 }, async () => {
-  const server = await startServer();
+describe('the test page, served by the real server', { timeout: 60_000 }, () => {
+  let server;
   let browser;
   const users = [];
-  try {
+  const pages = {};
+
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
+    server = await startServer();
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -133,9 +139,41 @@ test('two browsers chat through the test page', { timeout: 60_000 }, async () =>
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
+  }, { timeout: 25_000 });
+
+  after(async () => {
+    if (browser) await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 5_000))]);
+    if (server) await server.stop();
+  }, { timeout: 15_000 });
+
+  test('two browsers chat: WebSocket, REST, acks, groups, contacts, binary', { timeout: 40_000 }, async () => {
+    try {
+      await chat();
+    } catch (e) {
+      e.message += `\n--- server log (tail) ---\n${server.logs().split('\n').slice(-40).join('\n')}`;
+      throw e;
+    }
+  });
+
+  // The close handshake: the page closes with 1000 and should see the server's close come back.
+  test('a client close gets a clean close back', {
+    timeout: 12_000,
+    todo: 'server bug: ws-gateway drops the TCP connection without answering the client\'s close frame (browser sees 1006)',
+  }, async () => {
+    const { bob } = pages;
+    assert.ok(bob, 'needs the chat test to have run');
+    await connect(bob, { auth: 'subprotocol' });
+    await bob.page.click('#disconnect');
+    const close = bob.page.locator('#log .entry[data-kind="close"][data-dir]').last();
+    await bob.page.waitForFunction(() => document.querySelector('#conn-status').textContent === 'disconnected', null, { timeout: STEP });
+    assert.match(await close.textContent(), /code 1000/);
+  });
+
+  async function chat() {
     const alice = await openUser(browser, server.base, 'alice');
     const bob = await openUser(browser, server.base, 'bob');
     users.push(alice, bob);
+    Object.assign(pages, { alice, bob });
     assert.equal(await alice.page.title(), 'Samvad — test client');
 
     // Both must exist before either can be messaged.
@@ -169,7 +207,9 @@ test('two browsers chat through the test page', { timeout: 60_000 }, async () =>
       && document.querySelector('#to').value.length > 0, null, { timeout: STEP });
     const groupId = await alice.page.inputValue('#to');
     await alice.page.locator(`#groups li[data-group-id="${groupId}"]`).waitFor({ timeout: STEP });
-    await bob.page.locator('#messages .sys').filter({ hasText: 'alice added' }).filter({ hasText: 'crew' }).first()
+    await bob.page.locator('#messages .sys').filter({ hasText: 'alice created group “crew” with you' }).first()
+      .waitFor({ timeout: STEP });
+    await alice.page.locator('#messages .sys').filter({ hasText: 'You created group “crew” with bob' }).first()
       .waitFor({ timeout: STEP });
     const groupText = 'hello crew';
     const groupMsgId = await send(alice, { channel: 'group', to: groupId, text: groupText });
@@ -189,7 +229,7 @@ test('two browsers chat through the test page', { timeout: 60_000 }, async () =>
     assert.match(await alice.page.textContent('#contacts-result'), /On Samvad: bob/);
 
     // A third user on a v3 binary connection, both ways, exercising the page's protobuf codec.
-    const carol = await openUser(browser, server.base, 'carol');
+    const carol = await openUser(browser, server.base, 'carol', { fakeClock: true });
     users.push(carol);
     await login(carol);
     await connect(carol, { format: 'binary', auth: 'subprotocol' });
@@ -198,21 +238,23 @@ test('two browsers chat through the test page', { timeout: 60_000 }, async () =>
     const carolId = await send(carol, { to: 'alice', text: 'binary reply ✓' });
     await received(alice, 'carol', 'binary reply ✓');
     await logged(carol, 'in', 'SERVER_ACK', carolId);
+    const carolRestId = await send(carol, { to: 'alice', text: 'binary over REST', rest: true });
+    await received(alice, 'carol', 'binary over REST');
+    await logged(carol, 'in', 'SERVER_ACK', carolRestId);
 
-    // Disconnect is clean.
+    // Keep-alive: 30 s later the page pings and logs the server's pong.
+    await carol.page.clock.fastForward(30_500);
+    await carol.page.locator('#log .entry[data-dir="out"][data-kind="ping"]').first().waitFor({ state: 'attached', timeout: STEP });
+    await carol.page.locator('#log .entry[data-dir="in"][data-kind="pong"]').first().waitFor({ state: 'attached', timeout: STEP });
+
+    // Disconnect.
     await bob.page.click('#disconnect');
     await bob.page.waitForFunction(() => document.querySelector('#conn-status').textContent === 'disconnected', null, { timeout: STEP });
+    assert.equal(await bob.page.isEnabled('#connect'), true);
 
+    await alice.page.evaluate(() => { document.querySelector('aside').scrollTop = 0; });
     await alice.page.screenshot({ path: SCREENSHOT, timeout: STEP });
     const errors = users.flatMap((u) => u.errors);
     assert.deepEqual(errors, [], 'page errors');
-  } catch (e) {
-    e.message += `\n--- server log (tail) ---\n${server.logs().split('\n').slice(-40).join('\n')}`;
-    throw e;
-  } finally {
-    if (browser) {
-      await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 5_000))]);
-    }
-    await server.stop();
   }
 });

@@ -96,13 +96,19 @@ mod tests {
         };
         for event in [live, replay] {
             let json = serde_json::to_vec(&event).unwrap();
-            assert_eq!(serde_json::from_slice::<GatewayEvent>(&json).unwrap(), event);
+            assert_eq!(
+                serde_json::from_slice::<GatewayEvent>(&json).unwrap(),
+                event
+            );
         }
         let addressed = Addressed {
             recipient: "bob".into(),
             message: message(),
         };
         let json = serde_json::to_vec(&addressed).unwrap();
-        assert_eq!(serde_json::from_slice::<Addressed>(&json).unwrap(), addressed);
+        assert_eq!(
+            serde_json::from_slice::<Addressed>(&json).unwrap(),
+            addressed
+        );
     }
 }

@@ -77,8 +77,9 @@ impl MemoryBus {
             .map_err(storage)?;
         let (rows, offsets) = db
             .read(|c| {
-                let mut stmt =
-                    c.prepare("SELECT topic, offset, key, value FROM bus_log ORDER BY topic, offset")?;
+                let mut stmt = c.prepare(
+                    "SELECT topic, offset, key, value FROM bus_log ORDER BY topic, offset",
+                )?;
                 let rows = stmt
                     .query_map([], |r| {
                         Ok((

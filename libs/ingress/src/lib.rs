@@ -112,7 +112,11 @@ impl Ingress {
         if self.lock_known().contains(username) {
             return Ok(());
         }
-        let found = self.stores.profiles.existing(&[username.to_owned()]).await?;
+        let found = self
+            .stores
+            .profiles
+            .existing(&[username.to_owned()])
+            .await?;
         if found.is_empty() {
             return Err(Rejection::UnknownUser(username.to_owned()));
         }

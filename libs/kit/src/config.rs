@@ -14,7 +14,14 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 /// Every setting any service reads. Services use the sections they need.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about = "Samvad chat server")]
+#[command(
+    version,
+    about = "Samvad chat server",
+    long_about = "Samvad chat server.\n\nThe all-in-one `samvad` takes an optional first \
+                  argument: `serve` (every service; the default) or one service's name \
+                  (ws-gateway, rest-gateway, profile, group, message-router, group-router, \
+                  delivery, push, www)."
+)]
 pub struct Config {
     /// Address the HTTP/WebSocket server binds.
     #[arg(long, env = "SAMVAD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -84,7 +91,11 @@ pub struct AuthArgs {
     pub auth_firebase_project: Option<String>,
 
     /// `jwks`: the token claim that must equal the username.
-    #[arg(long, env = "SAMVAD_AUTH_USERNAME_CLAIM", default_value = "phone_number")]
+    #[arg(
+        long,
+        env = "SAMVAD_AUTH_USERNAME_CLAIM",
+        default_value = "phone_number"
+    )]
     pub auth_username_claim: String,
 
     /// Access-key signing secrets, `kid:secret` comma separated (secrets of 32+ bytes); the
@@ -168,12 +179,18 @@ impl Config {
         let listen = self.listen.parse::<SocketAddr>();
         check(
             listen.is_ok(),
-            format!("SAMVAD_LISTEN: `{}` is not an address like 127.0.0.1:8080", self.listen),
+            format!(
+                "SAMVAD_LISTEN: `{}` is not an address like 127.0.0.1:8080",
+                self.listen
+            ),
         );
         let json_logs = self.log_format == "json";
         check(
             matches!(self.log_format.as_str(), "human" | "json"),
-            format!("SAMVAD_LOG_FORMAT: `{}` is not `human` or `json`", self.log_format),
+            format!(
+                "SAMVAD_LOG_FORMAT: `{}` is not `human` or `json`",
+                self.log_format
+            ),
         );
         check(
             self.bus == "memory",
@@ -181,11 +198,17 @@ impl Config {
         );
         check(
             self.store == "embedded",
-            format!("SAMVAD_STORE: `{}` is not available; use `embedded`", self.store),
+            format!(
+                "SAMVAD_STORE: `{}` is not available; use `embedded`",
+                self.store
+            ),
         );
         check(
             self.presence == "memory",
-            format!("SAMVAD_PRESENCE: `{}` is not available; use `memory`", self.presence),
+            format!(
+                "SAMVAD_PRESENCE: `{}` is not available; use `memory`",
+                self.presence
+            ),
         );
         for provider in self.push_providers.split(',').map(str::trim) {
             check(
@@ -399,7 +422,13 @@ where
             extra.push(OsString::from(format!("{flag}={value}")));
         }
     }
-    let command = command.mut_args(|a| a.env(None::<&str>));
+    // `--help` shows each setting's variable; parsing must not read the process's.
+    let wants_help = args.iter().any(|a| a == "-h" || a == "--help");
+    let command = if wants_help {
+        command
+    } else {
+        command.mut_args(|a| a.env(None::<&str>))
+    };
     let mut all = args;
     all.extend(extra);
     let matches = command.try_get_matches_from(all)?;
@@ -418,6 +447,23 @@ mod tests {
     }
 
     #[test]
+    fn env_template_documents_exactly_the_settings() {
+        let template = include_str!("../../../.env.tmpl");
+        let mut documented: Vec<String> = template
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim())
+            .filter_map(|l| l.split_once('='))
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| name.starts_with("SAMVAD_"))
+            .collect();
+        documented.sort();
+        let mut read = Config::env_names();
+        read.sort();
+        assert_eq!(documented, read);
+        assert!(template.contains("RUST_LOG="));
+    }
+
+    #[test]
     fn defaults_run_on_loopback_with_dev_auth() {
         let config = Config::parse_with_env(["samvad"], &env(&[])).unwrap();
         let settings = config.validate().unwrap();
@@ -428,9 +474,11 @@ mod tests {
 
     #[test]
     fn environment_is_read_and_flags_win() {
-        let e = env(&[("SAMVAD_LISTEN", "127.0.0.1:9000"), ("SAMVAD_MAX_MESSAGE_BYTES", "1024")]);
-        let config =
-            Config::parse_with_env(["samvad", "--listen", "127.0.0.1:7000"], &e).unwrap();
+        let e = env(&[
+            ("SAMVAD_LISTEN", "127.0.0.1:9000"),
+            ("SAMVAD_MAX_MESSAGE_BYTES", "1024"),
+        ]);
+        let config = Config::parse_with_env(["samvad", "--listen", "127.0.0.1:7000"], &e).unwrap();
         let settings = config.validate().unwrap();
         assert_eq!(settings.listen.port(), 7000);
         assert_eq!(settings.max_message_bytes, 1024);
@@ -461,7 +509,10 @@ mod tests {
 
     #[test]
     fn dev_auth_is_refused_beyond_loopback_unless_allowed() {
-        let e = env(&[("SAMVAD_LISTEN", "0.0.0.0:80"), ("SAMVAD_AUTH_PROVIDER", "dev")]);
+        let e = env(&[
+            ("SAMVAD_LISTEN", "0.0.0.0:80"),
+            ("SAMVAD_AUTH_PROVIDER", "dev"),
+        ]);
         let problems = Config::parse_with_env(["samvad"], &e)
             .unwrap()
             .validate()

@@ -72,7 +72,11 @@ impl Context {
         let shared = Arc::clone(&self.shared);
         self.shared.tasks.spawn(async move {
             if let Err(error) = task.await {
-                tracing::error!(task = name, error = format!("{error:#}"), "task failed; stopping");
+                tracing::error!(
+                    task = name,
+                    error = format!("{error:#}"),
+                    "task failed; stopping"
+                );
                 shared.failed.store(true, Ordering::SeqCst);
                 shared.shutdown.cancel();
             }
@@ -192,7 +196,9 @@ pub async fn start(
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let db = Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?;
-    let bus = MemoryBus::open(db.clone()).await.context("opening the bus")?;
+    let bus = MemoryBus::open(db.clone())
+        .await
+        .context("opening the bus")?;
     let store = EmbeddedStore::open(db).await.context("opening the store")?;
     let secrets = match &settings.access_key_secrets {
         Some(secrets) => secrets.clone(),
@@ -346,7 +352,10 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
         }
     };
     init_tracing(settings.json_logs);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

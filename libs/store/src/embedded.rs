@@ -8,7 +8,7 @@ use samvad_protocol::Message;
 use samvad_sqlite::{Db, DbError};
 
 use crate::{
-    Device, Group, GroupStore, InboxStore, Member, Pending, Profile, ProfileStore, Removal,
+    Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
     Result, Role, StoreError,
 };
 
@@ -313,7 +313,7 @@ impl GroupStore for EmbeddedStore {
 
 #[async_trait::async_trait]
 impl InboxStore for EmbeddedStore {
-    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Option<u64>>> {
+    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Kept>> {
         let rows = items
             .iter()
             .map(|(recipient, m)| {
@@ -328,10 +328,21 @@ impl InboxStore for EmbeddedStore {
                     "INSERT INTO inbox (recipient, sender, id, message) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (recipient, sender, id) DO NOTHING",
                 )?;
+                let mut existing = t.prepare_cached(
+                    "SELECT seq, acked FROM inbox WHERE recipient = ?1 AND sender = ?2 AND id = ?3",
+                )?;
                 rows.iter()
                     .map(|(recipient, sender, id, body)| {
-                        let inserted = insert.execute(params![recipient, sender, id, body])?;
-                        Ok((inserted == 1).then(|| t.last_insert_rowid() as u64))
+                        if insert.execute(params![recipient, sender, id, body])? == 1 {
+                            return Ok(Kept::New(t.last_insert_rowid() as u64));
+                        }
+                        existing.query_row(params![recipient, sender, id], |r| {
+                            Ok(if r.get::<_, bool>(1)? {
+                                Kept::Acked
+                            } else {
+                                Kept::Pending(r.get::<_, i64>(0)? as u64)
+                            })
+                        })
                     })
                     .collect()
             })
@@ -381,5 +392,126 @@ impl InboxStore for EmbeddedStore {
             })
             .await
             .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(Db::open(&dir.path().join("s.db")).unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn msg(id: &str, from: &str) -> Message {
+        Message {
+            id: id.into(),
+            source: from.into(),
+            destination: "bob".into(),
+            content: br#"{"text":"x"}"#.to_vec(),
+            ..Message::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_inbox_keeps_order_drops_repeats_and_forgets_acked_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let bob = || "bob".to_owned();
+        let kept = s
+            .keep(&[
+                (bob(), msg("1", "alice")),
+                (bob(), msg("2", "alice")),
+                (bob(), msg("1", "carol")),
+            ])
+            .await
+            .unwrap();
+        let [Kept::New(a), Kept::New(b), Kept::New(c)] = kept[..] else {
+            panic!("{kept:?}");
+        };
+        assert!(a < b && b < c);
+        assert_eq!(
+            s.keep(&[(bob(), msg("1", "alice"))]).await.unwrap(),
+            vec![Kept::Pending(a)]
+        );
+        assert_eq!(
+            s.ack(&[(bob(), "1".into())]).await.unwrap(),
+            2,
+            "both senders' id 1"
+        );
+        assert_eq!(
+            s.keep(&[(bob(), msg("1", "alice"))]).await.unwrap(),
+            vec![Kept::Acked]
+        );
+        let pending = s.pending("bob", 0, 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].seq, b);
+        assert_eq!(pending[0].message, msg("2", "alice"));
+        assert!(s.pending("bob", b, 10).await.unwrap().is_empty());
+        assert!(s.pending("alice", 0, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_leaving_promotes_the_longest_standing_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let member = |u: &str, role| Member {
+            username: u.into(),
+            role,
+        };
+        s.create(&Group {
+            group_id: "g".into(),
+            name: "G".into(),
+            members: vec![member("ann", Role::Admin), member("ben", Role::User)],
+            profile_pic: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s.add_members("g", &["cat".into(), "ben".into()])
+                .await
+                .unwrap(),
+            vec!["cat".to_owned()]
+        );
+        assert_eq!(
+            s.remove_member("g", "ann").await.unwrap(),
+            Some(Removal {
+                promoted: Some("ben".into())
+            })
+        );
+        assert_eq!(s.remove_member("g", "ann").await.unwrap(), None);
+        let g = s.group("g").await.unwrap().unwrap();
+        assert_eq!(
+            g.members,
+            vec![member("ben", Role::Admin), member("cat", Role::User)]
+        );
+        assert_eq!(s.groups_of("cat").await.unwrap().len(), 1);
+        assert!(s.groups_of("ann").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn login_creates_once_and_registers_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let device = |id: &str, token: &str| Device {
+            device_id: id.into(),
+            notification_token: token.into(),
+            message_version: 2.1,
+        };
+        assert!(s.login("ann", &device("default", "t1")).await.unwrap());
+        assert!(!s.login("ann", &device("default", "t2")).await.unwrap());
+        assert!(!s.login("ann", &device("tablet", "t3")).await.unwrap());
+        let mut devices = s.devices("ann").await.unwrap();
+        devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        assert_eq!(
+            devices,
+            vec![device("default", "t2"), device("tablet", "t3")]
+        );
+        assert_eq!(
+            s.existing(&["ann".into(), "zed".into()]).await.unwrap(),
+            vec!["ann".to_owned()]
+        );
     }
 }

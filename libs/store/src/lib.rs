@@ -85,6 +85,17 @@ pub struct Removal {
     pub promoted: Option<String>,
 }
 
+/// What keeping a message in an inbox found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Newly kept at this place in the recipient's order.
+    New(u64),
+    /// Already kept at this place and not yet acked.
+    Pending(u64),
+    /// Already kept and acked.
+    Acked,
+}
+
 /// A message waiting in a recipient's inbox, with its place in their order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
@@ -116,10 +127,10 @@ pub trait GroupStore: Send + Sync + 'static {
 
 #[async_trait::async_trait]
 pub trait InboxStore: Send + Sync + 'static {
-    /// Keeps each message for its recipient until acked, in order, in one durable write.
-    /// Returns each one's sequence number, or `None` when the same sender's id is already in
-    /// that inbox (a re-send, or a record redelivered after a crash).
-    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Option<u64>>>;
+    /// Keeps each message for its recipient until acked, in order, in one durable write, and
+    /// says for each whether it is new. The same sender's id already in that inbox (a re-send,
+    /// or a record redelivered after a crash) is not kept twice.
+    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Kept>>;
     /// Unacked messages after `after`, oldest first, at most `limit`.
     async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>>;
     /// Ends the duty for each (recipient, message id). Returns how many were pending.

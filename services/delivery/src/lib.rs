@@ -12,7 +12,7 @@ use samvad_bus::{
 use samvad_kit::{Context, ServiceDef};
 use samvad_presence::Presence;
 use samvad_protocol::MessageType;
-use samvad_store::InboxStore;
+use samvad_store::{InboxStore, Kept};
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "delivery",
@@ -73,12 +73,16 @@ impl Delivery {
         let mut offline = Vec::new();
         let mut online: HashMap<String, Vec<String>> = HashMap::new();
         for a in items {
-            let seq = if a.message.ephemeral {
-                None
+            // A message kept before (a re-send, or this batch again after a crash) that is
+            // still pending goes out again, with its first sequence number, so a connection
+            // that already has it drops it; it is not pushed twice.
+            let (seq, new) = if a.message.ephemeral {
+                (None, false)
             } else {
-                match seqs.next().flatten() {
-                    Some(seq) => Some(seq),
-                    None => continue, // already kept: a re-send or a redelivered record
+                match seqs.next() {
+                    Some(Kept::New(seq)) => (Some(seq), true),
+                    Some(Kept::Pending(seq)) => (Some(seq), false),
+                    Some(Kept::Acked) | None => continue,
                 }
             };
             let gateways = match online.get(&a.recipient) {
@@ -90,7 +94,7 @@ impl Delivery {
                 }
             };
             if gateways.is_empty() {
-                if seq.is_some() && a.message.kind != MessageType::Notification {
+                if new && a.message.kind != MessageType::Notification {
                     offline.push(Record::json(a.recipient.clone(), &a)?);
                 }
                 continue;
@@ -148,10 +152,7 @@ impl Delivery {
         let topic = Topic::Gateway(event.gateway.clone());
         let mut after = 0;
         loop {
-            let pending = self
-                .inbox
-                .pending(&event.user, after, REPLAY_CHUNK)
-                .await?;
+            let pending = self.inbox.pending(&event.user, after, REPLAY_CHUNK).await?;
             let done = pending.len() < REPLAY_CHUNK;
             after = pending.last().map_or(after, |p| p.seq);
             let items = pending

@@ -78,7 +78,14 @@ async fn create(
     };
     ctx.stores.groups.create(&group).await?;
     let everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
-    notify(&ctx, &group.group_id, &user, Change::Added(&everyone), &everyone).await?;
+    notify(
+        &ctx,
+        &group.group_id,
+        &user,
+        Change::Added(&everyone),
+        &everyone,
+    )
+    .await?;
     Ok(Json(json!({ "groupId": group.group_id })))
 }
 

@@ -25,7 +25,10 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                     groups.push(Record::json(message.destination.clone(), &message)?);
                 } else {
                     let recipient = message.destination.clone();
-                    direct.push(Record::json(recipient.clone(), &Addressed { recipient, message })?);
+                    direct.push(Record::json(
+                        recipient.clone(),
+                        &Addressed { recipient, message },
+                    )?);
                 }
             }
             bus.publish(&Topic::GroupMessages, groups).await?;

@@ -88,7 +88,10 @@ async fn login(
         message_version: device.message_version,
     };
     ctx.bus
-        .publish(&Topic::Logins, vec![Record::json(login.username.clone(), &event)?])
+        .publish(
+            &Topic::Logins,
+            vec![Record::json(login.username.clone(), &event)?],
+        )
         .await?;
     tracing::info!(user = %login.username, is_new, "login");
     Ok(Json(json!({

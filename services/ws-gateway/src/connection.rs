@@ -42,7 +42,13 @@ enum End {
     Close(u16, &'static str),
 }
 
-pub(crate) async fn run(gateway: Gateway, socket: WebSocket, user: String, format: Format, ack: bool) {
+pub(crate) async fn run(
+    gateway: Gateway,
+    socket: WebSocket,
+    user: String,
+    format: Format,
+    ack: bool,
+) {
     let settings = Arc::clone(&gateway.ctx.settings);
     let (id, mut queue, slow) = gateway.register(&user);
     let mut conn = Conn {
@@ -103,7 +109,10 @@ async fn announce(
         connected,
     };
     ctx.bus
-        .publish(&Topic::Connections, vec![Record::json(user.to_owned(), &event)?])
+        .publish(
+            &Topic::Connections,
+            vec![Record::json(user.to_owned(), &event)?],
+        )
         .await?;
     Ok(())
 }
@@ -165,7 +174,10 @@ impl Conn {
                 }
                 self.sent_seq = seq;
             }
-            self.socket.feed(item.frame(self.format)).await.map_err(gone)?;
+            self.socket
+                .feed(item.frame(self.format))
+                .await
+                .map_err(gone)?;
             wrote = true;
         }
         if wrote {
@@ -175,7 +187,7 @@ impl Conn {
     }
 
     async fn received(&mut self, frame: Frame) -> Result<(), End> {
-        let limits = self.gateway.ingress.limits().clone();
+        let limits = *self.gateway.ingress.limits();
         let decoded = match &frame {
             Frame::Text(text) if text.as_str() == "ping" => {
                 return self.send(Frame::Text("pong".into())).await;
@@ -190,7 +202,10 @@ impl Conn {
                 return Err(End::Close(close_code::POLICY, "sending too fast"));
             }
             return self
-                .refuse(None, "rate limit exceeded: message dropped; slow down and send it again")
+                .refuse(
+                    None,
+                    "rate limit exceeded: message dropped; slow down and send it again",
+                )
                 .await;
         }
         let message = match decoded {
@@ -210,7 +225,10 @@ impl Conn {
         {
             tracing::warn!(user = %self.user, error = %e, "publish failed; message not acked");
             return self
-                .refuse(Some(&id), "the server could not take the message; send it again")
+                .refuse(
+                    Some(&id),
+                    "the server could not take the message; send it again",
+                )
                 .await;
         }
         if self.ack && accepted.kind != MessageType::ClientAck {

@@ -156,7 +156,10 @@ impl Gateway {
     /// closes that connection.
     fn dispatch(&self, batch: &[Received]) {
         let conns = self.lock();
-        for event in batch.iter().filter_map(Received::json_or_skip::<GatewayEvent>) {
+        for event in batch
+            .iter()
+            .filter_map(Received::json_or_skip::<GatewayEvent>)
+        {
             match event {
                 GatewayEvent::Live { user, items } => {
                     let Some(list) = conns.get(&user) else {

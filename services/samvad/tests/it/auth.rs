@@ -11,9 +11,7 @@ async fn ws_status(app: &TestApp, headers: &[(&'static str, String)]) -> u16 {
         .into_client_request()
         .unwrap();
     for (k, v) in headers {
-        request
-            .headers_mut()
-            .insert(*k, v.parse().unwrap());
+        request.headers_mut().insert(*k, v.parse().unwrap());
     }
     match tokio_tungstenite::connect_async(request).await {
         Ok((_, response)) => response.status().as_u16(),
@@ -28,20 +26,36 @@ async fn spoofed_users_are_refused_by_header_and_by_cookie() {
     let alice = app.login("alice").await;
     app.login("bob").await;
     assert_eq!(
-        ws_status(&app, &[("user", "bob".into()), ("accesskey", alice.clone())]).await,
+        ws_status(
+            &app,
+            &[("user", "bob".into()), ("accesskey", alice.clone())]
+        )
+        .await,
         401
     );
     assert_eq!(
         ws_status(&app, &[("cookie", format!("user=bob; accesskey={alice}"))]).await,
         401
     );
-    assert_eq!(ws_status(&app, &[("user", "alice".into())]).await, 401, "user alone is nothing");
     assert_eq!(
-        ws_status(&app, &[("cookie", format!("user=alice; accesskey={alice}"))]).await,
+        ws_status(&app, &[("user", "alice".into())]).await,
+        401,
+        "user alone is nothing"
+    );
+    assert_eq!(
+        ws_status(
+            &app,
+            &[("cookie", format!("user=alice; accesskey={alice}"))]
+        )
+        .await,
         101
     );
     assert_eq!(
-        ws_status(&app, &[("sec-websocket-protocol", format!("accesskey.{alice}"))]).await,
+        ws_status(
+            &app,
+            &[("sec-websocket-protocol", format!("accesskey.{alice}"))]
+        )
+        .await,
         101
     );
     let res = app
@@ -62,7 +76,11 @@ async fn spoofed_users_are_refused_by_header_and_by_cookie() {
 async fn the_auth_route_answers_nginx() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
-    let ok = app.as_user(Method::GET, "/v1.0/auth", &alice).send().await.unwrap();
+    let ok = app
+        .as_user(Method::GET, "/v1.0/auth", &alice)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.json::<Value>().await.unwrap(), json!({}));
     let bearer = app
@@ -93,7 +111,11 @@ async fn a_foreign_web_origin_cannot_open_a_socket() {
     let alice = app.login("alice").await;
     let creds = ("cookie", format!("user=alice; accesskey={alice}"));
     assert_eq!(
-        ws_status(&app, &[creds.clone(), ("origin", "https://evil.example".into())]).await,
+        ws_status(
+            &app,
+            &[creds.clone(), ("origin", "https://evil.example".into())]
+        )
+        .await,
         403
     );
     assert_eq!(
@@ -112,7 +134,13 @@ async fn login_refuses_bad_requests() {
         (json!({"username": "alice", "authToken": ""}), 401),
         (json!({"username": "alice"}), 422),
     ] {
-        let res = app.http.post(app.url("/v1.0/login")).json(&body).send().await.unwrap();
+        let res = app
+            .http
+            .post(app.url("/v1.0/login"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), status, "{body}");
         assert!(res.json::<Value>().await.unwrap()["error"].is_string());
     }

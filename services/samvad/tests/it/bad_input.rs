@@ -24,11 +24,26 @@ async fn malformed_frames_get_error_frames_and_the_connection_lives_on() {
     let cases: Vec<(Frame, &str)> = vec![
         (Frame::Text("{\"_v\":2.1,\"id\":".into()), "not valid JSON"),
         (Frame::Text("[1,2,3]".into()), "must be a JSON object"),
-        (Frame::Text(r#"{"_v":7,"id":"x"}"#.into()), "unsupported message version"),
-        (Frame::Text(r#"{"_v":2.1,"head":{"to":"bob"}}"#.into()), "id"),
-        (Frame::Text(r#"{"_v":2.1,"id":"x","head":{"type":"chat"}}"#.into()), "destination"),
-        (Frame::Text(r#"{"_v":2.1,"id":5,"head":{"to":"bob"}}"#.into()), "must be a string"),
-        (Frame::Binary(vec![0x12, 0xff, 0x01].into()), "not a valid v3 protobuf"),
+        (
+            Frame::Text(r#"{"_v":7,"id":"x"}"#.into()),
+            "unsupported message version",
+        ),
+        (
+            Frame::Text(r#"{"_v":2.1,"head":{"to":"bob"}}"#.into()),
+            "id",
+        ),
+        (
+            Frame::Text(r#"{"_v":2.1,"id":"x","head":{"type":"chat"}}"#.into()),
+            "destination",
+        ),
+        (
+            Frame::Text(r#"{"_v":2.1,"id":5,"head":{"to":"bob"}}"#.into()),
+            "must be a string",
+        ),
+        (
+            Frame::Binary(vec![0x12, 0xff, 0x01].into()),
+            "not a valid v3 protobuf",
+        ),
         (
             Frame::Text(
                 samvad_protocol::encode_text(&chat("u-1", "alice", "nobody", "?"), Encoding::V2_1)
@@ -37,7 +52,9 @@ async fn malformed_frames_get_error_frames_and_the_connection_lives_on() {
             "unknown user `nobody`",
         ),
         (
-            Frame::Text(r#"{"_v":2.1,"id":"s","head":{"to":"bob","contentType":"SERVER_ACK"}}"#.into()),
+            Frame::Text(
+                r#"{"_v":2.1,"id":"s","head":{"to":"bob","contentType":"SERVER_ACK"}}"#.into(),
+            ),
             "may not send SERVER_ACK",
         ),
     ];
@@ -84,7 +101,11 @@ async fn a_flood_is_refused_and_then_closed_without_touching_others() {
     let mut m = app.connect(&mallory, "text", true).await;
     for i in 0..200 {
         m.send_raw(Frame::Text(
-            samvad_protocol::encode_text(&chat(&format!("f-{i}"), "mallory", "bob", "spam"), Encoding::V2_1).into(),
+            samvad_protocol::encode_text(
+                &chat(&format!("f-{i}"), "mallory", "bob", "spam"),
+                Encoding::V2_1,
+            )
+            .into(),
         ))
         .await;
     }
@@ -102,7 +123,10 @@ async fn a_flood_is_refused_and_then_closed_without_touching_others() {
         }
     };
     assert_eq!(closed, Some(CloseCode::Policy));
-    assert!(acks >= 5 && acks < 20, "the burst is accepted, not more: {acks}");
+    assert!(
+        (5..20).contains(&acks),
+        "the burst is accepted, not more: {acks}"
+    );
     assert!(refusals >= 1);
     // Bob got exactly what was acked.
     for _ in 0..acks {

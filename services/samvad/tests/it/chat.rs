@@ -55,7 +55,10 @@ async fn the_server_ack_is_exact() {
     assert_eq!(ack.kind, MessageType::ServerAck);
     assert_eq!(ack.id, "m-1");
     assert_eq!(ack.source, "server");
-    assert_eq!(ack.destination, "alice", "the ack goes to the authenticated sender");
+    assert_eq!(
+        ack.destination, "alice",
+        "the ack goes to the authenticated sender"
+    );
     assert!(ack.ephemeral);
     assert_eq!(ack.channel, Channel::Individual);
     assert!(!ack.server_id.is_empty());
@@ -70,7 +73,8 @@ async fn source_is_always_the_authenticated_user() {
     let bob = app.user("bob").await;
     let mut a = app.connect(&alice, "text", false).await;
     let mut b = app.connect(&bob, "text", false).await;
-    a.send(&chat("m-1", "carol", "bob", "it's carol, honest")).await;
+    a.send(&chat("m-1", "carol", "bob", "it's carol, honest"))
+        .await;
     assert_eq!(b.message().await.source, "alice");
     app.stop().await;
 }
@@ -155,7 +159,11 @@ async fn a_resent_id_from_the_same_sender_is_delivered_once() {
     a.send(&m).await;
     a.message().await;
     a.send(&m).await;
-    assert_eq!(a.message().await.kind, MessageType::ServerAck, "a re-send is acked again");
+    assert_eq!(
+        a.message().await.kind,
+        MessageType::ServerAck,
+        "a re-send is acked again"
+    );
     let got = b.message().await;
     b.client_ack(&got).await;
     b.quiet().await;

@@ -87,7 +87,9 @@ impl Server {
             .into_client_request()
             .unwrap();
         request.headers_mut().insert("user", user.parse().unwrap());
-        request.headers_mut().insert("accesskey", key.parse().unwrap());
+        request
+            .headers_mut()
+            .insert("accesskey", key.parse().unwrap());
         tokio_tungstenite::connect_async(request).await.unwrap().0
     }
 }
@@ -112,7 +114,9 @@ async fn kill_9_after_acks_loses_no_acknowledged_message() {
     for i in 0..SENT {
         let m = chat(&format!("m-{i:04}"), "alice", "bob", &format!("#{i}"));
         alice
-            .feed(Frame::Text(samvad_protocol::encode_text(&m, Encoding::V2_1).into()))
+            .feed(Frame::Text(
+                samvad_protocol::encode_text(&m, Encoding::V2_1).into(),
+            ))
             .await
             .unwrap();
     }
@@ -120,7 +124,8 @@ async fn kill_9_after_acks_loses_no_acknowledged_message() {
     let mut acked = Vec::new();
     let limits = Limits::DEFAULT;
     while acked.len() < SENT / 2 {
-        let Some(Ok(Frame::Text(t))) = tokio::time::timeout(WAIT, alice.next()).await.unwrap() else {
+        let Some(Ok(Frame::Text(t))) = tokio::time::timeout(WAIT, alice.next()).await.unwrap()
+        else {
             panic!("expected an ack");
         };
         let ack = samvad_protocol::decode_text(t.as_str(), &limits).unwrap();
@@ -136,14 +141,21 @@ async fn kill_9_after_acks_loses_no_acknowledged_message() {
     while let Ok(Some(Ok(Frame::Text(t)))) =
         tokio::time::timeout(Duration::from_secs(2), bob.next()).await
     {
-        received.push(samvad_protocol::decode_text(t.as_str(), &limits).unwrap().id);
+        received.push(
+            samvad_protocol::decode_text(t.as_str(), &limits)
+                .unwrap()
+                .id,
+        );
     }
     let got: HashSet<&String> = received.iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|id| !got.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     let mut in_order = received.clone();
     in_order.sort();
-    assert_eq!(received, in_order, "bob sees alice's messages in the order she sent them");
+    assert_eq!(
+        received, in_order,
+        "bob sees alice's messages in the order she sent them"
+    );
     eprintln!(
         "acked before kill: {}, delivered after restart: {}",
         acked.len(),

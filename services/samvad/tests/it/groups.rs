@@ -92,7 +92,10 @@ async fn group_routes_follow_the_protocol() {
         .await
         .unwrap();
     assert_eq!(outsider.status(), 404);
-    assert_eq!(outsider.json::<Value>().await.unwrap(), json!({"status": false}));
+    assert_eq!(
+        outsider.json::<Value>().await.unwrap(),
+        json!({"status": false})
+    );
 
     // A non-admin may not add or remove others, but may leave.
     let res = app
@@ -120,7 +123,11 @@ async fn group_routes_follow_the_protocol() {
 
     // The last admin leaves: the longest-standing member takes over.
     let res = app
-        .as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), &alice)
+        .as_user(
+            Method::DELETE,
+            &format!("/v1.0/groups/{gid}/members"),
+            &alice,
+        )
         .json(&json!({"member": "alice"}))
         .send()
         .await
@@ -165,15 +172,26 @@ async fn a_non_member_cannot_send_to_a_group() {
     let mallory = app.user("mallory").await;
     let gid = create_group(&app, &alice, "private", &[]).await;
     let mut m = app.connect(&mallory, "text", true).await;
-    m.send(&group_chat("x-1", "mallory", &gid, "let me in")).await;
+    m.send(&group_chat("x-1", "mallory", &gid, "let me in"))
+        .await;
     let error = m.error().await;
     assert_eq!(error["id"], "x-1");
     assert!(error["error"].as_str().unwrap().contains("not a member"));
-    m.send(&group_chat("x-2", "mallory", "no-such-group", "hello?")).await;
-    assert!(m.error().await["error"].as_str().unwrap().contains("unknown group"));
+    m.send(&group_chat("x-2", "mallory", "no-such-group", "hello?"))
+        .await;
+    assert!(
+        m.error().await["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown group")
+    );
     let mut a = app.connect(&alice, "text", false).await;
     assert_eq!(a.message().await.kind, MessageType::Notification);
-    assert!(a.try_next(std::time::Duration::from_millis(300)).await.is_none_or(|s| !matches!(s, Seen::Message(_))));
+    assert!(
+        a.try_next(std::time::Duration::from_millis(300))
+            .await
+            .is_none_or(|s| !matches!(s, Seen::Message(_)))
+    );
     app.stop().await;
 }
 

@@ -1,6 +1,9 @@
 //! End-to-end tests of the all-in-one server: a real server on port 0, real WebSocket and HTTP
 //! clients, assertions about what users see.
 
+// Helpers outside #[test] functions panic on purpose when the server misbehaves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod bad_input;
 mod chat;

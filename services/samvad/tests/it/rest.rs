@@ -15,7 +15,12 @@ async fn rest_send_in_text_answers_acks_and_delivers() {
     let bob = app.user("bob").await;
     let mut b = app.connect(&bob, "text", false).await;
     let frames: Vec<String> = (0..3)
-        .map(|i| samvad_protocol::encode_text(&chat(&format!("r-{i}"), "alice", "bob", &format!("#{i}")), Encoding::V2_1))
+        .map(|i| {
+            samvad_protocol::encode_text(
+                &chat(&format!("r-{i}"), "alice", "bob", &format!("#{i}")),
+                Encoding::V2_1,
+            )
+        })
         .collect();
     let res = app
         .as_user(Method::POST, "/v1.0/messages?format=text&ack=true", &alice)
@@ -45,10 +50,16 @@ async fn rest_send_in_binary_and_without_acks() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
-    let frame = STANDARD.encode(samvad_protocol::encode_binary(&chat("b-1", "alice", "bob", "bin")));
+    let frame = STANDARD.encode(samvad_protocol::encode_binary(&chat(
+        "b-1", "alice", "bob", "bin",
+    )));
     let res = app
-        .as_user(Method::POST, "/v1.0/messages?format=binary&ack=true", &alice)
-        .json(&[frame.clone()])
+        .as_user(
+            Method::POST,
+            "/v1.0/messages?format=binary&ack=true",
+            &alice,
+        )
+        .json(&[frame])
         .send()
         .await
         .unwrap();
@@ -60,7 +71,9 @@ async fn rest_send_in_binary_and_without_acks() {
 
     let res = app
         .as_user(Method::POST, "/v1.0/messages?format=binary", &alice)
-        .json(&[STANDARD.encode(samvad_protocol::encode_binary(&chat("b-2", "alice", "bob", "quiet")))])
+        .json(&[STANDARD.encode(samvad_protocol::encode_binary(&chat(
+            "b-2", "alice", "bob", "quiet",
+        )))])
         .send()
         .await
         .unwrap();
@@ -79,11 +92,18 @@ async fn a_bad_message_in_a_batch_refuses_the_batch_and_says_which() {
     app.login("bob").await;
     let good = samvad_protocol::encode_text(&chat("ok", "alice", "bob", "fine"), Encoding::V2_1);
     for (body, status, says) in [
-        (json!([good, "{not json"]), 400, "message 1: frame is not valid JSON"),
+        (
+            json!([good, "{not json"]),
+            400,
+            "message 1: frame is not valid JSON",
+        ),
         (json!([]), 400, "send 1 to 100 messages"),
         (json!({"not": "an array"}), 422, "invalid type"),
         (
-            json!([samvad_protocol::encode_text(&chat("x", "alice", "nobody", "?"), Encoding::V2_1)]),
+            json!([samvad_protocol::encode_text(
+                &chat("x", "alice", "nobody", "?"),
+                Encoding::V2_1
+            )]),
             404,
             "message 0: unknown user `nobody`",
         ),
@@ -96,7 +116,10 @@ async fn a_bad_message_in_a_batch_refuses_the_batch_and_says_which() {
             .unwrap();
         assert_eq!(res.status(), status, "{body}");
         let error: Value = res.json().await.unwrap();
-        assert!(error["error"].as_str().unwrap().contains(says), "{error} should say {says}");
+        assert!(
+            error["error"].as_str().unwrap().contains(says),
+            "{error} should say {says}"
+        );
     }
     app.stop().await;
 }
@@ -146,7 +169,11 @@ async fn profile_and_contact_sync() {
 async fn health_readiness_metrics_and_the_page() {
     let app = TestApp::spawn().await;
     for path in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(app.http.get(app.url(path)).send().await.unwrap().status(), 200, "{path}");
+        assert_eq!(
+            app.http.get(app.url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
     }
     let page = app.http.get(app.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200);

@@ -108,7 +108,12 @@ impl TestApp {
     }
 
     /// An authenticated HTTP request as `user`.
-    pub fn as_user(&self, method: reqwest::Method, path: &str, user: &User) -> reqwest::RequestBuilder {
+    pub fn as_user(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        user: &User,
+    ) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(path))
             .header("user", &user.name)
@@ -196,7 +201,9 @@ impl Client {
             let frame = match tokio::time::timeout(wait, self.ws.next()).await {
                 Err(_) => return None,
                 Ok(None) => return Some(Seen::Closed(None)),
-                Ok(Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::Protocol(_)))) => {
+                Ok(Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::Protocol(_),
+                ))) => {
                     return Some(Seen::Closed(None));
                 }
                 Ok(Some(Err(e))) => panic!("{}: websocket error {e}", self.name),
