@@ -156,10 +156,7 @@ describe('the test page, served by the real server', { timeout: 60_000 }, () => 
   });
 
   // The close handshake: the page closes with 1000 and should see the server's close come back.
-  test('a client close gets a clean close back', {
-    timeout: 12_000,
-    todo: 'server bug: ws-gateway drops the TCP connection without answering the client\'s close frame (browser sees 1006)',
-  }, async () => {
+  test('a client close gets a clean close back', { timeout: 12_000 }, async () => {
     const { bob } = pages;
     assert.ok(bob, 'needs the chat test to have run');
     await connect(bob, { auth: 'subprotocol' });

@@ -43,17 +43,24 @@ impl fmt::Debug for Credentials {
 /// The key comes from, in this order of precedence: header `accesskey`,
 /// `Authorization: Bearer <key>`, the WebSocket subprotocol `accesskey.<key>` (in the
 /// comma-separated `Sec-WebSocket-Protocol` list), cookie `accesskey=`. The user from header
-/// `user`, else cookie `user=`. Empty values count as absent.
+/// `user`, else — when the key came from the cookie — cookie `user=`. Empty values count as
+/// absent.
 ///
 /// Fails with [`AuthError::MissingCredentials`] when no source carries a key.
 pub fn credentials(headers: &HeaderMap) -> Result<Credentials, AuthError> {
     let subprotocol = offered_subprotocol(headers);
-    let key = header_value(headers, "accesskey")
+    let presented = header_value(headers, "accesskey")
         .or_else(|| bearer_token(headers))
-        .or_else(|| subprotocol.and_then(|entry| entry.strip_prefix(SUBPROTOCOL_PREFIX)))
-        .or_else(|| cookie(headers, "accesskey"))
-        .ok_or(AuthError::MissingCredentials)?;
-    let user = header_value(headers, "user").or_else(|| cookie(headers, "user"));
+        .or_else(|| subprotocol.and_then(|entry| entry.strip_prefix(SUBPROTOCOL_PREFIX)));
+    // The `user` cookie is read only beside the `accesskey` cookie: a leftover cookie from
+    // another login in the same browser must not spoil a key presented another way.
+    let (key, user) = match presented {
+        Some(key) => (key, header_value(headers, "user")),
+        None => (
+            cookie(headers, "accesskey").ok_or(AuthError::MissingCredentials)?,
+            header_value(headers, "user").or_else(|| cookie(headers, "user")),
+        ),
+    };
     Ok(Credentials {
         user: user.map(str::to_owned),
         key: key.to_owned(),
@@ -127,6 +134,32 @@ mod tests {
 
     fn creds(pairs: &[(&'static str, &str)]) -> Credentials {
         credentials(&headers(pairs)).unwrap()
+    }
+
+    #[test]
+    fn the_user_cookie_counts_only_beside_the_key_cookie() {
+        let leftover = "user=bob; accesskey=cookie-key";
+        let creds = credentials(&headers(&[
+            ("sec-websocket-protocol", "accesskey.proto-key"),
+            ("cookie", leftover),
+        ]))
+        .unwrap();
+        assert_eq!((creds.key.as_str(), creds.user), ("proto-key", None));
+        let creds = credentials(&headers(&[("cookie", leftover)])).unwrap();
+        assert_eq!(
+            (creds.key.as_str(), creds.user.as_deref()),
+            ("cookie-key", Some("bob"))
+        );
+        let creds = credentials(&headers(&[
+            ("accesskey", "k"),
+            ("user", "ann"),
+            ("cookie", leftover),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (creds.key.as_str(), creds.user.as_deref()),
+            ("k", Some("ann"))
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use samvad_bus::{Bus, BusError, ClientAck, Record, Topic};
-use samvad_kit::{ApiError, Context};
+use samvad_kit::{ApiError, Context, DoorLabel, Metrics, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_store::{StoreError, Stores};
 
@@ -32,6 +32,19 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The label this refusal is counted under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Decode(DecodeError::TooLarge { .. }) => "too_large",
+            Self::Decode(_) => "malformed",
+            Self::Invalid(_) => "invalid",
+            Self::UnknownUser(_) => "unknown_user",
+            Self::UnknownGroup(_) => "unknown_group",
+            Self::NotMember(_) => "not_member",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// The frame was too large (WebSocket close 1009, HTTP 413).
     pub fn is_too_large(&self) -> bool {
         matches!(self, Self::Decode(DecodeError::TooLarge { .. }))
@@ -61,6 +74,8 @@ impl From<Rejection> for ApiError {
 /// The gateways' shared front door.
 #[derive(Clone)]
 pub struct Ingress {
+    door: &'static str,
+    metrics: Metrics,
     bus: Arc<dyn Bus>,
     stores: Stores,
     limits: Limits,
@@ -68,8 +83,11 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn new(ctx: &Context) -> Self {
+    /// The front door named `door` (`ws`, `rest`) in metrics.
+    pub fn new(ctx: &Context, door: &'static str) -> Self {
         Self {
+            door,
+            metrics: ctx.metrics.clone(),
             bus: Arc::clone(&ctx.bus),
             stores: ctx.stores.clone(),
             limits: Limits {
@@ -84,7 +102,23 @@ impl Ingress {
     }
 
     /// Checks a decoded message from `user` and stamps it. The result is ready to publish.
-    pub async fn accept(&self, user: &str, mut message: Message) -> Result<Message, Rejection> {
+    pub async fn accept(&self, user: &str, message: Message) -> Result<Message, Rejection> {
+        let result = self.check(user, message).await;
+        if let Err(rejection) = &result {
+            self.count_refusal(rejection.reason());
+        }
+        result
+    }
+
+    /// Counts a message refused before or after [`Ingress::accept`].
+    pub fn count_refusal(&self, reason: &'static str) {
+        self.metrics
+            .refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    async fn check(&self, user: &str, mut message: Message) -> Result<Message, Rejection> {
         message.validate_from_client()?;
         message.source = user.to_owned();
         message.server_id = uuid::Uuid::now_v7().to_string();
@@ -154,7 +188,12 @@ impl Ingress {
             self.bus.publish(&Topic::ClientAcks, acks).await?;
         }
         if !new.is_empty() {
+            let count = new.len() as u64;
             self.bus.publish(&Topic::NewMessages, new).await?;
+            self.metrics
+                .accepted
+                .get_or_create(&DoorLabel { door: self.door })
+                .inc_by(count);
         }
         Ok(())
     }

@@ -20,9 +20,15 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else {
-        (StatusCode::OK, "ready")
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    match shared
+        .db
+        .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+        .await
+    {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
     }
 }
 

@@ -7,11 +7,13 @@
 mod config;
 mod error;
 mod http;
+mod metrics;
 mod node;
 mod user;
 
 pub use config::{AuthProvider, Config, Settings};
 pub use error::{ApiError, JsonBody};
+pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};
 pub use node::{Context, Node, ServiceDef, main, start};
 pub use user::User;
 

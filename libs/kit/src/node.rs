@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use prometheus_client::registry::{Metric, Registry};
+use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
 use samvad_bus::{Bus, MemoryBus, Received, Topic};
 use samvad_presence::{MemoryPresence, Presence};
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AuthProvider, Config, Settings};
+use crate::metrics::{Metrics, TopicLabel};
 
 /// Most records a consumer handles in one batch.
 const CONSUME_BATCH: usize = 256;
@@ -46,12 +47,15 @@ pub struct Context {
     pub presence: Arc<dyn Presence>,
     pub access_keys: Arc<AccessKeys>,
     pub login: Arc<LoginProvider>,
+    pub metrics: Metrics,
     shared: Arc<Shared>,
 }
 
 pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     pub(crate) registry: Mutex<Registry>,
+    /// The database, asked at `/readyz` whether it still answers.
+    pub(crate) db: Db,
     tasks: TaskTracker,
     failed: AtomicBool,
 }
@@ -113,6 +117,13 @@ impl Context {
             .await
             .with_context(|| format!("subscribing to {topic}"))?;
         let shutdown = self.shutdown();
+        let retries = self
+            .metrics
+            .retries
+            .get_or_create(&TopicLabel {
+                topic: topic.name(),
+            })
+            .clone();
         self.spawn("consumer", async move {
             loop {
                 let batch = tokio::select! {
@@ -124,6 +135,7 @@ impl Context {
                     match handler(batch.clone()).await {
                         Ok(()) => break,
                         Err(error) => {
+                            retries.inc();
                             tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
                             tokio::select! {
                                 _ = shutdown.cancelled() => return Ok(()),
@@ -137,15 +149,6 @@ impl Context {
             }
         });
         Ok(())
-    }
-
-    /// Registers a metric on the node's `/metrics`.
-    pub fn register_metric(&self, name: &str, help: &str, metric: impl Metric) {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .register(name, help, metric);
     }
 }
 
@@ -199,7 +202,9 @@ pub async fn start(
     let bus = MemoryBus::open(db.clone())
         .await
         .context("opening the bus")?;
-    let store = EmbeddedStore::open(db).await.context("opening the store")?;
+    let store = EmbeddedStore::open(db.clone())
+        .await
+        .context("opening the store")?;
     let secrets = match &settings.access_key_secrets {
         Some(secrets) => secrets.clone(),
         None => vec![("local".into(), local_secret(&settings.data_dir)?)],
@@ -232,9 +237,13 @@ pub async fn start(
         )?),
     };
 
+    let metrics = Metrics::default();
+    let mut registry = Registry::with_prefix("samvad");
+    metrics.register(&mut registry);
     let shared = Arc::new(Shared {
         shutdown: CancellationToken::new(),
-        registry: Mutex::new(Registry::with_prefix("samvad")),
+        registry: Mutex::new(registry),
+        db,
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });
@@ -245,6 +254,7 @@ pub async fn start(
         presence: Arc::new(MemoryPresence::default()),
         access_keys: Arc::new(access_keys),
         login: Arc::new(login),
+        metrics,
         shared: Arc::clone(&shared),
     };
 

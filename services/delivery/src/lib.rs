@@ -9,7 +9,7 @@ use std::sync::Arc;
 use samvad_bus::{
     Addressed, Bus, ClientAck, ConnectionEvent, GatewayEvent, Outgoing, Received, Record, Topic,
 };
-use samvad_kit::{Context, ServiceDef};
+use samvad_kit::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_presence::Presence;
 use samvad_protocol::MessageType;
 use samvad_store::{InboxStore, Kept};
@@ -24,6 +24,7 @@ const REPLAY_CHUNK: usize = 200;
 
 #[derive(Clone)]
 struct Delivery {
+    metrics: Metrics,
     bus: Arc<dyn Bus>,
     inbox: Arc<dyn InboxStore>,
     presence: Arc<dyn Presence>,
@@ -31,6 +32,7 @@ struct Delivery {
 
 async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let delivery = Delivery {
+        metrics: ctx.metrics.clone(),
         bus: ctx.bus.clone(),
         inbox: ctx.stores.inbox.clone(),
         presence: ctx.presence.clone(),
@@ -59,6 +61,13 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
 }
 
 impl Delivery {
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .deliveries
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
     async fn deliver(&self, batch: Vec<Received>) -> anyhow::Result<()> {
         let items: Vec<Addressed> = batch.iter().filter_map(Received::json_or_skip).collect();
         let to_keep: Vec<(String, samvad_protocol::Message)> = items
@@ -82,7 +91,10 @@ impl Delivery {
                 match seqs.next() {
                     Some(Kept::New(seq)) => (Some(seq), true),
                     Some(Kept::Pending(seq)) => (Some(seq), false),
-                    Some(Kept::Acked) | None => continue,
+                    Some(Kept::Acked) | None => {
+                        self.count("repeat");
+                        continue;
+                    }
                 }
             };
             let gateways = match online.get(&a.recipient) {
@@ -94,11 +106,15 @@ impl Delivery {
                 }
             };
             if gateways.is_empty() {
-                if new && a.message.kind != MessageType::Notification {
+                if a.message.ephemeral {
+                    self.count("ephemeral_dropped");
+                } else if new && a.message.kind != MessageType::Notification {
+                    self.count("offline");
                     offline.push(Record::json(a.recipient.clone(), &a)?);
                 }
                 continue;
             }
+            self.count("live");
             let outgoing = Outgoing {
                 seq,
                 message: a.message,

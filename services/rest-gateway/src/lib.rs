@@ -32,7 +32,7 @@ fn routes(ctx: &Context) -> Router {
         .route("/v1.0/messages", post(send))
         .with_state(Rest {
             ctx: ctx.clone(),
-            ingress: Ingress::new(ctx),
+            ingress: Ingress::new(ctx, "rest"),
         })
 }
 
@@ -64,7 +64,11 @@ async fn send(
         } else {
             samvad_protocol::decode_text(frame, ingress.limits())
         };
-        let message = decoded.map_err(|e| numbered(i, Rejection::Decode(e)))?;
+        let message = decoded.map_err(|e| {
+            let rejection = Rejection::Decode(e);
+            ingress.count_refusal(rejection.reason());
+            numbered(i, rejection)
+        })?;
         accepted.push(
             ingress
                 .accept(&user, message)

@@ -7,10 +7,10 @@ use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
 use futures_util::SinkExt;
 use samvad_bus::{ConnectionEvent, Record, Topic};
 use samvad_ingress::Rejection;
-use samvad_protocol::{Encoding, Message, MessageType};
+use samvad_protocol::MessageType;
 use serde_json::json;
 
-use crate::{Format, Gateway, Item, Outbound};
+use crate::{Format, Gateway, Item, Outbound, encode};
 
 /// A connection that sends nothing (clients ping every 30 s) for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
@@ -63,6 +63,8 @@ pub(crate) async fn run(
         bucket: TokenBucket::new(settings.rate_limit, settings.rate_burst),
         refusals: 0,
     };
+    let metrics = gateway.ctx.metrics.clone();
+    metrics.connections.inc();
     let end = match announce(&gateway, &user, id, true).await {
         Ok(()) => conn.serve(&mut queue, &slow).await,
         Err(e) => {
@@ -71,8 +73,13 @@ pub(crate) async fn run(
         }
     };
     gateway.unregister(&user, id);
+    metrics.connections.dec();
     if let Err(e) = announce(&gateway, &user, id, false).await {
         tracing::warn!(user = %user, error = %e, "cannot record disconnect");
+    }
+    if let End::ClientClosed = end {
+        // Sends the close reply the WebSocket library queued, completing the handshake.
+        let _ = conn.socket.flush().await;
     }
     if let End::Close(code, reason) = end {
         let frame = Frame::Close(Some(CloseFrame {
@@ -127,7 +134,10 @@ impl Conn {
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return End::Close(close_code::AWAY, "server restarting"),
-                _ = slow.cancelled() => return End::Close(close_code::AGAIN, "too far behind; reconnect"),
+                _ = slow.cancelled() => {
+                    self.gateway.ctx.metrics.slow_closes.inc();
+                    return End::Close(close_code::AGAIN, "too far behind; reconnect");
+                }
                 frame = tokio::time::timeout(IDLE, self.socket.recv()) => match frame {
                     Err(_) => return End::Close(close_code::AWAY, "idle"),
                     Ok(None) | Ok(Some(Ok(Frame::Close(_)))) => return End::ClientClosed,
@@ -197,6 +207,7 @@ impl Conn {
             Frame::Ping(_) | Frame::Pong(_) | Frame::Close(_) => return Ok(()),
         };
         if !self.bucket.take() {
+            self.gateway.ingress.count_refusal("rate_limit");
             self.refusals += 1;
             if self.refusals >= FLOOD_CLOSE {
                 return Err(End::Close(close_code::POLICY, "sending too fast"));
@@ -210,7 +221,11 @@ impl Conn {
         }
         let message = match decoded {
             Ok(m) => m,
-            Err(e) => return self.rejected(None, Rejection::Decode(e)).await,
+            Err(e) => {
+                let rejection = Rejection::Decode(e);
+                self.gateway.ingress.count_refusal(rejection.reason());
+                return self.rejected(None, rejection).await;
+            }
         };
         let id = message.id.clone();
         let accepted = match self.gateway.ingress.accept(&self.user, message).await {
@@ -256,13 +271,6 @@ impl Conn {
 
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
         self.socket.send(frame).await.map_err(gone)
-    }
-}
-
-fn encode(message: &Message, format: Format) -> Frame {
-    match format {
-        Format::Text => Frame::Text(samvad_protocol::encode_text(message, Encoding::V2_1).into()),
-        Format::Binary => Frame::Binary(samvad_protocol::encode_binary(message).into()),
     }
 }
 

@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::Router;
-use axum::extract::ws::{Message as Frame, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::ws::{Message as Frame, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use samvad_bus::{GatewayEvent, Outgoing, Received, Topic};
 use samvad_ingress::Ingress;
 use samvad_kit::{ApiError, Context, ServiceDef};
@@ -49,8 +48,8 @@ pub(crate) enum Format {
 pub(crate) struct Item {
     seq: Option<u64>,
     message: Message,
-    text: OnceLock<Utf8Bytes>,
-    binary: OnceLock<Bytes>,
+    /// By `Format as usize`.
+    frames: [OnceLock<Frame>; 2],
 }
 
 impl Item {
@@ -58,26 +57,22 @@ impl Item {
         Arc::new(Self {
             seq: outgoing.seq,
             message: outgoing.message,
-            text: OnceLock::new(),
-            binary: OnceLock::new(),
+            frames: Default::default(),
         })
     }
 
     pub(crate) fn frame(&self, format: Format) -> Frame {
-        match format {
-            Format::Text => Frame::Text(
-                self.text
-                    .get_or_init(|| {
-                        samvad_protocol::encode_text(&self.message, Encoding::V2_1).into()
-                    })
-                    .clone(),
-            ),
-            Format::Binary => Frame::Binary(
-                self.binary
-                    .get_or_init(|| samvad_protocol::encode_binary(&self.message).into())
-                    .clone(),
-            ),
-        }
+        self.frames[format as usize]
+            .get_or_init(|| encode(&self.message, format))
+            .clone()
+    }
+}
+
+/// `message` as a frame of the connection's format.
+pub(crate) fn encode(message: &Message, format: Format) -> Frame {
+    match format {
+        Format::Text => Frame::Text(samvad_protocol::encode_text(message, Encoding::V2_1).into()),
+        Format::Binary => Frame::Binary(samvad_protocol::encode_binary(message).into()),
     }
 }
 
@@ -105,7 +100,7 @@ pub(crate) struct Gateway {
 async fn start(ctx: &Context) -> anyhow::Result<Router> {
     let gateway = Gateway {
         ctx: ctx.clone(),
-        ingress: Ingress::new(ctx),
+        ingress: Ingress::new(ctx, "ws"),
         conns: Arc::default(),
         next_id: Arc::new(AtomicU64::new(1)),
     };

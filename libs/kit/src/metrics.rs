@@ -1,0 +1,81 @@
+//! The node's metrics: one closed list, registered once per process however many services run
+//! in it, exposed at `/metrics` in the Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DoorLabel {
+    /// `ws` or `rest`.
+    pub door: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+/// Handles to every metric; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// Messages made durable and acked, by the gateway they came in by.
+    pub accepted: Family<DoorLabel, Counter>,
+    /// Client messages refused, by reason.
+    pub refused: Family<ReasonLabel, Counter>,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Messages handled by delivery: `live`, `offline`, `repeat`, `ephemeral_dropped`.
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    /// Connections closed for falling behind or flooding.
+    pub slow_closes: Counter,
+    /// Consumer batches retried after a handler failure, by topic.
+    pub retries: Family<TopicLabel, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "messages_accepted",
+            "Messages made durable and acked, by gateway",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Client messages refused, by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "ws_connections",
+            "Open WebSocket connections",
+            self.connections.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Messages handled by delivery, by outcome",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "slow_closes",
+            "Connections closed for falling behind",
+            self.slow_closes.clone(),
+        );
+        registry.register(
+            "consumer_retries",
+            "Consumer batches retried after a failure, by topic",
+            self.retries.clone(),
+        );
+    }
+}
