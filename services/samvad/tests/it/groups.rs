@@ -4,17 +4,15 @@ use reqwest::Method;
 use samvad_protocol::{Channel, MessageType};
 use serde_json::{Value, json};
 
-use crate::support::{Seen, TestApp, User, group_chat, text_of};
+use crate::support::{Seen, TestApp, User, call, group_chat, text_of};
 
 async fn create_group(app: &TestApp, admin: &User, name: &str, members: &[&str]) -> String {
-    let res = app
-        .as_user(Method::POST, "/v1.0/groups/", admin)
-        .json(&json!({ "name": name, "members": members }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
+    let (status, body) = call(
+        app.as_user(Method::POST, "/v1.0/groups/", admin)
+            .json(&json!({ "name": name, "members": members })),
+    )
+    .await;
+    assert_eq!(status, 200);
     body["groupId"].as_str().unwrap().to_owned()
 }
 
@@ -64,14 +62,7 @@ async fn group_routes_follow_the_protocol() {
     let dave = app.user("dave").await;
     let gid = create_group(&app, &alice, "team", &["bob"]).await;
 
-    let list: Value = app
-        .as_user(Method::GET, "/v1.0/groups/", &bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, list) = call(app.as_user(Method::GET, "/v1.0/groups/", &bob)).await;
     assert_eq!(list[0]["groupId"], gid);
     assert_eq!(list[0]["name"], "team");
     assert_eq!(
@@ -98,49 +89,38 @@ async fn group_routes_follow_the_protocol() {
     );
 
     // A non-admin may not add or remove others, but may leave.
-    let res = app
-        .as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &bob)
-        .json(&json!({"members": ["dave"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
-    let res = app
-        .as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), &bob)
-        .json(&json!({"member": "alice"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
+    let (status, _) = call(
+        app.as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &bob)
+            .json(&json!({"members": ["dave"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        app.as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), &bob)
+            .json(&json!({"member": "alice"})),
+    )
+    .await;
+    assert_eq!(status, 403);
 
-    let res = app
-        .as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &alice)
-        .json(&json!({"members": ["dave"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": true}));
+    let (_, body) = call(
+        app.as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &alice)
+            .json(&json!({"members": ["dave"]})),
+    )
+    .await;
+    assert_eq!(body, json!({"status": true}));
 
     // The last admin leaves: the longest-standing member takes over.
-    let res = app
-        .as_user(
+    let (_, body) = call(
+        app.as_user(
             Method::DELETE,
             &format!("/v1.0/groups/{gid}/members"),
             &alice,
         )
-        .json(&json!({"member": "alice"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": true}));
-    let group: Value = app
-        .as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"member": "alice"})),
+    )
+    .await;
+    assert_eq!(body, json!({"status": true}));
+    let (_, group) = call(app.as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &bob)).await;
     assert_eq!(
         group["members"],
         json!([{"username": "bob", "role": "admin"}, {"username": "dave", "role": "user"}])
@@ -199,14 +179,12 @@ async fn a_non_member_cannot_send_to_a_group() {
 async fn creating_a_group_with_unknown_users_is_refused() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
-    let res = app
-        .as_user(Method::POST, "/v1.0/groups/", &alice)
-        .json(&json!({"name": "ghosts", "members": ["nobody"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
-    let body: Value = res.json().await.unwrap();
+    let (status, body) = call(
+        app.as_user(Method::POST, "/v1.0/groups/", &alice)
+            .json(&json!({"name": "ghosts", "members": ["nobody"]})),
+    )
+    .await;
+    assert_eq!(status, 400);
     assert_eq!(body["error"], "unknown users: nobody");
     app.stop().await;
 }

@@ -9,5 +9,6 @@ mod bad_input;
 mod chat;
 mod durability;
 mod groups;
+mod login;
 mod rest;
 mod support;

@@ -6,7 +6,7 @@ use reqwest::Method;
 use samvad_protocol::{Encoding, Limits, MessageType};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, chat, text_of};
+use crate::support::{TestApp, call, chat, text_of};
 
 #[tokio::test]
 async fn rest_send_in_text_answers_acks_and_delivers() {
@@ -129,37 +129,20 @@ async fn profile_and_contact_sync() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
     app.login("bob").await;
-    let profile: Value = app
-        .as_user(Method::GET, "/v1.0/profile/", &alice)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, profile) = call(app.as_user(Method::GET, "/v1.0/profile/", &alice)).await;
     assert_eq!(profile, json!({"username": "alice"}));
-    let found: Value = app
-        .as_user(Method::POST, "/v1.0/contactbook/sync", &alice)
-        .json(&json!({"users": ["bob", "zed", "alice"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, found) = call(
+        app.as_user(Method::POST, "/v1.0/contactbook/sync", &alice)
+            .json(&json!({"users": ["bob", "zed", "alice"]})),
+    )
+    .await;
     assert_eq!(found, json!({"bob": true, "alice": true}));
 
     // A second login is not new.
-    let again: Value = app
+    let (_, again) = call(app
         .http
         .post(app.url("/v1.0/login"))
-        .json(&json!({"username": "alice", "authToken": "x", "notificationToken": "t2", "deviceId": "phone", "messageVersion": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&json!({"username": "alice", "authToken": "x", "notificationToken": "t2", "deviceId": "phone", "messageVersion": 3}))).await;
     assert_eq!(again["isNew"], false);
     assert_eq!(again["status"], true);
     app.stop().await;

@@ -128,6 +128,13 @@ impl TestApp {
     }
 }
 
+/// Sends a request and returns its status and JSON body.
+pub async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
 #[derive(Clone)]
 pub struct User {
     pub name: String,
