@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
+mod push;
+
+pub use push::{PushArgs, PushSettings};
+
 /// Every setting any service reads. Services use the sections they need.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -57,9 +61,8 @@ pub struct Config {
     #[command(flatten)]
     pub limits: LimitArgs,
 
-    /// Push providers, comma separated: `log`.
-    #[arg(long, env = "SAMVAD_PUSH_PROVIDERS", default_value = "log")]
-    pub push_providers: String,
+    #[command(flatten)]
+    pub push: PushArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -154,6 +157,7 @@ pub struct Settings {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub allowed_origins: Vec<String>,
+    pub push: PushSettings,
 }
 
 impl Config {
@@ -210,12 +214,6 @@ impl Config {
                 self.presence
             ),
         );
-        for provider in self.push_providers.split(',').map(str::trim) {
-            check(
-                provider == "log",
-                format!("SAMVAD_PUSH_PROVIDERS: `{provider}` is not available; use `log`"),
-            );
-        }
         if let Some(id) = &self.gateway_id {
             check(
                 !id.is_empty()
@@ -226,6 +224,7 @@ impl Config {
             );
         }
 
+        let push = self.push.validate(&mut problems);
         let loopback = listen.as_ref().is_ok_and(|a| a.ip().is_loopback());
         let auth = self.auth.validate(loopback, &mut problems);
         let access_key_secrets = self.auth.access_key_secrets.as_deref().map(|list| {
@@ -293,6 +292,7 @@ impl Config {
                     .filter(|o| !o.is_empty())
                     .map(str::to_owned)
                     .collect(),
+                push,
             }),
             _ => Err(problems),
         }
@@ -448,7 +448,7 @@ mod tests {
 
     #[test]
     fn env_template_documents_exactly_the_settings() {
-        let template = include_str!("../../../.env.tmpl");
+        let template = include_str!("../../../../.env.tmpl");
         let mut documented: Vec<String> = template
             .lines()
             .map(|l| l.trim_start_matches('#').trim())
