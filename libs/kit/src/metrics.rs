@@ -43,6 +43,12 @@ pub struct Metrics {
     pub slow_closes: Counter,
     /// Consumer batches retried after a handler failure, by topic.
     pub retries: Family<TopicLabel, Counter>,
+    /// Pushes a provider accepted for a device.
+    pub pushes_sent: Counter,
+    /// Pushes that were not sent, by reason.
+    pub pushes_failed: Family<ReasonLabel, Counter>,
+    /// Device tokens removed because a provider said they no longer exist.
+    pub push_tokens_removed: Counter,
 }
 
 impl Metrics {
@@ -76,6 +82,21 @@ impl Metrics {
             "consumer_retries",
             "Consumer batches retried after a failure, by topic",
             self.retries.clone(),
+        );
+        registry.register(
+            "pushes_sent",
+            "Pushes a provider accepted for a device",
+            self.pushes_sent.clone(),
+        );
+        registry.register(
+            "pushes_failed",
+            "Pushes not sent, by reason",
+            self.pushes_failed.clone(),
+        );
+        registry.register(
+            "push_tokens_removed",
+            "Device tokens removed because a provider said they no longer exist",
+            self.push_tokens_removed.clone(),
         );
     }
 }

@@ -15,14 +15,14 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
 use samvad_bus::{Bus, MemoryBus, Received, Topic};
-use samvad_presence::{MemoryPresence, Presence};
+use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
 use samvad_store::{EmbeddedStore, Stores};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AuthProvider, Config, Settings};
+use crate::config::{AuthProvider, Config, PresenceSettings, Settings};
 use crate::metrics::{Metrics, TopicLabel};
 
 /// Most records a consumer handles in one batch.
@@ -237,6 +237,14 @@ pub async fn start(
         )?),
     };
 
+    let presence: Arc<dyn Presence> = match &settings.presence {
+        PresenceSettings::Memory => Arc::new(MemoryPresence::default()),
+        PresenceSettings::Redis { url, prefix, ttl } => Arc::new(
+            RedisPresence::connect(url, prefix, *ttl)
+                .await
+                .context("connecting to Redis")?,
+        ),
+    };
     let metrics = Metrics::default();
     let mut registry = Registry::with_prefix("samvad");
     metrics.register(&mut registry);
@@ -251,12 +259,30 @@ pub async fn start(
         settings: Arc::new(settings),
         bus: Arc::new(bus),
         stores: Stores::embedded(store),
-        presence: Arc::new(MemoryPresence::default()),
+        presence,
         access_keys: Arc::new(access_keys),
         login: Arc::new(login),
         metrics,
         shared: Arc::clone(&shared),
     };
+
+    if let Some(every) = ctx.presence.heartbeat_every() {
+        let presence = Arc::clone(&ctx.presence);
+        let shutdown = ctx.shutdown();
+        ctx.spawn("presence heartbeat", async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                // A missed beat is retried on the next tick; entries outlive a few of them.
+                if let Err(e) = presence.heartbeat().await {
+                    tracing::warn!(error = %e, "presence heartbeat failed");
+                }
+            }
+        });
+    }
 
     let mut router = crate::http::routes(Arc::clone(&shared));
     for service in services {

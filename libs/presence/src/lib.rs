@@ -2,8 +2,13 @@
 //! delivery stores every message before it looks here, so a stale entry costs a wasted hand-off
 //! to a gateway that no longer holds the user, and a missing one costs only a later replay.
 
+mod redis;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+pub use crate::redis::RedisPresence;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
@@ -19,6 +24,16 @@ pub trait Presence: Send + Sync + 'static {
     async fn disconnected(&self, user: &str, gateway: &str) -> Result<(), PresenceError>;
     /// The gateways holding at least one connection of `user`.
     async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError>;
+
+    /// Renews this process's entries; the node calls it every [`Presence::heartbeat_every`].
+    async fn heartbeat(&self) -> Result<(), PresenceError> {
+        Ok(())
+    }
+
+    /// How often entries need renewing, if they expire at all.
+    fn heartbeat_every(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Presence for one process: connection counts per (user, gateway).
@@ -71,26 +86,5 @@ impl Presence for MemoryPresence {
                 .map(|g| g.keys().cloned().collect())
                 .unwrap_or_default()
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn counts_connections_per_gateway() {
-        let p = MemoryPresence::default();
-        p.connected("bob", "g1").await.unwrap();
-        p.connected("bob", "g1").await.unwrap();
-        p.connected("bob", "g2").await.unwrap();
-        let mut g = p.gateways("bob").await.unwrap();
-        g.sort();
-        assert_eq!(g, vec!["g1", "g2"]);
-        p.disconnected("bob", "g1").await.unwrap();
-        p.disconnected("bob", "g2").await.unwrap();
-        assert_eq!(p.gateways("bob").await.unwrap(), vec!["g1"]);
-        p.disconnected("bob", "g1").await.unwrap();
-        assert!(p.gateways("bob").await.unwrap().is_empty());
     }
 }

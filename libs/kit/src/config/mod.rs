@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
+mod backends;
 mod push;
 
+pub use backends::{BackendArgs, PresenceSettings};
 pub use push::{PushArgs, PushSettings};
 
 /// Every setting any service reads. Services use the sections they need.
@@ -39,17 +41,8 @@ pub struct Config {
     #[arg(long, env = "SAMVAD_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
 
-    /// Message bus: `memory` (in-process, on disk in the data directory).
-    #[arg(long, env = "SAMVAD_BUS", default_value = "memory")]
-    pub bus: String,
-
-    /// Store: `embedded` (SQLite in the data directory).
-    #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
-    pub store: String,
-
-    /// Presence: `memory` (this process only).
-    #[arg(long, env = "SAMVAD_PRESENCE", default_value = "memory")]
-    pub presence: String,
+    #[command(flatten)]
+    pub backends: BackendArgs,
 
     /// This gateway instance's id, unique among gateways; defaults to a random one per start.
     #[arg(long, env = "SAMVAD_GATEWAY_ID")]
@@ -158,6 +151,7 @@ pub struct Settings {
     pub rate_burst: u32,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
+    pub presence: PresenceSettings,
 }
 
 impl Config {
@@ -196,24 +190,6 @@ impl Config {
                 self.log_format
             ),
         );
-        check(
-            self.bus == "memory",
-            format!("SAMVAD_BUS: `{}` is not available; use `memory`", self.bus),
-        );
-        check(
-            self.store == "embedded",
-            format!(
-                "SAMVAD_STORE: `{}` is not available; use `embedded`",
-                self.store
-            ),
-        );
-        check(
-            self.presence == "memory",
-            format!(
-                "SAMVAD_PRESENCE: `{}` is not available; use `memory`",
-                self.presence
-            ),
-        );
         if let Some(id) = &self.gateway_id {
             check(
                 !id.is_empty()
@@ -225,6 +201,7 @@ impl Config {
         }
 
         let push = self.push.validate(&mut problems);
+        let presence = self.backends.validate(&mut problems);
         let loopback = listen.as_ref().is_ok_and(|a| a.ip().is_loopback());
         let auth = self.auth.validate(loopback, &mut problems);
         let access_key_secrets = self.auth.access_key_secrets.as_deref().map(|list| {
@@ -293,6 +270,7 @@ impl Config {
                     .map(str::to_owned)
                     .collect(),
                 push,
+                presence,
             }),
             _ => Err(problems),
         }
@@ -377,7 +355,7 @@ impl AuthArgs {
     }
 }
 
-fn number(
+pub(crate) fn number(
     problems: &mut Vec<String>,
     name: &str,
     value: &str,

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod backends;
 mod bad_input;
 mod chat;
 mod durability;

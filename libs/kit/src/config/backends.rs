@@ -1,0 +1,82 @@
+//! Which bus, store and presence a node uses, and how to reach them.
+
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Message bus: `memory` (in-process, on disk in the data directory).
+    #[arg(long, env = "SAMVAD_BUS", default_value = "memory")]
+    pub bus: String,
+
+    /// Store: `embedded` (SQLite in the data directory).
+    #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
+    pub store: String,
+
+    /// Presence: `memory` (this process only) or `redis` (shared by every gateway).
+    #[arg(long, env = "SAMVAD_PRESENCE", default_value = "memory")]
+    pub presence: String,
+
+    /// `redis`: connection URL, e.g. redis://127.0.0.1:6379/.
+    #[arg(long, env = "SAMVAD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// `redis`: prefix of every key Samvad writes.
+    #[arg(long, env = "SAMVAD_REDIS_PREFIX", default_value = "samvad:")]
+    pub redis_prefix: String,
+
+    /// `redis`: seconds a gateway's presence entries outlive its last heartbeat.
+    #[arg(long, env = "SAMVAD_PRESENCE_TTL_SECS", default_value = "90")]
+    pub presence_ttl_secs: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceSettings {
+    Memory,
+    Redis {
+        url: String,
+        prefix: String,
+        ttl: Duration,
+    },
+}
+
+impl BackendArgs {
+    pub(super) fn validate(&self, problems: &mut Vec<String>) -> PresenceSettings {
+        if self.bus != "memory" {
+            problems.push(format!("SAMVAD_BUS: `{}` is not available; use `memory`", self.bus));
+        }
+        if self.store != "embedded" {
+            problems.push(format!(
+                "SAMVAD_STORE: `{}` is not available; use `embedded`",
+                self.store
+            ));
+        }
+        let ttl = super::number(problems, "SAMVAD_PRESENCE_TTL_SECS", &self.presence_ttl_secs, 3..=3600);
+        match self.presence.as_str() {
+            "memory" => PresenceSettings::Memory,
+            "redis" => match &self.redis_url {
+                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                    PresenceSettings::Redis {
+                        url: url.clone(),
+                        prefix: self.redis_prefix.clone(),
+                        ttl: Duration::from_secs(ttl),
+                    }
+                }
+                _ => {
+                    problems.push(
+                        "SAMVAD_REDIS_URL: required with SAMVAD_PRESENCE=redis, as redis://host:port/"
+                            .into(),
+                    );
+                    PresenceSettings::Memory
+                }
+            },
+            other => {
+                problems.push(format!(
+                    "SAMVAD_PRESENCE: `{other}` is not `memory` or `redis`"
+                ));
+                PresenceSettings::Memory
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Presence in Redis, shared by every gateway: one hash per user, `{prefix}presence:{user}`,
+//! field = gateway id, value = when the entry expires (ms since the epoch). A gateway counts
+//! its own connections per user and writes the field on the first, deletes it on the last,
+//! and refreshes its fields on a heartbeat; a gateway that dies stops refreshing, and its
+//! fields are ignored once expired and removed when next read. Every command touches one key,
+//! so the layout works on Redis Cluster too.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::{Presence, PresenceError};
+
+pub struct RedisPresence {
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    /// This process's connections per (user, gateway).
+    local: Mutex<HashMap<(String, String), usize>>,
+}
+
+fn backend(e: redis::RedisError) -> PresenceError {
+    PresenceError::Backend(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisPresence {
+    /// Connects to `url` (`redis://…`). Entries expire `ttl` after their last heartbeat.
+    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, PresenceError> {
+        let client = redis::Client::open(url).map_err(backend)?;
+        let conn = client.get_connection_manager().await.map_err(backend)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            ttl,
+            local: Mutex::default(),
+        })
+    }
+
+    fn key(&self, user: &str) -> String {
+        format!("{}presence:{user}", self.prefix)
+    }
+
+    /// Changes this process's count for (user, gateway); returns the new count.
+    fn count(&self, user: &str, gateway: &str, delta: isize) -> usize {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (user.to_owned(), gateway.to_owned());
+        let count = local.get(&key).copied().unwrap_or(0).saturating_add_signed(delta);
+        if count == 0 {
+            local.remove(&key);
+        } else {
+            local.insert(key, count);
+        }
+        count
+    }
+
+    async fn write(&self, pairs: &[(String, String)]) -> Result<(), PresenceError> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let expires = now_ms() + self.ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for (user, gateway) in pairs {
+            let key = self.key(user);
+            pipe.hset(&key, gateway, expires)
+                .ignore()
+                .pexpire(&key, self.ttl.as_millis() as i64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(backend)
+    }
+}
+
+#[async_trait::async_trait]
+impl Presence for RedisPresence {
+    async fn connected(&self, user: &str, gateway: &str) -> Result<(), PresenceError> {
+        // Written on every connect (not only the first), so a reconnect repairs a lost entry.
+        self.count(user, gateway, 1);
+        self.write(&[(user.to_owned(), gateway.to_owned())]).await
+    }
+
+    async fn disconnected(&self, user: &str, gateway: &str) -> Result<(), PresenceError> {
+        if self.count(user, gateway, -1) == 0 {
+            self.conn
+                .clone()
+                .hdel::<_, _, ()>(self.key(user), gateway)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError> {
+        let key = self.key(user);
+        let mut conn = self.conn.clone();
+        let entries: HashMap<String, u64> = conn.hgetall(&key).await.map_err(backend)?;
+        let now = now_ms();
+        let (live, expired): (Vec<_>, Vec<_>) =
+            entries.into_iter().partition(|(_, expires)| *expires > now);
+        if !expired.is_empty() {
+            let fields: Vec<String> = expired.into_iter().map(|(g, _)| g).collect();
+            if let Err(e) = conn.hdel::<_, _, ()>(&key, fields).await {
+                tracing::debug!(error = %e, "could not remove expired presence");
+            }
+        }
+        Ok(live.into_iter().map(|(g, _)| g).collect())
+    }
+
+    async fn heartbeat(&self) -> Result<(), PresenceError> {
+        let pairs: Vec<(String, String)> = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for chunk in pairs.chunks(1000) {
+            self.write(chunk).await?;
+        }
+        Ok(())
+    }
+
+    fn heartbeat_every(&self) -> Option<Duration> {
+        Some(self.ttl / 3)
+    }
+}
