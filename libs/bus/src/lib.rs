@@ -8,11 +8,13 @@
 //! lets a gateway promise a client that an acknowledged message survives any crash.
 
 mod event;
+mod kafka;
 mod memory;
 
 use std::fmt;
 
 pub use event::{Addressed, ClientAck, ConnectionEvent, DeviceLogin, GatewayEvent, Outgoing};
+pub use kafka::{KafkaBus, KafkaConfig};
 pub use memory::MemoryBus;
 
 /// Every topic the services exchange. Names are `{prefix}{name}`; the `.v1` suffix versions the
@@ -40,6 +42,18 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// Every topic that exists once per deployment (gateway topics come and go with gateways).
+    pub const DURABLE: [Topic; 8] = [
+        Self::NewMessages,
+        Self::GroupMessages,
+        Self::Send,
+        Self::System,
+        Self::ClientAcks,
+        Self::Connections,
+        Self::Offline,
+        Self::Logins,
+    ];
+
     pub fn name(&self) -> String {
         match self {
             Self::NewMessages => "new-messages.v1".into(),

@@ -11,7 +11,7 @@ mod metrics;
 mod node;
 mod user;
 
-pub use config::{AuthProvider, Config, PresenceSettings, PushSettings, Settings};
+pub use config::{AuthProvider, BusSettings, Config, PresenceSettings, PushSettings, Settings};
 pub use error::{ApiError, JsonBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};
 pub use node::{Context, Node, ServiceDef, main, start};

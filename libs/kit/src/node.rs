@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
-use samvad_bus::{Bus, MemoryBus, Received, Topic};
+use samvad_bus::{Bus, KafkaBus, MemoryBus, Received, Topic};
 use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
 use samvad_store::{EmbeddedStore, Stores};
@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AuthProvider, Config, PresenceSettings, Settings};
+use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings};
 use crate::metrics::{Metrics, TopicLabel};
 
 /// Most records a consumer handles in one batch.
@@ -199,9 +199,18 @@ pub async fn start(
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let db = Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?;
-    let bus = MemoryBus::open(db.clone())
-        .await
-        .context("opening the bus")?;
+    let bus: Arc<dyn Bus> = match &settings.bus {
+        BusSettings::Memory => Arc::new(
+            MemoryBus::open(db.clone())
+                .await
+                .context("opening the bus")?,
+        ),
+        BusSettings::Kafka(config) => Arc::new(
+            KafkaBus::connect(config.clone())
+                .await
+                .context("connecting to Kafka")?,
+        ),
+    };
     let store = EmbeddedStore::open(db.clone())
         .await
         .context("opening the store")?;
@@ -257,7 +266,7 @@ pub async fn start(
     });
     let ctx = Context {
         settings: Arc::new(settings),
-        bus: Arc::new(bus),
+        bus,
         stores: Stores::embedded(store),
         presence,
         access_keys: Arc::new(access_keys),

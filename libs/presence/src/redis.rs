@@ -53,7 +53,11 @@ impl RedisPresence {
     fn count(&self, user: &str, gateway: &str, delta: isize) -> usize {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         let key = (user.to_owned(), gateway.to_owned());
-        let count = local.get(&key).copied().unwrap_or(0).saturating_add_signed(delta);
+        let count = local
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add_signed(delta);
         if count == 0 {
             local.remove(&key);
         } else {

@@ -198,6 +198,21 @@ impl ProfileStore for EmbeddedStore {
             .await
             .map_err(backend)
     }
+
+    async fn remove_token(&self, username: &str, device_id: &str, token: &str) -> Result<bool> {
+        let (username, device_id, token) =
+            (username.to_owned(), device_id.to_owned(), token.to_owned());
+        self.db
+            .write(move |t| {
+                t.execute(
+                    "DELETE FROM devices WHERE username = ?1 AND device_id = ?2 AND token = ?3",
+                    params![username, device_id, token],
+                )
+                .map(|deleted| deleted == 1)
+            })
+            .await
+            .map_err(backend)
+    }
 }
 
 #[async_trait::async_trait]
@@ -512,6 +527,28 @@ mod tests {
         assert_eq!(
             s.existing(&["ann".into(), "zed".into()]).await.unwrap(),
             vec!["ann".to_owned()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_token_is_removed_only_while_the_device_still_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let device = |id: &str, token: &str| Device {
+            device_id: id.into(),
+            notification_token: token.into(),
+            message_version: 2.1,
+        };
+        s.login("ann", &device("phone", "old")).await.unwrap();
+        s.login("ann", &device("tablet", "t")).await.unwrap();
+        // The phone logged in again with a new token after the old one was pushed to.
+        s.login("ann", &device("phone", "new")).await.unwrap();
+        assert!(!s.remove_token("ann", "phone", "old").await.unwrap());
+        assert!(s.remove_token("ann", "tablet", "t").await.unwrap());
+        assert!(!s.remove_token("ann", "tablet", "t").await.unwrap());
+        assert_eq!(
+            s.devices("ann").await.unwrap(),
+            vec![device("phone", "new")]
         );
     }
 }

@@ -111,6 +111,10 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// The subset of `usernames` that have a profile.
     async fn existing(&self, usernames: &[String]) -> Result<Vec<String>>;
     async fn devices(&self, username: &str) -> Result<Vec<Device>>;
+    /// Forgets a device whose push token a provider reported dead, only if the device still
+    /// has that token (a login may have registered a new one meanwhile). Returns whether it
+    /// was removed.
+    async fn remove_token(&self, username: &str, device_id: &str, token: &str) -> Result<bool>;
 }
 
 #[async_trait::async_trait]

@@ -64,9 +64,42 @@ pub fn redis() -> Server {
     let p = port.to_string();
     Server::spawn(
         "redis-server",
-        &["--bind", "127.0.0.1", "--port", &p, "--save", "", "--appendonly", "no"],
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         format!("redis://127.0.0.1:{port}/"),
         port,
         scratch(),
+    )
+}
+
+/// A private Kafka-protocol broker (tansu, storing in SQLite in its scratch directory).
+/// `url` is the bootstrap address `127.0.0.1:PORT`.
+pub fn kafka() -> Server {
+    let port = free_port();
+    let dir = scratch();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let storage = format!("sqlite://{}/tansu.db", dir.path().display());
+    Server::spawn(
+        "tansu",
+        &[
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+            "--storage-engine",
+            &storage,
+        ],
+        format!("127.0.0.1:{port}"),
+        port,
+        dir,
     )
 }

@@ -14,6 +14,8 @@ use crate::{Format, Gateway, Item, Outbound, encode};
 
 /// A connection that sends nothing (clients ping every 30 s) for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
+/// How long a new connection waits for its replay before giving up.
+const REPLAY_WAIT: Duration = Duration::from_secs(30);
 /// Live messages held for a connection while its replay is still coming.
 const HOLD_MAX: usize = 10_000;
 /// How long a closing connection waits for the client's close frame.
@@ -131,9 +133,16 @@ impl Conn {
         slow: &tokio_util::sync::CancellationToken,
     ) -> End {
         let shutdown = self.gateway.ctx.shutdown();
+        let replay_deadline = tokio::time::sleep(REPLAY_WAIT);
+        tokio::pin!(replay_deadline);
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return End::Close(close_code::AWAY, "server restarting"),
+                // Delivery never answered the connect: rather than hold live messages forever,
+                // ask the client to come back (its pending messages are safe in the inbox).
+                _ = &mut replay_deadline, if self.replaying => {
+                    return End::Close(close_code::AGAIN, "server busy; reconnect");
+                }
                 _ = slow.cancelled() => {
                     self.gateway.ctx.metrics.slow_closes.inc();
                     return End::Close(close_code::AGAIN, "too far behind; reconnect");

@@ -102,7 +102,9 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         ctx: ctx.clone(),
         ingress: Ingress::new(ctx, "ws"),
         conns: Arc::default(),
-        next_id: Arc::new(AtomicU64::new(1)),
+        // Connection ids never repeat across restarts of a gateway with a fixed id, so a
+        // delivery meant for a connection of a previous run cannot reach a new one.
+        next_id: Arc::new(AtomicU64::new(samvad_kit::now_ms() << 16)),
     };
     let id = &ctx.settings.gateway_id;
     let dispatcher = gateway.clone();

@@ -3,12 +3,29 @@
 use std::time::Duration;
 
 use clap::Args;
+use samvad_bus::KafkaConfig;
 
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
-    /// Message bus: `memory` (in-process, on disk in the data directory).
+    /// Message bus: `memory` (in-process, on disk in the data directory) or `kafka`.
     #[arg(long, env = "SAMVAD_BUS", default_value = "memory")]
     pub bus: String,
+
+    /// `kafka`: bootstrap servers, host:port comma separated.
+    #[arg(long, env = "SAMVAD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// `kafka`: prefix of every topic and consumer group.
+    #[arg(long, env = "SAMVAD_TOPIC_PREFIX", default_value = "samvad.")]
+    pub topic_prefix: String,
+
+    /// `kafka`: partitions of each topic Samvad creates.
+    #[arg(long, env = "SAMVAD_KAFKA_PARTITIONS", default_value = "6")]
+    pub kafka_partitions: String,
+
+    /// `kafka`: replication factor of each topic Samvad creates (3 in production).
+    #[arg(long, env = "SAMVAD_KAFKA_REPLICATION", default_value = "1")]
+    pub kafka_replication: String,
 
     /// Store: `embedded` (SQLite in the data directory).
     #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
@@ -32,6 +49,12 @@ pub struct BackendArgs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusSettings {
+    Memory,
+    Kafka(KafkaConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceSettings {
     Memory,
     Redis {
@@ -42,17 +65,57 @@ pub enum PresenceSettings {
 }
 
 impl BackendArgs {
-    pub(super) fn validate(&self, problems: &mut Vec<String>) -> PresenceSettings {
-        if self.bus != "memory" {
-            problems.push(format!("SAMVAD_BUS: `{}` is not available; use `memory`", self.bus));
+    pub(super) fn validate(&self, problems: &mut Vec<String>) -> (BusSettings, PresenceSettings) {
+        (self.bus(problems), self.presence(problems))
+    }
+
+    fn bus(&self, problems: &mut Vec<String>) -> BusSettings {
+        let partitions = super::number(
+            problems,
+            "SAMVAD_KAFKA_PARTITIONS",
+            &self.kafka_partitions,
+            1..=10_000,
+        );
+        let replication = super::number(
+            problems,
+            "SAMVAD_KAFKA_REPLICATION",
+            &self.kafka_replication,
+            1..=16,
+        );
+        match (self.bus.as_str(), &self.kafka_brokers) {
+            ("memory", _) => BusSettings::Memory,
+            ("kafka", Some(brokers)) if !brokers.trim().is_empty() => {
+                BusSettings::Kafka(KafkaConfig {
+                    brokers: brokers.clone(),
+                    prefix: self.topic_prefix.clone(),
+                    partitions: partitions as i32,
+                    replication: replication as i32,
+                })
+            }
+            ("kafka", _) => {
+                problems.push("SAMVAD_KAFKA_BROKERS: required with SAMVAD_BUS=kafka".into());
+                BusSettings::Memory
+            }
+            (other, _) => {
+                problems.push(format!("SAMVAD_BUS: `{other}` is not `memory` or `kafka`"));
+                BusSettings::Memory
+            }
         }
+    }
+
+    fn presence(&self, problems: &mut Vec<String>) -> PresenceSettings {
         if self.store != "embedded" {
             problems.push(format!(
                 "SAMVAD_STORE: `{}` is not available; use `embedded`",
                 self.store
             ));
         }
-        let ttl = super::number(problems, "SAMVAD_PRESENCE_TTL_SECS", &self.presence_ttl_secs, 3..=3600);
+        let ttl = super::number(
+            problems,
+            "SAMVAD_PRESENCE_TTL_SECS",
+            &self.presence_ttl_secs,
+            3..=3600,
+        );
         match self.presence.as_str() {
             "memory" => PresenceSettings::Memory,
             "redis" => match &self.redis_url {

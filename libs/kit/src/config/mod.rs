@@ -15,7 +15,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 mod backends;
 mod push;
 
-pub use backends::{BackendArgs, PresenceSettings};
+pub use backends::{BackendArgs, BusSettings, PresenceSettings};
 pub use push::{PushArgs, PushSettings};
 
 /// Every setting any service reads. Services use the sections they need.
@@ -151,6 +151,7 @@ pub struct Settings {
     pub rate_burst: u32,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
+    pub bus: BusSettings,
     pub presence: PresenceSettings,
 }
 
@@ -201,7 +202,7 @@ impl Config {
         }
 
         let push = self.push.validate(&mut problems);
-        let presence = self.backends.validate(&mut problems);
+        let (bus, presence) = self.backends.validate(&mut problems);
         let loopback = listen.as_ref().is_ok_and(|a| a.ip().is_loopback());
         let auth = self.auth.validate(loopback, &mut problems);
         let access_key_secrets = self.auth.access_key_secrets.as_deref().map(|list| {
@@ -270,6 +271,7 @@ impl Config {
                     .map(str::to_owned)
                     .collect(),
                 push,
+                bus,
                 presence,
             }),
             _ => Err(problems),

@@ -181,9 +181,7 @@ impl PushArgs {
         let mut field = |value: Option<String>, name: &str| match value.filter(|v| !v.is_empty()) {
             Some(v) => v,
             None => {
-                problems.push(format!(
-                    "SAMVAD_FCM_CREDENTIALS: {shown} has no `{name}`"
-                ));
+                problems.push(format!("SAMVAD_FCM_CREDENTIALS: {shown} has no `{name}`"));
                 found = false;
                 String::new()
             }
@@ -269,9 +267,10 @@ impl PushArgs {
 }
 
 fn is_http_url(url: &str) -> bool {
-    ["http://", "https://"]
-        .iter()
-        .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()))
+    ["http://", "https://"].iter().any(|scheme| {
+        url.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty())
+    })
 }
 
 fn is_vapid_key(key: &str) -> bool {
@@ -356,7 +355,10 @@ mod tests {
         assert_eq!(fcm.project_id, "chat-app");
         assert_eq!(fcm.client_email, "push@chat-app.iam.gserviceaccount.com");
         assert_eq!(fcm.api_url, "http://127.0.0.1:9");
-        assert!(!format!("{fcm:?}").contains("BEGIN"), "the key is never shown");
+        assert!(
+            !format!("{fcm:?}").contains("BEGIN"),
+            "the key is never shown"
+        );
     }
 
     #[test]
@@ -387,8 +389,15 @@ mod tests {
         ])
         .unwrap_err()
         .join("\n");
-        for expected in ["SAMVAD_FCM_API_URL", "no `client_email`", "no `private_key`"] {
-            assert!(problems.contains(expected), "{expected} missing from {problems}");
+        for expected in [
+            "SAMVAD_FCM_API_URL",
+            "no `client_email`",
+            "no `private_key`",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "{expected} missing from {problems}"
+            );
         }
     }
 
@@ -429,7 +438,10 @@ mod tests {
             "SAMVAD_FCM_CREDENTIALS: set, but `fcm`",
             "SAMVAD_VAPID_PRIVATE_KEY: set, but `webpush`",
         ] {
-            assert!(problems.contains(expected), "{expected} missing from {problems}");
+            assert!(
+                problems.contains(expected),
+                "{expected} missing from {problems}"
+            );
         }
     }
 }

@@ -31,7 +31,11 @@ async fn contract(p: &dyn Presence) {
     p.connected("ann", "g2").await.unwrap();
     assert_eq!(sorted(p, "bob").await, ["g1", "g2"]);
     p.disconnected("bob", "g1").await.unwrap();
-    assert_eq!(sorted(p, "bob").await, ["g1", "g2"], "one connection on g1 remains");
+    assert_eq!(
+        sorted(p, "bob").await,
+        ["g1", "g2"],
+        "one connection on g1 remains"
+    );
     p.disconnected("bob", "g1").await.unwrap();
     assert_eq!(sorted(p, "bob").await, ["g2"]);
     p.disconnected("bob", "g2").await.unwrap();

@@ -23,3 +23,43 @@ async fn chat_works_with_presence_in_redis() {
     assert_eq!(text_of(&b.chat_message().await), "live");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn chat_works_over_kafka_with_presence_in_redis() {
+    let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+    // librdkafka's mock cluster cannot create topics through the admin API; an operator would
+    // have created them like this.
+    let topics = samvad_bus::Topic::DURABLE
+        .into_iter()
+        .chain([samvad_bus::Topic::Gateway("gw1".into())]);
+    for topic in topics {
+        kafka.create_topic(&format!("it.{}", topic.name()), 3, 1).unwrap();
+    }
+    let redis = samvad_testkit::redis();
+    let brokers = kafka.bootstrap_servers();
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_BUS", "kafka"),
+        ("SAMVAD_KAFKA_BROKERS", &brokers),
+        ("SAMVAD_TOPIC_PREFIX", "it."),
+        ("SAMVAD_GATEWAY_ID", "gw1"),
+        ("SAMVAD_PRESENCE", "redis"),
+        ("SAMVAD_REDIS_URL", &redis.url),
+    ])
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "binary", true).await;
+    for i in 0..5 {
+        a.send(&chat(&format!("m-{i}"), "alice", "bob", &format!("#{i}"))).await;
+        assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    }
+    let mut b = app.connect(&bob, "text", false).await;
+    for i in 0..5 {
+        let m = b.message().await;
+        assert_eq!(text_of(&m), format!("#{i}"));
+        b.client_ack(&m).await;
+    }
+    a.send(&chat("live", "alice", "bob", "live")).await;
+    assert_eq!(text_of(&b.chat_message().await), "live");
+    app.stop().await;
+}

@@ -11,5 +11,6 @@ mod chat;
 mod durability;
 mod groups;
 mod login;
+mod push;
 mod rest;
 mod support;

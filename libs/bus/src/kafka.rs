@@ -1,0 +1,277 @@
+//! The cluster bus: Kafka through librdkafka.
+//!
+//! librdkafka's defaults are unsafe for a promise of durability, so every one that matters is
+//! set here: the producer is idempotent with `acks=all` and `publish` returns only after the
+//! broker confirmed every record; consumers never store an offset by themselves
+//! (`enable.auto.offset.store=false`) — a batch's offsets are stored only when its handler
+//! has finished, and committed in the background; a new group starts from the earliest record.
+//! Records are keyed (by recipient, mostly), so each key keeps its order on one partition.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::try_join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::Producer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{Bus, BusError, Received, Record, Subscription, Topic};
+
+/// How to reach and lay out the cluster's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port` comma separated.
+    pub brokers: String,
+    /// Prefix of every topic and consumer group name (several deployments can share a cluster).
+    pub prefix: String,
+    /// Partitions of each topic Samvad creates.
+    pub partitions: i32,
+    /// Replication factor of each topic Samvad creates (3 in production, with
+    /// `min.insync.replicas=2`).
+    pub replication: i32,
+}
+
+/// How long a gateway's deliveries are kept: they are only useful while its connections live.
+const GATEWAY_RETENTION_MS: &str = "3600000";
+/// How long `publish` waits for the broker before reporting failure (nothing is acked then).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn kafka(e: KafkaError) -> BusError {
+    BusError::Storage(e.to_string())
+}
+
+/// The Kafka bus. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaBus {
+    config: Arc<KafkaConfig>,
+    producer: FutureProducer,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    created: Arc<Mutex<HashSet<String>>>,
+}
+
+impl KafkaBus {
+    /// Connects and makes sure every durable topic exists.
+    pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka)?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .create()
+            .map_err(kafka)?;
+        let bus = Self {
+            config: Arc::new(config),
+            producer,
+            admin: Arc::new(admin),
+            created: Arc::default(),
+        };
+        bus.ensure(&Topic::DURABLE).await?;
+        Ok(bus)
+    }
+
+    fn name(&self, topic: &Topic) -> String {
+        format!("{}{}", self.config.prefix, topic.name())
+    }
+
+    /// Creates the topics not yet known to exist; an existing topic is fine.
+    async fn ensure(&self, topics: &[Topic]) -> Result<(), BusError> {
+        let missing: Vec<(String, bool)> = {
+            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            topics
+                .iter()
+                .map(|t| (self.name(t), t.is_durable()))
+                .filter(|(name, _)| !created.contains(name))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Ask the cluster first: topics made by an operator (or another node) need no admin call.
+        let producer = self.producer.clone();
+        let existing: HashSet<String> = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+        })
+        .await
+        .map_err(|e| BusError::Storage(e.to_string()))?
+        .map_err(kafka)?;
+        let missing: Vec<(String, bool)> = missing
+            .into_iter()
+            .filter(|(name, _)| !existing.contains(name))
+            .collect();
+        if missing.is_empty() {
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            created.extend(topics.iter().map(|t| self.name(t)));
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(name, durable)| {
+                let topic = NewTopic::new(
+                    name,
+                    self.config.partitions,
+                    TopicReplication::Fixed(self.config.replication),
+                );
+                if *durable {
+                    topic
+                } else {
+                    topic.set("retention.ms", GATEWAY_RETENTION_MS)
+                }
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self
+            .admin
+            .create_topics(new.iter(), &options)
+            .await
+            .map_err(kafka)?;
+        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        for result in results {
+            match result {
+                Ok(name) | Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    created.insert(name);
+                }
+                Err((name, code)) => {
+                    return Err(BusError::Storage(format!("creating topic {name}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for KafkaBus {
+    async fn publish(&self, topic: &Topic, records: Vec<Record>) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if !topic.is_durable() {
+            self.ensure(std::slice::from_ref(topic)).await?;
+        }
+        let name = self.name(topic);
+        // All sends are queued before any is awaited; the idempotent producer keeps their
+        // order per partition while several are in flight.
+        let sends = records.iter().map(|r| {
+            self.producer.send(
+                FutureRecord::to(&name).key(&r.key).payload(&r.value),
+                Timeout::After(SEND_TIMEOUT),
+            )
+        });
+        try_join_all(sends).await.map_err(|(e, _)| kafka(e))?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.ensure(std::slice::from_ref(topic)).await?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", format!("{}{group}", self.config.prefix))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            // A new group starts from the earliest retained record: with `latest`, records
+            // published before the group's first assignment would be skipped.
+            .set("auto.offset.reset", "earliest")
+            // A member that dies is noticed in seconds, not the default 45 s: its partitions
+            // (a recipient's messages) move on quickly.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "3000")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(kafka)?;
+        let name = self.name(topic);
+        consumer.subscribe(&[&name]).map_err(kafka)?;
+        Ok(Box::new(KafkaSubscription {
+            consumer,
+            topic: name,
+        }))
+    }
+}
+
+/// Dropping it closes the consumer, which commits the offsets stored so far (and only those:
+/// records read but not committed go to whoever takes the partition next).
+struct KafkaSubscription {
+    consumer: StreamConsumer,
+    topic: String,
+}
+
+impl KafkaSubscription {
+    fn received(message: &rdkafka::message::BorrowedMessage<'_>) -> Received {
+        Received {
+            partition: message.partition(),
+            offset: message.offset().max(0) as u64,
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for KafkaSubscription {
+    fn drop(&mut self) {
+        // Leave the group now (committing stored offsets on revoke) rather than when the
+        // session times out, so the partitions move to another member at once.
+        self.consumer.unsubscribe();
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Received>, BusError> {
+        let first = self.consumer.recv().await.map_err(kafka)?;
+        let mut batch = vec![Self::received(&first)];
+        drop(first);
+        while batch.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => batch.push(Self::received(&message)),
+                Some(Err(e)) => return Err(kafka(e)),
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, records: &[Received]) -> Result<(), BusError> {
+        let mut next: BTreeMap<i32, u64> = BTreeMap::new();
+        for r in records {
+            let entry = next.entry(r.partition).or_insert(0);
+            *entry = (*entry).max(r.offset + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in next {
+            offsets
+                .add_partition_offset(&self.topic, partition, Offset::Offset(offset as i64))
+                .map_err(kafka)?;
+        }
+        match self.consumer.store_offsets(&offsets) {
+            Ok(()) => Ok(()),
+            // The partition moved to another member in a rebalance: it will redo the batch,
+            // which idempotent handlers allow.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
+            Err(e) => Err(kafka(e)),
+        }
+    }
+}
