@@ -22,14 +22,15 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining");
     }
-    match shared
-        .db
-        .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
-        .await
+    if let Some(db) = &shared.db
+        && db
+            .read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+            .is_err()
     {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
     }
+    (StatusCode::OK, "ready")
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

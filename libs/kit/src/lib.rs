@@ -11,7 +11,9 @@ mod metrics;
 mod node;
 mod user;
 
-pub use config::{AuthProvider, BusSettings, Config, PresenceSettings, PushSettings, Settings};
+pub use config::{
+    AuthProvider, BusSettings, Config, PresenceSettings, PushSettings, Settings, StoreSettings,
+};
 pub use error::{ApiError, JsonBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};
 pub use node::{Context, Node, ServiceDef, main, start};

@@ -17,12 +17,12 @@ use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
 use samvad_bus::{Bus, KafkaBus, MemoryBus, Received, Topic};
 use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
-use samvad_store::{EmbeddedStore, Stores};
+use samvad_store::{EmbeddedStore, MongoStore, Stores};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings};
+use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings, StoreSettings};
 use crate::metrics::{Metrics, TopicLabel};
 
 /// Most records a consumer handles in one batch.
@@ -54,8 +54,8 @@ pub struct Context {
 pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     pub(crate) registry: Mutex<Registry>,
-    /// The database, asked at `/readyz` whether it still answers.
-    pub(crate) db: Db,
+    /// The embedded database, if this node has one, asked at `/readyz` whether it answers.
+    pub(crate) db: Option<Db>,
     tasks: TaskTracker,
     failed: AtomicBool,
 }
@@ -196,12 +196,18 @@ pub async fn start(
 ) -> anyhow::Result<Node> {
     // reqwest is built without a TLS crypto provider of its own; this process uses ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
-    let db = Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?;
+    let embedded = settings.bus == BusSettings::Memory || settings.store == StoreSettings::Embedded;
+    let db = if embedded {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+        Some(Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?)
+    } else {
+        None
+    };
+    let embedded_db = || db.clone().context("the embedded database is not open");
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusSettings::Memory => Arc::new(
-            MemoryBus::open(db.clone())
+            MemoryBus::open(embedded_db()?)
                 .await
                 .context("opening the bus")?,
         ),
@@ -211,9 +217,18 @@ pub async fn start(
                 .context("connecting to Kafka")?,
         ),
     };
-    let store = EmbeddedStore::open(db.clone())
-        .await
-        .context("opening the store")?;
+    let stores = match &settings.store {
+        StoreSettings::Embedded => Stores::from(
+            EmbeddedStore::open(embedded_db()?)
+                .await
+                .context("opening the store")?,
+        ),
+        StoreSettings::MongoDb { url, database } => Stores::from(
+            MongoStore::connect(url, database)
+                .await
+                .context("connecting to MongoDB")?,
+        ),
+    };
     let secrets = match &settings.access_key_secrets {
         Some(secrets) => secrets.clone(),
         None => vec![("local".into(), local_secret(&settings.data_dir)?)],
@@ -267,7 +282,7 @@ pub async fn start(
     let ctx = Context {
         settings: Arc::new(settings),
         bus,
-        stores: Stores::embedded(store),
+        stores,
         presence,
         access_keys: Arc::new(access_keys),
         login: Arc::new(login),

@@ -122,6 +122,14 @@ impl ProfileStore for EmbeddedStore {
                      ON CONFLICT (username) DO NOTHING",
                     params![username, now],
                 )? == 1;
+                if !device.notification_token.is_empty() {
+                    // A token belongs to one device: a phone that changed hands must not get
+                    // the previous user's pushes.
+                    t.execute(
+                        "DELETE FROM devices WHERE token = ?1 AND username != ?2",
+                        params![device.notification_token, username],
+                    )?;
+                }
                 t.execute(
                     "INSERT INTO devices (username, device_id, token, version, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -407,148 +415,5 @@ impl InboxStore for EmbeddedStore {
             })
             .await
             .map_err(backend)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn store(dir: &tempfile::TempDir) -> EmbeddedStore {
-        EmbeddedStore::open(Db::open(&dir.path().join("s.db")).unwrap())
-            .await
-            .unwrap()
-    }
-
-    fn msg(id: &str, from: &str) -> Message {
-        Message {
-            id: id.into(),
-            source: from.into(),
-            destination: "bob".into(),
-            content: br#"{"text":"x"}"#.to_vec(),
-            ..Message::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn an_inbox_keeps_order_drops_repeats_and_forgets_acked_bodies() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir).await;
-        let bob = || "bob".to_owned();
-        let kept = s
-            .keep(&[
-                (bob(), msg("1", "alice")),
-                (bob(), msg("2", "alice")),
-                (bob(), msg("1", "carol")),
-            ])
-            .await
-            .unwrap();
-        let [Kept::New(a), Kept::New(b), Kept::New(c)] = kept[..] else {
-            panic!("{kept:?}");
-        };
-        assert!(a < b && b < c);
-        assert_eq!(
-            s.keep(&[(bob(), msg("1", "alice"))]).await.unwrap(),
-            vec![Kept::Pending(a)]
-        );
-        assert_eq!(
-            s.ack(&[(bob(), "1".into())]).await.unwrap(),
-            2,
-            "both senders' id 1"
-        );
-        assert_eq!(
-            s.keep(&[(bob(), msg("1", "alice"))]).await.unwrap(),
-            vec![Kept::Acked]
-        );
-        let pending = s.pending("bob", 0, 10).await.unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].seq, b);
-        assert_eq!(pending[0].message, msg("2", "alice"));
-        assert!(s.pending("bob", b, 10).await.unwrap().is_empty());
-        assert!(s.pending("alice", 0, 10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_last_admin_leaving_promotes_the_longest_standing_member() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir).await;
-        let member = |u: &str, role| Member {
-            username: u.into(),
-            role,
-        };
-        s.create(&Group {
-            group_id: "g".into(),
-            name: "G".into(),
-            members: vec![member("ann", Role::Admin), member("ben", Role::User)],
-            profile_pic: None,
-        })
-        .await
-        .unwrap();
-        assert_eq!(
-            s.add_members("g", &["cat".into(), "ben".into()])
-                .await
-                .unwrap(),
-            vec!["cat".to_owned()]
-        );
-        assert_eq!(
-            s.remove_member("g", "ann").await.unwrap(),
-            Some(Removal {
-                promoted: Some("ben".into())
-            })
-        );
-        assert_eq!(s.remove_member("g", "ann").await.unwrap(), None);
-        let g = s.group("g").await.unwrap().unwrap();
-        assert_eq!(
-            g.members,
-            vec![member("ben", Role::Admin), member("cat", Role::User)]
-        );
-        assert_eq!(s.groups_of("cat").await.unwrap().len(), 1);
-        assert!(s.groups_of("ann").await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn login_creates_once_and_registers_devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir).await;
-        let device = |id: &str, token: &str| Device {
-            device_id: id.into(),
-            notification_token: token.into(),
-            message_version: 2.1,
-        };
-        assert!(s.login("ann", &device("default", "t1")).await.unwrap());
-        assert!(!s.login("ann", &device("default", "t2")).await.unwrap());
-        assert!(!s.login("ann", &device("tablet", "t3")).await.unwrap());
-        let mut devices = s.devices("ann").await.unwrap();
-        devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        assert_eq!(
-            devices,
-            vec![device("default", "t2"), device("tablet", "t3")]
-        );
-        assert_eq!(
-            s.existing(&["ann".into(), "zed".into()]).await.unwrap(),
-            vec!["ann".to_owned()]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_dead_token_is_removed_only_while_the_device_still_has_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(&dir).await;
-        let device = |id: &str, token: &str| Device {
-            device_id: id.into(),
-            notification_token: token.into(),
-            message_version: 2.1,
-        };
-        s.login("ann", &device("phone", "old")).await.unwrap();
-        s.login("ann", &device("tablet", "t")).await.unwrap();
-        // The phone logged in again with a new token after the old one was pushed to.
-        s.login("ann", &device("phone", "new")).await.unwrap();
-        assert!(!s.remove_token("ann", "phone", "old").await.unwrap());
-        assert!(s.remove_token("ann", "tablet", "t").await.unwrap());
-        assert!(!s.remove_token("ann", "tablet", "t").await.unwrap());
-        assert_eq!(
-            s.devices("ann").await.unwrap(),
-            vec![device("phone", "new")]
-        );
     }
 }

@@ -8,6 +8,7 @@
 //! dropped.
 
 mod embedded;
+mod mongo;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use samvad_protocol::Message;
 use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedStore;
+pub use mongo::MongoStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,7 +107,9 @@ pub struct Pending {
 
 #[async_trait::async_trait]
 pub trait ProfileStore: Send + Sync + 'static {
-    /// Creates the profile if needed and registers the device. Returns whether the profile is new.
+    /// Creates the profile if needed and registers the device, taking its notification token
+    /// from any other user who had it (the phone changed hands). Returns whether the profile
+    /// is new.
     async fn login(&self, username: &str, device: &Device) -> Result<bool>;
     async fn profile(&self, username: &str) -> Result<Option<Profile>>;
     /// The subset of `usernames` that have a profile.
@@ -150,7 +154,8 @@ pub struct Stores {
 }
 
 impl Stores {
-    pub fn embedded(store: EmbeddedStore) -> Self {
+    /// All three stores from one backend.
+    pub fn from<S: ProfileStore + GroupStore + InboxStore>(store: S) -> Self {
         let store = Arc::new(store);
         Self {
             profiles: store.clone(),

@@ -86,7 +86,8 @@ pub fn kafka() -> Server {
     let port = free_port();
     let dir = scratch();
     let listener = format!("tcp://127.0.0.1:{port}");
-    let storage = format!("sqlite://{}/tansu.db", dir.path().display());
+    // tansu reads the path after `sqlite://` relative to its working directory: the scratch.
+    let storage = "sqlite://tansu.db".to_owned();
     Server::spawn(
         "tansu",
         &[
@@ -102,4 +103,48 @@ pub fn kafka() -> Server {
         port,
         dir,
     )
+}
+
+/// A private MongoDB-wire server (SecantusDB, in memory): `url` is a `mongodb://` URL.
+/// `secantusd-py` is looked up on `PATH`, then in the workspace's `target/tools/venv`, where
+/// `deployment/scripts/test` installs it.
+pub fn mongo() -> Server {
+    let port = free_port();
+    let venv = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/tools/venv/bin/secantusd-py"
+    );
+    let program = if Command::new("secantusd-py").arg("--help").output().is_ok() {
+        "secantusd-py"
+    } else {
+        venv
+    };
+    let p = port.to_string();
+    Server::spawn(
+        program,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--storage-path",
+            ":memory:",
+            "--log-level",
+            "WARNING",
+        ],
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        port,
+        scratch(),
+    )
+}
+
+/// Waits (up to 30 s) until something accepts connections on the loopback `port`.
+pub fn wait_for_port(port: u16) {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after 30 s");
 }

@@ -18,6 +18,9 @@ pub const SERVICE: ServiceDef = ServiceDef {
 
 /// Longest username accepted.
 const MAX_USERNAME: usize = 64;
+/// Longest notification token (a Web Push subscription is a few hundred bytes).
+const MAX_TOKEN: usize = 4096;
+const MAX_DEVICE_ID: usize = 128;
 /// Most usernames one contact sync may ask about.
 const MAX_SYNC: usize = 5_000;
 
@@ -74,6 +77,12 @@ async fn login(
     JsonBody(login): JsonBody<Login>,
 ) -> Result<Json<Value>, ApiError> {
     check_username(&login.username)?;
+    if login.notification_token.len() > MAX_TOKEN || login.device_id.len() > MAX_DEVICE_ID {
+        return Err(ApiError::bad_request(format!(
+            "notificationToken may be at most {MAX_TOKEN} bytes and deviceId at most \
+             {MAX_DEVICE_ID}"
+        )));
+    }
     ctx.login.verify(&login.username, &login.auth_token).await?;
     let device = Device {
         device_id: login.device_id,

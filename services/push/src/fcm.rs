@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::provider::{
-    Failure, Outcome, Push, PushProvider, Retry, Step, read_capped, retry_after, transient,
-    with_retries,
+    Failure, Outcome, Push, PushProvider, Retry, Step, excerpt, read_capped, retry_after,
+    transient, with_retries,
 };
 use crate::webpush::Subscription;
 
@@ -164,7 +164,7 @@ impl Fcm {
         if !status.is_success() {
             tracing::warn!(
                 %status,
-                error = %String::from_utf8_lossy(&body),
+                error = %excerpt(&body),
                 "fcm: the token endpoint refused the service account"
             );
             return Err(if transient(status) {
@@ -227,7 +227,7 @@ impl Fcm {
         let outcome = classify(status, &answer);
         tracing::warn!(
             %status,
-            error = %String::from_utf8_lossy(&answer),
+            error = %excerpt(&answer),
             gone = outcome == Outcome::Gone,
             "fcm: refused"
         );

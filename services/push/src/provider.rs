@@ -172,6 +172,11 @@ pub(crate) async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
     body
 }
 
+/// The start of a provider's answer, for a log line.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(500).collect()
+}
+
 /// The development provider: records that a push would be sent (never its content or token).
 #[derive(Debug, Default)]
 pub struct LogProvider;

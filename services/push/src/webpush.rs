@@ -27,8 +27,8 @@ use serde_json::json;
 use sha2::Sha256;
 
 use crate::provider::{
-    Failure, Outcome, Push, PushProvider, Retry, Step, read_capped, retry_after, transient,
-    with_retries,
+    Failure, Outcome, Push, PushProvider, Retry, Step, excerpt, read_capped, retry_after,
+    transient, with_retries,
 };
 
 /// Record size written in the header; one record carries the whole message.
@@ -306,7 +306,7 @@ impl WebPush {
         tracing::warn!(
             %audience,
             %status,
-            error = %String::from_utf8_lossy(&answer),
+            error = %excerpt(&answer),
             "webpush: refused"
         );
         Step::Done(outcome)

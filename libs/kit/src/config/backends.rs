@@ -27,9 +27,17 @@ pub struct BackendArgs {
     #[arg(long, env = "SAMVAD_KAFKA_REPLICATION", default_value = "1")]
     pub kafka_replication: String,
 
-    /// Store: `embedded` (SQLite in the data directory).
+    /// Store: `embedded` (SQLite in the data directory) or `mongodb`.
     #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
     pub store: String,
+
+    /// `mongodb`: connection string, e.g. mongodb://host1,host2,host3/?replicaSet=rs0.
+    #[arg(long, env = "SAMVAD_MONGODB_URL", hide_env_values = true)]
+    pub mongodb_url: Option<String>,
+
+    /// `mongodb`: the database Samvad keeps its collections in.
+    #[arg(long, env = "SAMVAD_MONGODB_DATABASE", default_value = "samvad")]
+    pub mongodb_database: String,
 
     /// Presence: `memory` (this process only) or `redis` (shared by every gateway).
     #[arg(long, env = "SAMVAD_PRESENCE", default_value = "memory")]
@@ -55,6 +63,12 @@ pub enum BusSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    Embedded,
+    MongoDb { url: String, database: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceSettings {
     Memory,
     Redis {
@@ -65,8 +79,41 @@ pub enum PresenceSettings {
 }
 
 impl BackendArgs {
-    pub(super) fn validate(&self, problems: &mut Vec<String>) -> (BusSettings, PresenceSettings) {
-        (self.bus(problems), self.presence(problems))
+    pub(super) fn validate(
+        &self,
+        problems: &mut Vec<String>,
+    ) -> (BusSettings, StoreSettings, PresenceSettings) {
+        (
+            self.bus(problems),
+            self.store(problems),
+            self.presence(problems),
+        )
+    }
+
+    fn store(&self, problems: &mut Vec<String>) -> StoreSettings {
+        match (self.store.as_str(), &self.mongodb_url) {
+            ("embedded", _) => StoreSettings::Embedded,
+            ("mongodb", Some(url))
+                if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") =>
+            {
+                StoreSettings::MongoDb {
+                    url: url.clone(),
+                    database: self.mongodb_database.clone(),
+                }
+            }
+            ("mongodb", _) => {
+                problems.push(
+                    "SAMVAD_MONGODB_URL: required with SAMVAD_STORE=mongodb, as mongodb://…".into(),
+                );
+                StoreSettings::Embedded
+            }
+            (other, _) => {
+                problems.push(format!(
+                    "SAMVAD_STORE: `{other}` is not `embedded` or `mongodb`"
+                ));
+                StoreSettings::Embedded
+            }
+        }
     }
 
     fn bus(&self, problems: &mut Vec<String>) -> BusSettings {
@@ -104,12 +151,6 @@ impl BackendArgs {
     }
 
     fn presence(&self, problems: &mut Vec<String>) -> PresenceSettings {
-        if self.store != "embedded" {
-            problems.push(format!(
-                "SAMVAD_STORE: `{}` is not available; use `embedded`",
-                self.store
-            ));
-        }
         let ttl = super::number(
             problems,
             "SAMVAD_PRESENCE_TTL_SECS",

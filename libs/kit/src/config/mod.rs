@@ -15,7 +15,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 mod backends;
 mod push;
 
-pub use backends::{BackendArgs, BusSettings, PresenceSettings};
+pub use backends::{BackendArgs, BusSettings, PresenceSettings, StoreSettings};
 pub use push::{PushArgs, PushSettings};
 
 /// Every setting any service reads. Services use the sections they need.
@@ -26,7 +26,7 @@ pub use push::{PushArgs, PushSettings};
     long_about = "Samvad chat server.\n\nThe all-in-one `samvad` takes an optional first \
                   argument: `serve` (every service; the default) or one service's name \
                   (ws-gateway, rest-gateway, profile, group, message-router, group-router, \
-                  delivery, push, www)."
+                  delivery, push, www), or `vapid-keys` to print a new Web Push key pair."
 )]
 pub struct Config {
     /// Address the HTTP/WebSocket server binds.
@@ -152,6 +152,7 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
     pub bus: BusSettings,
+    pub store: StoreSettings,
     pub presence: PresenceSettings,
 }
 
@@ -202,7 +203,7 @@ impl Config {
         }
 
         let push = self.push.validate(&mut problems);
-        let (bus, presence) = self.backends.validate(&mut problems);
+        let (bus, store, presence) = self.backends.validate(&mut problems);
         let loopback = listen.as_ref().is_ok_and(|a| a.ip().is_loopback());
         let auth = self.auth.validate(loopback, &mut problems);
         let access_key_secrets = self.auth.access_key_secrets.as_deref().map(|list| {
@@ -222,6 +223,13 @@ impl Config {
                 })
                 .collect::<Vec<_>>()
         });
+        if bus != BusSettings::Memory && access_key_secrets.is_none() {
+            problems.push(
+                "SAMVAD_ACCESS_KEY_SECRETS: required with SAMVAD_BUS=kafka: every process must \
+                 verify the access keys the profile service signs"
+                    .into(),
+            );
+        }
         let ttl = number(
             &mut problems,
             "SAMVAD_ACCESS_KEY_TTL_SECS",
@@ -272,6 +280,7 @@ impl Config {
                     .collect(),
                 push,
                 bus,
+                store,
                 presence,
             }),
             _ => Err(problems),

@@ -15,7 +15,8 @@ async fn chat_works_with_presence_in_redis() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.connect(&alice, "text", true).await;
-    a.send(&chat("m-1", "alice", "bob", "while you were out")).await;
+    a.send(&chat("m-1", "alice", "bob", "while you were out"))
+        .await;
     assert_eq!(a.message().await.kind, MessageType::ServerAck);
     let mut b = app.connect(&bob, "text", false).await;
     assert_eq!(text_of(&b.message().await), "while you were out");
@@ -25,7 +26,9 @@ async fn chat_works_with_presence_in_redis() {
 }
 
 #[tokio::test]
-async fn chat_works_over_kafka_with_presence_in_redis() {
+async fn chat_works_over_kafka_with_mongodb_and_redis() {
+    let mongo = samvad_testkit::mongo();
+    samvad_testkit::wait_for_port(mongo.port);
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
     // librdkafka's mock cluster cannot create topics through the admin API; an operator would
     // have created them like this.
@@ -33,7 +36,9 @@ async fn chat_works_over_kafka_with_presence_in_redis() {
         .into_iter()
         .chain([samvad_bus::Topic::Gateway("gw1".into())]);
     for topic in topics {
-        kafka.create_topic(&format!("it.{}", topic.name()), 3, 1).unwrap();
+        kafka
+            .create_topic(&format!("it.{}", topic.name()), 3, 1)
+            .unwrap();
     }
     let redis = samvad_testkit::redis();
     let brokers = kafka.bootstrap_servers();
@@ -44,13 +49,20 @@ async fn chat_works_over_kafka_with_presence_in_redis() {
         ("SAMVAD_GATEWAY_ID", "gw1"),
         ("SAMVAD_PRESENCE", "redis"),
         ("SAMVAD_REDIS_URL", &redis.url),
+        ("SAMVAD_STORE", "mongodb"),
+        ("SAMVAD_MONGODB_URL", &mongo.url),
+        (
+            "SAMVAD_ACCESS_KEY_SECRETS",
+            "it:0123456789abcdef0123456789abcdef",
+        ),
     ])
     .await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.connect(&alice, "binary", true).await;
     for i in 0..5 {
-        a.send(&chat(&format!("m-{i}"), "alice", "bob", &format!("#{i}"))).await;
+        a.send(&chat(&format!("m-{i}"), "alice", "bob", &format!("#{i}")))
+            .await;
         assert_eq!(a.message().await.kind, MessageType::ServerAck);
     }
     let mut b = app.connect(&bob, "text", false).await;

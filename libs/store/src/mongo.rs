@@ -1,0 +1,466 @@
+//! The cluster backend: MongoDB through the official driver.
+//!
+//! Correctness comes from unique indexes and idempotent single-document writes, not from
+//! multi-document transactions: a username is a profile's `_id`; an inbox entry is unique per
+//! (recipient, sender, id); group membership lives in one document, changed atomically.
+//! Writes use majority write concern, so an acknowledged write survives a primary failover.
+
+use std::collections::HashMap;
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
+use samvad_protocol::Message;
+
+use crate::{
+    Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
+    Result, Role, StoreError,
+};
+
+const DUPLICATE_KEY: i32 = 11000;
+
+fn backend(e: mongodb::error::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(failure) => failure
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+/// Profiles, groups and inboxes in MongoDB.
+#[derive(Clone)]
+pub struct MongoStore {
+    profiles: Collection<Document>,
+    devices: Collection<Document>,
+    groups: Collection<Document>,
+    inbox: Collection<Document>,
+    counters: Collection<Document>,
+}
+
+impl MongoStore {
+    /// Connects to `url`, uses database `database`, and creates the indexes it relies on.
+    pub async fn connect(url: &str, database: &str) -> Result<Self> {
+        let client = Client::with_uri_str(url).await.map_err(backend)?;
+        let db: Database = client.database_with_options(
+            database,
+            mongodb::options::DatabaseOptions::builder()
+                .write_concern(WriteConcern::majority())
+                .build(),
+        );
+        let store = Self {
+            profiles: db.collection("profiles"),
+            devices: db.collection("devices"),
+            groups: db.collection("groups"),
+            inbox: db.collection("inbox"),
+            counters: db.collection("inbox_counters"),
+        };
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    async fn create_indexes(&self) -> Result<()> {
+        let unique = |keys: Document| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).build())
+                .build()
+        };
+        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.devices
+            .create_index(plain(doc! { "user": 1 }))
+            .await
+            .map_err(backend)?;
+        self.devices
+            .create_index(plain(doc! { "token": 1 }))
+            .await
+            .map_err(backend)?;
+        self.groups
+            .create_index(plain(doc! { "members.username": 1 }))
+            .await
+            .map_err(backend)?;
+        self.inbox
+            .create_index(unique(doc! { "recipient": 1, "sender": 1, "id": 1 }))
+            .await
+            .map_err(backend)?;
+        self.inbox
+            .create_index(plain(doc! { "recipient": 1, "acked": 1, "seq": 1 }))
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Reserves `n` consecutive inbox sequence numbers for `recipient`; returns the first.
+    async fn reserve(&self, recipient: &str, n: usize) -> Result<u64> {
+        let options = FindOneAndUpdateOptions::builder()
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .build();
+        let counter = self
+            .counters
+            .find_one_and_update(
+                doc! { "_id": recipient },
+                doc! { "$inc": { "seq": n as i64 } },
+            )
+            .with_options(options)
+            .await
+            .map_err(backend)?
+            .ok_or_else(|| corrupt("counter upsert returned nothing"))?;
+        let last = counter.get_i64("seq").map_err(corrupt)?;
+        Ok((last - n as i64 + 1) as u64)
+    }
+}
+
+fn group_from(d: &Document) -> Result<Group> {
+    let members = d
+        .get_array("members")
+        .map_err(corrupt)?
+        .iter()
+        .map(|m| {
+            let m = m
+                .as_document()
+                .ok_or_else(|| corrupt("member is not a document"))?;
+            Ok(Member {
+                username: m.get_str("username").map_err(corrupt)?.to_owned(),
+                role: if m.get_str("role").map_err(corrupt)? == "admin" {
+                    Role::Admin
+                } else {
+                    Role::User
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Group {
+        group_id: d.get_str("_id").map_err(corrupt)?.to_owned(),
+        name: d.get_str("name").map_err(corrupt)?.to_owned(),
+        members,
+        profile_pic: d.get_str("profilePic").ok().map(str::to_owned),
+    })
+}
+
+fn member_doc(username: &str, role: Role) -> Document {
+    doc! { "username": username, "role": role.as_str() }
+}
+
+#[async_trait::async_trait]
+impl ProfileStore for MongoStore {
+    async fn login(&self, username: &str, device: &Device) -> Result<bool> {
+        let created = self
+            .profiles
+            .update_one(
+                doc! { "_id": username },
+                doc! { "$setOnInsert": { "createdAt": mongodb::bson::DateTime::now() } },
+            )
+            .upsert(true)
+            .await
+            .map_err(backend)?
+            .upserted_id
+            .is_some();
+        if !device.notification_token.is_empty() {
+            // A token belongs to one device: a phone that changed hands must not get the
+            // previous user's pushes.
+            self.devices
+                .delete_many(
+                    doc! { "token": &device.notification_token, "user": { "$ne": username } },
+                )
+                .await
+                .map_err(backend)?;
+        }
+        self.devices
+            .update_one(
+                doc! { "_id": { "user": username, "device": &device.device_id } },
+                doc! { "$set": {
+                    "user": username,
+                    "token": &device.notification_token,
+                    "version": f64::from(device.message_version),
+                } },
+            )
+            .upsert(true)
+            .await
+            .map_err(backend)?;
+        Ok(created)
+    }
+
+    async fn profile(&self, username: &str) -> Result<Option<Profile>> {
+        let found = self
+            .profiles
+            .find_one(doc! { "_id": username })
+            .await
+            .map_err(backend)?;
+        Ok(found.map(|d| Profile {
+            username: username.to_owned(),
+            name: d.get_str("name").ok().map(str::to_owned),
+        }))
+    }
+
+    async fn existing(&self, usernames: &[String]) -> Result<Vec<String>> {
+        let found: Vec<Document> = self
+            .profiles
+            .find(doc! { "_id": { "$in": usernames } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(backend)?
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        let found: std::collections::HashSet<&str> =
+            found.iter().filter_map(|d| d.get_str("_id").ok()).collect();
+        Ok(usernames
+            .iter()
+            .filter(|u| found.contains(u.as_str()))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_token(&self, username: &str, device_id: &str, token: &str) -> Result<bool> {
+        let result = self
+            .devices
+            .delete_one(doc! { "_id": { "user": username, "device": device_id }, "token": token })
+            .await
+            .map_err(backend)?;
+        Ok(result.deleted_count == 1)
+    }
+
+    async fn devices(&self, username: &str) -> Result<Vec<Device>> {
+        let found: Vec<Document> = self
+            .devices
+            .find(doc! { "user": username })
+            .await
+            .map_err(backend)?
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        found
+            .iter()
+            .map(|d| {
+                let id = d.get_document("_id").map_err(corrupt)?;
+                Ok(Device {
+                    device_id: id.get_str("device").map_err(corrupt)?.to_owned(),
+                    notification_token: d.get_str("token").map_err(corrupt)?.to_owned(),
+                    message_version: d.get_f64("version").map_err(corrupt)? as f32,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl GroupStore for MongoStore {
+    async fn create(&self, group: &Group) -> Result<()> {
+        let members: Vec<Document> = group
+            .members
+            .iter()
+            .map(|m| member_doc(&m.username, m.role))
+            .collect();
+        let mut d = doc! { "_id": &group.group_id, "name": &group.name, "members": members };
+        if let Some(pic) = &group.profile_pic {
+            d.insert("profilePic", pic);
+        }
+        self.groups.insert_one(d).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn group(&self, group_id: &str) -> Result<Option<Group>> {
+        self.groups
+            .find_one(doc! { "_id": group_id })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(group_from)
+            .transpose()
+    }
+
+    async fn groups_of(&self, username: &str) -> Result<Vec<Group>> {
+        let found: Vec<Document> = self
+            .groups
+            .find(doc! { "members.username": username })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(backend)?
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        found.iter().map(group_from).collect()
+    }
+
+    async fn add_members(&self, group_id: &str, usernames: &[String]) -> Result<Vec<String>> {
+        let mut added = Vec::new();
+        for name in usernames {
+            // Appends only when absent: the array's order is the order members joined.
+            let result = self
+                .groups
+                .update_one(
+                    doc! { "_id": group_id, "members.username": { "$ne": name } },
+                    doc! { "$push": { "members": member_doc(name, Role::User) } },
+                )
+                .await
+                .map_err(backend)?;
+            if result.modified_count == 1 {
+                added.push(name.clone());
+            }
+        }
+        Ok(added)
+    }
+
+    async fn remove_member(&self, group_id: &str, username: &str) -> Result<Option<Removal>> {
+        let removed = self
+            .groups
+            .update_one(
+                doc! { "_id": group_id, "members.username": username },
+                doc! { "$pull": { "members": { "username": username } } },
+            )
+            .await
+            .map_err(backend)?;
+        if removed.modified_count == 0 {
+            return Ok(None);
+        }
+        // If no admin is left, the first member (the longest-standing) becomes one — in one
+        // conditional update, so two concurrent departures cannot both promote.
+        let promoted = self
+            .groups
+            .find_one_and_update(
+                doc! {
+                    "_id": group_id,
+                    "members.role": { "$ne": "admin" },
+                    "members.0": { "$exists": true },
+                },
+                doc! { "$set": { "members.0.role": "admin" } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(backend)?;
+        let promoted = match promoted {
+            Some(d) => group_from(&d)?.members.first().map(|m| m.username.clone()),
+            None => None,
+        };
+        Ok(Some(Removal { promoted }))
+    }
+}
+
+#[async_trait::async_trait]
+impl InboxStore for MongoStore {
+    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Kept>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One block of sequence numbers per recipient, in the order of `items`.
+        let mut per_recipient: HashMap<&str, usize> = HashMap::new();
+        for (recipient, _) in items {
+            *per_recipient.entry(recipient).or_default() += 1;
+        }
+        let mut next: HashMap<&str, u64> = HashMap::new();
+        for (recipient, n) in per_recipient {
+            next.insert(recipient, self.reserve(recipient, n).await?);
+        }
+        let mut docs = Vec::with_capacity(items.len());
+        let mut seqs = Vec::with_capacity(items.len());
+        for (recipient, message) in items {
+            let seq = next
+                .get_mut(recipient.as_str())
+                .ok_or_else(|| corrupt("no sequence"))?;
+            seqs.push(*seq);
+            docs.push(doc! {
+                "recipient": recipient,
+                "sender": &message.source,
+                "id": &message.id,
+                "seq": *seq as i64,
+                "acked": false,
+                "message": serde_json::to_string(message).map_err(corrupt)?,
+            });
+            *seq += 1;
+        }
+        // Unordered: one duplicate must not stop the rest; duplicates are looked up after.
+        // Which items were new: all but those the server refused as duplicates.
+        let refused: std::collections::HashSet<usize> =
+            match self.inbox.insert_many(docs).ordered(false).await {
+                Ok(_) => std::collections::HashSet::new(),
+                Err(e) if is_duplicate(&e) => match e.kind.as_ref() {
+                    ErrorKind::InsertMany(failure) => failure
+                        .write_errors
+                        .iter()
+                        .flatten()
+                        .map(|w| w.index)
+                        .collect(),
+                    _ => (0..items.len()).collect(),
+                },
+                Err(e) => return Err(backend(e)),
+            };
+        let mut kept = Vec::with_capacity(items.len());
+        for (i, (recipient, message)) in items.iter().enumerate() {
+            if !refused.contains(&i) {
+                kept.push(Kept::New(seqs[i]));
+                continue;
+            }
+            let existing = self
+                .inbox
+                .find_one(
+                    doc! { "recipient": recipient, "sender": &message.source, "id": &message.id },
+                )
+                .await
+                .map_err(backend)?
+                .ok_or_else(|| corrupt("duplicate inbox entry vanished"))?;
+            kept.push(if existing.get_bool("acked").map_err(corrupt)? {
+                Kept::Acked
+            } else {
+                Kept::Pending(existing.get_i64("seq").map_err(corrupt)? as u64)
+            });
+        }
+        Ok(kept)
+    }
+
+    async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>> {
+        let found: Vec<Document> = self
+            .inbox
+            .find(doc! { "recipient": recipient, "acked": false, "seq": { "$gt": after as i64 } })
+            .sort(doc! { "seq": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(backend)?
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        found
+            .iter()
+            .map(|d| {
+                let message = serde_json::from_str(d.get_str("message").map_err(corrupt)?)
+                    .map_err(corrupt)?;
+                Ok(Pending {
+                    seq: d.get_i64("seq").map_err(corrupt)? as u64,
+                    message,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, acks: &[(String, String)]) -> Result<usize> {
+        if acks.is_empty() {
+            return Ok(0);
+        }
+        let any: Vec<Bson> = acks
+            .iter()
+            .map(|(recipient, id)| Bson::Document(doc! { "recipient": recipient, "id": id }))
+            .collect();
+        // The entry stays (without its body) so a late re-send of the id is still dropped.
+        let result = self
+            .inbox
+            .update_many(
+                doc! { "$or": any, "acked": false },
+                doc! { "$set": { "acked": true }, "$unset": { "message": "" } },
+            )
+            .await
+            .map_err(backend)?;
+        Ok(result.modified_count as usize)
+    }
+}

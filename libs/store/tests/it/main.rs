@@ -1,0 +1,162 @@
+//! One contract, every store: SQLite (embedded) and MongoDB (a private SecantusDB server,
+//! which speaks MongoDB's wire protocol).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use samvad_protocol::Message;
+use samvad_store::{
+    Device, EmbeddedStore, Group, GroupStore, InboxStore, Kept, Member, MongoStore, ProfileStore,
+    Removal, Role,
+};
+
+trait Store: ProfileStore + GroupStore + InboxStore {}
+impl<T: ProfileStore + GroupStore + InboxStore> Store for T {}
+
+fn msg(id: &str, from: &str) -> Message {
+    Message {
+        id: id.into(),
+        source: from.into(),
+        destination: "bob".into(),
+        content: br#"{"text":"x"}"#.to_vec(),
+        ..Message::default()
+    }
+}
+
+async fn inbox_contract(s: &dyn Store) {
+    let bob = || "bob".to_owned();
+    let kept = s
+        .keep(&[
+            (bob(), msg("1", "alice")),
+            (bob(), msg("2", "alice")),
+            (bob(), msg("1", "carol")),
+        ])
+        .await
+        .unwrap();
+    let [Kept::New(a), Kept::New(b), Kept::New(c)] = kept[..] else {
+        panic!("{kept:?}");
+    };
+    assert!(a < b && b < c, "kept in order");
+    assert_eq!(
+        s.keep(&[(bob(), msg("1", "alice")), (bob(), msg("3", "alice"))])
+            .await
+            .unwrap()[0],
+        Kept::Pending(a),
+        "a repeat is not kept twice, and does not stop the rest"
+    );
+    assert_eq!(
+        s.ack(&[(bob(), "1".into())]).await.unwrap(),
+        2,
+        "both senders' id 1"
+    );
+    assert_eq!(
+        s.keep(&[(bob(), msg("1", "alice"))]).await.unwrap(),
+        vec![Kept::Acked]
+    );
+    let pending = s.pending("bob", 0, 10).await.unwrap();
+    let ids: Vec<&str> = pending.iter().map(|p| p.message.id.as_str()).collect();
+    assert_eq!(ids, ["2", "3"]);
+    assert_eq!(pending[0].seq, b);
+    assert_eq!(pending[0].message, msg("2", "alice"));
+    assert_eq!(s.pending("bob", b, 10).await.unwrap().len(), 1);
+    assert_eq!(s.pending("bob", 0, 1).await.unwrap().len(), 1, "limit");
+    assert!(s.pending("alice", 0, 10).await.unwrap().is_empty());
+}
+
+async fn group_contract(s: &dyn Store) {
+    let member = |u: &str, role| Member {
+        username: u.into(),
+        role,
+    };
+    s.create(&Group {
+        group_id: "g".into(),
+        name: "G".into(),
+        members: vec![member("ann", Role::Admin), member("ben", Role::User)],
+        profile_pic: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.add_members("g", &["cat".into(), "ben".into()])
+            .await
+            .unwrap(),
+        vec!["cat".to_owned()]
+    );
+    assert_eq!(
+        s.remove_member("g", "ann").await.unwrap(),
+        Some(Removal {
+            promoted: Some("ben".into())
+        })
+    );
+    assert_eq!(s.remove_member("g", "ann").await.unwrap(), None);
+    let g = s.group("g").await.unwrap().unwrap();
+    assert_eq!(
+        g.members,
+        vec![member("ben", Role::Admin), member("cat", Role::User)]
+    );
+    assert_eq!(s.groups_of("cat").await.unwrap().len(), 1);
+    assert!(s.groups_of("ann").await.unwrap().is_empty());
+    assert!(s.group("nope").await.unwrap().is_none());
+}
+
+async fn profile_contract(s: &dyn Store) {
+    let device = |id: &str, token: &str| Device {
+        device_id: id.into(),
+        notification_token: token.into(),
+        message_version: 2.1,
+    };
+    assert!(s.login("ann", &device("default", "t1")).await.unwrap());
+    assert!(!s.login("ann", &device("default", "t2")).await.unwrap());
+    assert!(!s.login("ann", &device("tablet", "t3")).await.unwrap());
+    let mut devices = s.devices("ann").await.unwrap();
+    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    assert_eq!(
+        devices,
+        vec![device("default", "t2"), device("tablet", "t3")]
+    );
+    assert!(
+        !s.remove_token("ann", "tablet", "stale").await.unwrap(),
+        "only the current token"
+    );
+    assert!(s.remove_token("ann", "tablet", "t3").await.unwrap());
+    assert_eq!(s.devices("ann").await.unwrap().len(), 1);
+    assert_eq!(
+        s.existing(&["ann".into(), "zed".into()]).await.unwrap(),
+        vec!["ann".to_owned()]
+    );
+    assert_eq!(s.profile("ann").await.unwrap().unwrap().username, "ann");
+    // The phone changes hands: its token now reaches only the new user.
+    s.login("ben", &device("phone", "t2")).await.unwrap();
+    assert!(s.devices("ann").await.unwrap().is_empty());
+    assert_eq!(s.devices("ben").await.unwrap(), vec![device("phone", "t2")]);
+    assert!(s.profile("zed").await.unwrap().is_none());
+}
+
+async fn contract(s: &dyn Store) {
+    inbox_contract(s).await;
+    group_contract(s).await;
+    profile_contract(s).await;
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = samvad_sqlite::Db::open(&dir.path().join("s.db")).unwrap();
+    contract(&EmbeddedStore::open(db).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_mongodb_store_keeps_the_contract() {
+    let server = samvad_testkit::mongo();
+    let mut store = None;
+    for _ in 0..150 {
+        match MongoStore::connect(&server.url, "contract").await {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    contract(&store.expect("the MongoDB-wire server came up")).await;
+}
