@@ -25,10 +25,10 @@ pub enum Topic {
     NewMessages,
     /// Messages for a group, keyed by group id. message-router → group-router.
     GroupMessages,
-    /// One message for one recipient, keyed by recipient. routers → delivery.
+    /// One message for one recipient, keyed by recipient: routers and the group service (its
+    /// change notifications) → delivery. One topic, so a recipient gets a group's creation
+    /// notice before the group's first message.
     Send,
-    /// System messages (group changes) for one recipient, keyed by recipient. group → delivery.
-    System,
     /// Client acks, keyed by the acking user. gateways → delivery.
     ClientAcks,
     /// Connects and disconnects, keyed by user. gateways → delivery.
@@ -43,11 +43,10 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic that exists once per deployment (gateway topics come and go with gateways).
-    pub const DURABLE: [Topic; 8] = [
+    pub const DURABLE: [Topic; 7] = [
         Self::NewMessages,
         Self::GroupMessages,
         Self::Send,
-        Self::System,
         Self::ClientAcks,
         Self::Connections,
         Self::Offline,
@@ -59,7 +58,6 @@ impl Topic {
             Self::NewMessages => "new-messages.v1".into(),
             Self::GroupMessages => "group-messages.v1".into(),
             Self::Send => "send.v1".into(),
-            Self::System => "system.v1".into(),
             Self::ClientAcks => "client-acks.v1".into(),
             Self::Connections => "connections.v1".into(),
             Self::Offline => "offline.v1".into(),

@@ -37,14 +37,12 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
         inbox: ctx.stores.inbox.clone(),
         presence: ctx.presence.clone(),
     };
-    for topic in [Topic::Send, Topic::System] {
-        let d = delivery.clone();
-        ctx.consume(topic, "delivery", move |batch| {
-            let d = d.clone();
-            async move { d.deliver(batch).await }
-        })
-        .await?;
-    }
+    let d = delivery.clone();
+    ctx.consume(Topic::Send, "delivery", move |batch| {
+        let d = d.clone();
+        async move { d.deliver(batch).await }
+    })
+    .await?;
     let d = delivery.clone();
     ctx.consume(Topic::ClientAcks, "delivery", move |batch| {
         let d = d.clone();

@@ -259,6 +259,6 @@ async fn notify(
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    ctx.bus.publish(&Topic::System, records).await?;
+    ctx.bus.publish(&Topic::Send, records).await?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod auth;
 mod backends;
 mod bad_input;
 mod chat;
+mod cluster;
 mod durability;
 mod groups;
 mod login;

@@ -64,6 +64,18 @@ impl TestApp {
         }
     }
 
+    /// Clients for a server that is already running elsewhere (the cluster behind nginx).
+    pub fn at(addr: SocketAddr) -> Self {
+        // reqwest needs a TLS provider even for plain HTTP (a node in-process installs it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            addr,
+            http: reqwest::Client::new(),
+            node: None,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -1,0 +1,221 @@
+//! The cluster shape end to end: every service its own process on Kafka (tansu), MongoDB
+//! (SecantusDB) and Redis, two ws-gateways, nginx in front — started by
+//! `deployment/scripts/cluster`, exactly as a developer would.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::Method;
+use samvad_protocol::MessageType;
+use serde_json::json;
+
+use crate::support::{Client, Seen, TestApp, call, chat, group_chat, text_of};
+
+/// How long a user may wait while the cluster recovers from a killed process.
+const RECOVERY: Duration = Duration::from_secs(60);
+
+struct Cluster {
+    script: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.script)
+            .args(args)
+            .env("SAMVAD_CLUSTER_DIR", self.dir.path())
+            .env("SAMVAD_CLUSTER_PORT", self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn up() -> (Self, TestApp) {
+        let cluster = Self {
+            script: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../deployment/scripts/cluster"
+            )),
+            dir: tempfile::tempdir().unwrap(),
+            // A base port apart from the script's default and from port-0 servers' range.
+            port: 21000 + (std::process::id() % 400) as u16 * 20,
+        };
+        let out = cluster.run(&["up"]);
+        let url = out.lines().last().unwrap();
+        let addr = url.trim_start_matches("http://").parse().unwrap();
+        (cluster, TestApp::at(addr))
+    }
+
+    /// Open WebSocket connections on gateway `n` (1 or 2), from its own /metrics.
+    async fn connections_on(&self, n: u16) -> u64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port + n))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("samvad_ws_connections "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("down")
+            .env("SAMVAD_CLUSTER_DIR", self.dir.path())
+            .env("SAMVAD_CLUSTER_PORT", self.port.to_string())
+            .output();
+    }
+}
+
+/// Sends `n` messages from `from` to `to` and returns the ids the server acked.
+async fn stream(sender: &mut Client, to: &str, prefix: &str, n: usize) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        sender
+            .send(&chat(
+                &format!("{prefix}-{i:04}"),
+                &sender.name.clone(),
+                to,
+                &format!("{prefix}{i}"),
+            ))
+            .await;
+        let ack = sender.message().await;
+        assert_eq!(ack.kind, MessageType::ServerAck);
+        acked.push(ack.id);
+    }
+    acked
+}
+
+/// Reads until `want` are all in, acking each; returns everything seen, in order.
+async fn receive_all(receiver: &mut Client, want: &[String]) -> Vec<String> {
+    let missing = |seen: &[String]| {
+        let seen: HashSet<&String> = seen.iter().collect();
+        want.iter().filter(|id| !seen.contains(id)).count()
+    };
+    let mut seen = Vec::new();
+    while missing(&seen) > 0 {
+        // After a kill -9 the consumer group waits out the dead member's session (10 s)
+        // before the restarted one takes over: allow for it.
+        let m = match receiver.try_next(RECOVERY).await {
+            Some(Seen::Message(m)) => m,
+            other => panic!(
+                "{} waiting for {} more: {other:?}",
+                receiver.name,
+                missing(&seen)
+            ),
+        };
+        if m.kind == MessageType::ServerAck {
+            continue;
+        }
+        receiver.client_ack(&m).await;
+        seen.push(m.id);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
+    let (cluster, app) = Cluster::up();
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+
+    // nginx spreads connections over the two gateways: alice on one, bob on the other.
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "binary", true).await;
+    assert_eq!(
+        (
+            cluster.connections_on(1).await,
+            cluster.connections_on(2).await
+        ),
+        (1, 1),
+        "one user per gateway"
+    );
+
+    // 1:1 across gateways.
+    a.send(&chat("hello", "alice", "bob", "hi from gateway 1"))
+        .await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    let got = b.chat_message().await;
+    assert_eq!(text_of(&got), "hi from gateway 1");
+    b.client_ack(&got).await;
+
+    // A group, carol offline.
+    let (status, body) = call(
+        app.as_user(Method::POST, "/v1.0/groups/", &alice)
+            .json(&json!({"name": "trio", "members": ["bob", "carol"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let gid = body["groupId"].as_str().unwrap().to_owned();
+    a.send(&group_chat("g-1", "alice", &gid, "hello trio"))
+        .await;
+    let mut seen_group = false;
+    while !seen_group {
+        let m = b.chat_message().await;
+        b.client_ack(&m).await;
+        seen_group = text_of(&m) == "hello trio";
+    }
+
+    // REST send through nginx.
+    let frame = samvad_protocol::encode_text(
+        &chat("rest-1", "bob", "alice", "over rest"),
+        samvad_protocol::Encoding::V2_1,
+    );
+    let (status, body) = call(
+        app.as_user(Method::POST, "/v1.0/messages?format=text&ack=true", &bob)
+            .json(&[frame]),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let mut seen_rest = false;
+    while !seen_rest {
+        let m = a.chat_message().await;
+        a.client_ack(&m).await;
+        seen_rest = m.id == "rest-1";
+    }
+
+    // Offline replay: carol connects and gets the group's news, in order.
+    let mut c = app.connect(&carol, "text", false).await;
+    assert_eq!(c.message().await.kind, MessageType::Notification);
+    assert_eq!(text_of(&c.message().await), "hello trio");
+
+    // kill -9 delivery in the middle of a stream, then restart it: nothing acked is lost.
+    let mut acked = stream(&mut a, "bob", "d", 20).await;
+    cluster.run(&["kill", "delivery"]);
+    acked.extend(stream(&mut a, "bob", "e", 20).await);
+    cluster.run(&["start", "delivery"]);
+    acked.extend(stream(&mut a, "bob", "f", 10).await);
+    let seen = receive_all(&mut b, &acked).await;
+    let mut unique: Vec<&String> = seen.iter().collect();
+    unique.dedup();
+    let mut in_order = unique.clone();
+    in_order.sort();
+    assert_eq!(
+        unique, in_order,
+        "bob sees alice's stream in order (repeats only as redelivery)"
+    );
+
+    // kill -9 bob's gateway mid-stream; bob reconnects (nginx sends him to the survivor).
+    let mut acked = stream(&mut a, "bob", "g", 10).await;
+    cluster.run(&["kill", "ws-gateway-2"]);
+    acked.extend(stream(&mut a, "bob", "h", 10).await);
+    drop(b);
+    let mut b = app.connect(&bob, "text", false).await;
+    receive_all(&mut b, &acked).await;
+    cluster.run(&["start", "ws-gateway-2"]);
+    acked = stream(&mut a, "bob", "i", 5).await;
+    receive_all(&mut b, &acked).await;
+}
