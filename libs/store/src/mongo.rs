@@ -40,6 +40,15 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
     }
 }
 
+/// Every document a find returns.
+async fn all(find: mongodb::action::Find<'_, Document>) -> Result<Vec<Document>> {
+    find.await
+        .map_err(backend)?
+        .try_collect()
+        .await
+        .map_err(backend)
+}
+
 /// Profiles, groups and inboxes in MongoDB.
 #[derive(Clone)]
 pub struct MongoStore {
@@ -206,15 +215,11 @@ impl ProfileStore for MongoStore {
     }
 
     async fn existing(&self, usernames: &[String]) -> Result<Vec<String>> {
-        let found: Vec<Document> = self
+        let found = all(self
             .profiles
             .find(doc! { "_id": { "$in": usernames } })
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(backend)?
-            .try_collect()
-            .await
-            .map_err(backend)?;
+            .projection(doc! { "_id": 1 }))
+        .await?;
         let found: std::collections::HashSet<&str> =
             found.iter().filter_map(|d| d.get_str("_id").ok()).collect();
         Ok(usernames
@@ -234,14 +239,7 @@ impl ProfileStore for MongoStore {
     }
 
     async fn devices(&self, username: &str) -> Result<Vec<Device>> {
-        let found: Vec<Document> = self
-            .devices
-            .find(doc! { "user": username })
-            .await
-            .map_err(backend)?
-            .try_collect()
-            .await
-            .map_err(backend)?;
+        let found = all(self.devices.find(doc! { "user": username })).await?;
         found
             .iter()
             .map(|d| {
@@ -283,15 +281,11 @@ impl GroupStore for MongoStore {
     }
 
     async fn groups_of(&self, username: &str) -> Result<Vec<Group>> {
-        let found: Vec<Document> = self
+        let found = all(self
             .groups
             .find(doc! { "members.username": username })
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(backend)?
-            .try_collect()
-            .await
-            .map_err(backend)?;
+            .sort(doc! { "_id": 1 }))
+        .await?;
         found.iter().map(group_from).collect()
     }
 
@@ -421,16 +415,12 @@ impl InboxStore for MongoStore {
     }
 
     async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>> {
-        let found: Vec<Document> = self
+        let found = all(self
             .inbox
             .find(doc! { "recipient": recipient, "acked": false, "seq": { "$gt": after as i64 } })
             .sort(doc! { "seq": 1 })
-            .limit(limit as i64)
-            .await
-            .map_err(backend)?
-            .try_collect()
-            .await
-            .map_err(backend)?;
+            .limit(limit as i64))
+        .await?;
         found
             .iter()
             .map(|d| {
