@@ -112,3 +112,16 @@ mod tests {
         );
     }
 }
+
+/// A record a consumer group could not decode, as set aside on the `Parked` topic (keyed by
+/// the record's own key): where it came from, why it was refused, and its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: u64,
+    pub group: String,
+    pub error: String,
+    /// The value as text (invalid UTF-8 replaced), which is how every event is written.
+    pub value: String,
+}

@@ -38,6 +38,11 @@ pub struct KafkaConfig {
     /// Replication factor of each topic Samvad creates (3 in production, with
     /// `min.insync.replicas=2`).
     pub replication: i32,
+    /// This process's stable id among its service's replicas. With it, consumers are static
+    /// group members (`group.instance.id`): a restarted process takes its partitions back at
+    /// once, with no rebalance, and one that is gone for good loses them after the session
+    /// timeout. Without it, membership is dynamic.
+    pub instance: Option<String>,
 }
 
 /// How long a gateway's deliveries are kept: they are only useful while its connections live.
@@ -184,7 +189,8 @@ impl Bus for KafkaBus {
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
         self.ensure(std::slice::from_ref(topic)).await?;
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut consumer = ClientConfig::new();
+        consumer
             .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", format!("{}{group}", self.config.prefix))
             .set("enable.auto.commit", "true")
@@ -197,9 +203,11 @@ impl Bus for KafkaBus {
             // (a recipient's messages) move on quickly.
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "3000")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(kafka)?;
+            .set("enable.partition.eof", "false");
+        if let Some(instance) = &self.config.instance {
+            consumer.set("group.instance.id", instance);
+        }
+        let consumer: StreamConsumer = consumer.create().map_err(kafka)?;
         let name = self.name(topic);
         consumer.subscribe(&[&name]).map_err(kafka)?;
         Ok(Box::new(KafkaSubscription {

@@ -13,7 +13,9 @@ mod memory;
 
 use std::fmt;
 
-pub use event::{Addressed, ClientAck, ConnectionEvent, DeviceLogin, GatewayEvent, Outgoing};
+pub use event::{
+    Addressed, ClientAck, ConnectionEvent, DeviceLogin, GatewayEvent, Outgoing, ParkedRecord,
+};
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use memory::MemoryBus;
 
@@ -37,13 +39,16 @@ pub enum Topic {
     Offline,
     /// Logins with device tokens, keyed by user. profile → push.
     Logins,
+    /// Records a consumer could not decode, set aside with why, so that one bad record never
+    /// blocks its partition. Any consumer → operators.
+    Parked,
     /// Deliveries for the connections one gateway instance holds. delivery → that gateway.
     Gateway(String),
 }
 
 impl Topic {
     /// Every topic that exists once per deployment (gateway topics come and go with gateways).
-    pub const DURABLE: [Topic; 7] = [
+    pub const DURABLE: [Topic; 8] = [
         Self::NewMessages,
         Self::GroupMessages,
         Self::Send,
@@ -51,6 +56,7 @@ impl Topic {
         Self::Connections,
         Self::Offline,
         Self::Logins,
+        Self::Parked,
     ];
 
     pub fn name(&self) -> String {
@@ -62,6 +68,7 @@ impl Topic {
             Self::Connections => "connections.v1".into(),
             Self::Offline => "offline.v1".into(),
             Self::Logins => "logins.v1".into(),
+            Self::Parked => "parked.v1".into(),
             Self::Gateway(id) => format!("gateway.{id}.v1"),
         }
     }
@@ -106,19 +113,10 @@ pub struct Received {
 }
 
 impl Received {
-    /// Decodes the JSON value. A record that does not decode is a poison record: callers log,
-    /// count and skip it rather than stop the partition.
+    /// Decodes the JSON value. A record that does not decode is a poison record: consumers
+    /// park it (see [`Topic::Parked`]) rather than stop the partition.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, BusError> {
         serde_json::from_slice(&self.value).map_err(|e| BusError::Decode(e.to_string()))
-    }
-
-    /// [`Received::json`], logging and skipping a poison record.
-    pub fn json_or_skip<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        self.json()
-            .map_err(|error| {
-                tracing::error!(partition = self.partition, offset = self.offset, %error, "skipping a record that does not decode");
-            })
-            .ok()
     }
 }
 

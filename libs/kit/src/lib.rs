@@ -5,6 +5,7 @@
 //! one per process or all in one.
 
 mod config;
+mod consume;
 mod error;
 mod http;
 mod metrics;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub slow_closes: Counter,
     /// Consumer batches retried after a handler failure, by topic.
     pub retries: Family<TopicLabel, Counter>,
+    /// Records set aside on the parked topic because they did not decode, by topic.
+    pub parked: Family<TopicLabel, Counter>,
     /// Pushes a provider accepted for a device.
     pub pushes_sent: Counter,
     /// Pushes that were not sent, by reason.
@@ -82,6 +84,11 @@ impl Metrics {
             "consumer_retries",
             "Consumer batches retried after a failure, by topic",
             self.retries.clone(),
+        );
+        registry.register(
+            "records_parked",
+            "Records set aside on the parked topic because they did not decode, by topic",
+            self.parked.clone(),
         );
         registry.register(
             "pushes_sent",

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
-use samvad_bus::{Bus, KafkaBus, MemoryBus, Received, Topic};
+use samvad_bus::{Bus, KafkaBus, MemoryBus};
 use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
 use samvad_store::{EmbeddedStore, MongoStore, Stores};
@@ -23,10 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings, StoreSettings};
-use crate::metrics::{Metrics, TopicLabel};
-
-/// Most records a consumer handles in one batch.
-const CONSUME_BATCH: usize = 256;
+use crate::metrics::Metrics;
 
 type StartFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Router>> + Send + 'a>>;
 
@@ -94,61 +91,6 @@ impl Context {
         F: Future<Output = ()> + Send + 'static,
     {
         self.shared.tasks.spawn(task);
-    }
-
-    /// Joins `group` on `topic` and runs `handler` on each batch until shutdown, committing a
-    /// batch only after its handler succeeded. A failing handler (a store briefly down) gets the
-    /// same batch again after a growing pause: nothing is skipped, nothing is lost. Handlers
-    /// must be idempotent, and must log, count and skip records they cannot decode rather than
-    /// fail on them.
-    pub async fn consume<H, F>(
-        &self,
-        topic: Topic,
-        group: &str,
-        mut handler: H,
-    ) -> anyhow::Result<()>
-    where
-        H: FnMut(Vec<Received>) -> F + Send + 'static,
-        F: Future<Output = anyhow::Result<()>> + Send,
-    {
-        let mut subscription = self
-            .bus
-            .subscribe(&topic, group)
-            .await
-            .with_context(|| format!("subscribing to {topic}"))?;
-        let shutdown = self.shutdown();
-        let retries = self
-            .metrics
-            .retries
-            .get_or_create(&TopicLabel {
-                topic: topic.name(),
-            })
-            .clone();
-        self.spawn("consumer", async move {
-            loop {
-                let batch = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    batch = subscription.next_batch(CONSUME_BATCH) => batch?,
-                };
-                let mut pause = Duration::from_millis(50);
-                loop {
-                    match handler(batch.clone()).await {
-                        Ok(()) => break,
-                        Err(error) => {
-                            retries.inc();
-                            tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                _ = tokio::time::sleep(pause) => {}
-                            }
-                            pause = (pause * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-                subscription.commit(&batch).await?;
-            }
-        });
-        Ok(())
     }
 }
 

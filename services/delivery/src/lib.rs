@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use samvad_bus::{
-    Addressed, Bus, ClientAck, ConnectionEvent, GatewayEvent, Outgoing, Received, Record, Topic,
+    Addressed, Bus, ClientAck, ConnectionEvent, GatewayEvent, Outgoing, Record, Topic,
 };
 use samvad_kit::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_presence::Presence;
@@ -66,8 +66,7 @@ impl Delivery {
             .inc();
     }
 
-    async fn deliver(&self, batch: Vec<Received>) -> anyhow::Result<()> {
-        let items: Vec<Addressed> = batch.iter().filter_map(Received::json_or_skip).collect();
+    async fn deliver(&self, items: Vec<Addressed>) -> anyhow::Result<()> {
         let to_keep: Vec<(String, samvad_protocol::Message)> = items
             .iter()
             .filter(|a| !a.message.ephemeral)
@@ -138,21 +137,14 @@ impl Delivery {
         Ok(())
     }
 
-    async fn acked(&self, batch: Vec<Received>) -> anyhow::Result<()> {
-        let acks: Vec<(String, String)> = batch
-            .iter()
-            .filter_map(Received::json_or_skip::<ClientAck>)
-            .map(|a| (a.user, a.id))
-            .collect();
+    async fn acked(&self, batch: Vec<ClientAck>) -> anyhow::Result<()> {
+        let acks: Vec<(String, String)> = batch.into_iter().map(|a| (a.user, a.id)).collect();
         self.inbox.ack(&acks).await?;
         Ok(())
     }
 
-    async fn connections(&self, batch: Vec<Received>) -> anyhow::Result<()> {
-        for event in batch
-            .iter()
-            .filter_map(Received::json_or_skip::<ConnectionEvent>)
-        {
+    async fn connections(&self, batch: Vec<ConnectionEvent>) -> anyhow::Result<()> {
+        for event in batch {
             if event.connected {
                 self.replay(&event).await?;
             }

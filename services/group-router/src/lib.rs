@@ -13,15 +13,12 @@ pub const SERVICE: ServiceDef = ServiceDef {
 async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let bus = ctx.bus.clone();
     let groups = ctx.stores.groups.clone();
-    ctx.consume(Topic::GroupMessages, "group-router", move |batch| {
+    ctx.consume(Topic::GroupMessages, "group-router", move |batch: Vec<Message>| {
         let bus = bus.clone();
         let groups = groups.clone();
         async move {
             let mut out = Vec::new();
-            for record in batch {
-                let Some(message) = record.json_or_skip::<Message>() else {
-                    continue;
-                };
+            for message in batch {
                 let Some(group) = groups.group(&message.destination).await? else {
                     tracing::warn!(group = %message.destination, id = %message.id, "dropping message to a group that no longer exists");
                     continue;

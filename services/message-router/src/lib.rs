@@ -12,30 +12,31 @@ pub const SERVICE: ServiceDef = ServiceDef {
 
 async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let bus = ctx.bus.clone();
-    ctx.consume(Topic::NewMessages, "message-router", move |batch| {
-        let bus = bus.clone();
-        async move {
-            let mut groups = Vec::new();
-            let mut direct = Vec::new();
-            for record in batch {
-                let Some(message) = record.json_or_skip::<Message>() else {
-                    continue;
-                };
-                if message.channel == Channel::Group {
-                    groups.push(Record::json(message.destination.clone(), &message)?);
-                } else {
-                    let recipient = message.destination.clone();
-                    direct.push(Record::json(
-                        recipient.clone(),
-                        &Addressed { recipient, message },
-                    )?);
+    ctx.consume(
+        Topic::NewMessages,
+        "message-router",
+        move |batch: Vec<Message>| {
+            let bus = bus.clone();
+            async move {
+                let mut groups = Vec::new();
+                let mut direct = Vec::new();
+                for message in batch {
+                    if message.channel == Channel::Group {
+                        groups.push(Record::json(message.destination.clone(), &message)?);
+                    } else {
+                        let recipient = message.destination.clone();
+                        direct.push(Record::json(
+                            recipient.clone(),
+                            &Addressed { recipient, message },
+                        )?);
+                    }
                 }
+                bus.publish(&Topic::GroupMessages, groups).await?;
+                bus.publish(&Topic::Send, direct).await?;
+                Ok(())
             }
-            bus.publish(&Topic::GroupMessages, groups).await?;
-            bus.publish(&Topic::Send, direct).await?;
-            Ok(())
-        }
-    })
+        },
+    )
     .await?;
     Ok(axum::Router::new())
 }

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
-use samvad_bus::{Addressed, DeviceLogin, Received, Topic};
+use samvad_bus::{Addressed, DeviceLogin, Topic};
 use samvad_kit::{ApiError, Context, Metrics, ReasonLabel, ServiceDef};
 use samvad_protocol::{Encoding, Message, MessageType};
 use samvad_store::{Device, ProfileStore};
@@ -90,25 +90,16 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         ctx.metrics.clone(),
     ));
     let offline = Arc::clone(&pusher);
-    ctx.consume(Topic::Offline, "push", move |batch| {
+    ctx.consume(Topic::Offline, "push", move |items: Vec<Addressed>| {
         let pusher = Arc::clone(&offline);
-        async move {
-            let items: Vec<Addressed> = batch.iter().filter_map(Received::json_or_skip).collect();
-            pusher.push(&items).await
-        }
+        async move { pusher.push(&items).await }
     })
     .await?;
-    ctx.consume(Topic::Logins, "push", move |batch| {
-        let pusher = Arc::clone(&pusher);
-        async move {
-            for login in batch
-                .iter()
-                .filter_map(Received::json_or_skip::<DeviceLogin>)
-            {
-                pusher.note_login(&login);
-            }
-            Ok(())
+    ctx.consume(Topic::Logins, "push", move |logins: Vec<DeviceLogin>| {
+        for login in &logins {
+            pusher.note_login(login);
         }
+        async { Ok(()) }
     })
     .await?;
     Ok(Router::new()

@@ -105,7 +105,7 @@ async fn announce(
     connected: bool,
 ) -> anyhow::Result<()> {
     let ctx = &gateway.ctx;
-    let gateway_id = &ctx.settings.gateway_id;
+    let gateway_id = &ctx.settings.instance_id;
     if connected {
         ctx.presence.connected(user, gateway_id).await?;
     } else {

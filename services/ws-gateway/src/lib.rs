@@ -19,7 +19,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use samvad_bus::{GatewayEvent, Outgoing, Received, Topic};
+use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
 use samvad_kit::{ApiError, Context, ServiceDef};
 use samvad_protocol::{Encoding, Message};
@@ -106,10 +106,10 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         // delivery meant for a connection of a previous run cannot reach a new one.
         next_id: Arc::new(AtomicU64::new(samvad_kit::now_ms() << 16)),
     };
-    let id = &ctx.settings.gateway_id;
+    let id = &ctx.settings.instance_id;
     let dispatcher = gateway.clone();
     ctx.consume(Topic::Gateway(id.clone()), id, move |batch| {
-        dispatcher.dispatch(&batch);
+        dispatcher.dispatch(batch);
         async { Ok(()) }
     })
     .await?;
@@ -151,12 +151,9 @@ impl Gateway {
 
     /// Hands delivery's events to the connections they are for. Never waits: a full queue
     /// closes that connection.
-    fn dispatch(&self, batch: &[Received]) {
+    fn dispatch(&self, batch: Vec<GatewayEvent>) {
         let conns = self.lock();
-        for event in batch
-            .iter()
-            .filter_map(Received::json_or_skip::<GatewayEvent>)
-        {
+        for event in batch {
             match event {
                 GatewayEvent::Live { user, items } => {
                     let Some(list) = conns.get(&user) else {

@@ -107,6 +107,7 @@ fn kafka_config(brokers: String, prefix: &str) -> KafkaConfig {
         prefix: prefix.into(),
         partitions: 3,
         replication: 1,
+        instance: None,
     }
 }
 

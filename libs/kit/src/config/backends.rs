@@ -81,10 +81,11 @@ pub enum PresenceSettings {
 impl BackendArgs {
     pub(super) fn validate(
         &self,
+        instance: Option<&str>,
         problems: &mut Vec<String>,
     ) -> (BusSettings, StoreSettings, PresenceSettings) {
         (
-            self.bus(problems),
+            self.bus(instance, problems),
             self.store(problems),
             self.presence(problems),
         )
@@ -116,7 +117,7 @@ impl BackendArgs {
         }
     }
 
-    fn bus(&self, problems: &mut Vec<String>) -> BusSettings {
+    fn bus(&self, instance: Option<&str>, problems: &mut Vec<String>) -> BusSettings {
         let partitions = super::number(
             problems,
             "SAMVAD_KAFKA_PARTITIONS",
@@ -137,6 +138,7 @@ impl BackendArgs {
                     prefix: self.topic_prefix.clone(),
                     partitions: partitions as i32,
                     replication: replication as i32,
+                    instance: instance.map(str::to_owned),
                 })
             }
             ("kafka", _) => {

@@ -44,9 +44,12 @@ pub struct Config {
     #[command(flatten)]
     pub backends: BackendArgs,
 
-    /// This gateway instance's id, unique among gateways; defaults to a random one per start.
-    #[arg(long, env = "SAMVAD_GATEWAY_ID")]
-    pub gateway_id: Option<String>,
+    /// This process's stable id, unique among the replicas of its services (a StatefulSet pod
+    /// name). A ws-gateway's deliveries travel on a topic named after it; Kafka consumers join
+    /// their groups as static members under it, so a restart takes its partitions back at once.
+    /// Unset: a random id per start and dynamic group membership.
+    #[arg(long, env = "SAMVAD_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -142,7 +145,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub json_logs: bool,
-    pub gateway_id: String,
+    /// [`Config::instance_id`], or a random id for this run.
+    pub instance_id: String,
     pub auth: AuthProvider,
     pub access_key_secrets: Option<Vec<(String, Vec<u8>)>>,
     pub access_key_ttl: Duration,
@@ -192,18 +196,20 @@ impl Config {
                 self.log_format
             ),
         );
-        if let Some(id) = &self.gateway_id {
+        if let Some(id) = &self.instance_id {
             check(
                 !id.is_empty()
                     && id
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
-                format!("SAMVAD_GATEWAY_ID: `{id}` must be letters, digits, `-` or `_`"),
+                format!("SAMVAD_INSTANCE_ID: `{id}` must be letters, digits, `-` or `_`"),
             );
         }
 
         let push = self.push.validate(&mut problems);
-        let (bus, store, presence) = self.backends.validate(&mut problems);
+        let (bus, store, presence) = self
+            .backends
+            .validate(self.instance_id.as_deref(), &mut problems);
         let loopback = listen.as_ref().is_ok_and(|a| a.ip().is_loopback());
         let auth = self.auth.validate(loopback, &mut problems);
         let access_key_secrets = self.auth.access_key_secrets.as_deref().map(|list| {
@@ -260,8 +266,8 @@ impl Config {
                 listen,
                 data_dir: self.data_dir.clone(),
                 json_logs,
-                gateway_id: self
-                    .gateway_id
+                instance_id: self
+                    .instance_id
                     .clone()
                     .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::now_v7().simple())),
                 auth,

@@ -46,7 +46,7 @@ async fn chat_works_over_kafka_with_mongodb_and_redis() {
         ("SAMVAD_BUS", "kafka"),
         ("SAMVAD_KAFKA_BROKERS", &brokers),
         ("SAMVAD_TOPIC_PREFIX", "it."),
-        ("SAMVAD_GATEWAY_ID", "gw1"),
+        ("SAMVAD_INSTANCE_ID", "gw1"),
         ("SAMVAD_PRESENCE", "redis"),
         ("SAMVAD_REDIS_URL", &redis.url),
         ("SAMVAD_STORE", "mongodb"),

@@ -71,6 +71,18 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The logs go with the temporary directory: show their ends while they exist.
+            let logs = self.dir.path().join("logs");
+            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("==== {} (last 40 lines)", entry.path().display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
         let _ = Command::new(&self.script)
             .arg("down")
             .env("SAMVAD_CLUSTER_DIR", self.dir.path())

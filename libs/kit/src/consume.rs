@@ -1,0 +1,223 @@
+//! Consumers: a service's loop over one topic, with decoding, poison records and retries
+//! handled once, here.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use samvad_bus::{ParkedRecord, Received, Record, Topic};
+use serde::de::DeserializeOwned;
+
+use crate::metrics::TopicLabel;
+use crate::node::Context;
+
+/// Most records a consumer handles in one batch.
+const BATCH: usize = 256;
+/// The longest pause between retries of a failing batch.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+impl Context {
+    /// Joins consumer group `{service}.{topic}` and runs `handler` on each batch of decoded
+    /// events until shutdown, committing a batch only after its handler succeeded.
+    ///
+    /// A record that does not decode as `T` is a poison record: it is logged, counted
+    /// (`samvad_records_parked`) and published to [`Topic::Parked`], and the batch goes on
+    /// without it, so it never blocks its partition. A failing handler (a store briefly down)
+    /// gets the same batch again after a growing pause: nothing is skipped, nothing is lost.
+    /// Handlers must therefore be idempotent.
+    ///
+    /// Each topic has a group of its own, so a member joining or leaving one topic's group
+    /// (a restart) never pauses the service's other topics.
+    pub async fn consume<T, H, F>(
+        &self,
+        topic: Topic,
+        service: &str,
+        mut handler: H,
+    ) -> anyhow::Result<()>
+    where
+        T: DeserializeOwned + Send + 'static,
+        H: FnMut(Vec<T>) -> F + Send + 'static,
+        F: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let group = format!("{service}.{}", topic.name());
+        let mut subscription = self
+            .bus
+            .subscribe(&topic, &group)
+            .await
+            .with_context(|| format!("subscribing to {topic}"))?;
+        let label = TopicLabel {
+            topic: topic.name(),
+        };
+        let retries = self.metrics.retries.get_or_create(&label).clone();
+        let parked = self.metrics.parked.get_or_create(&label).clone();
+        let bus = self.bus.clone();
+        let shutdown = self.shutdown();
+        self.spawn("consumer", async move {
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    batch = subscription.next_batch(BATCH) => batch?,
+                };
+                let (mut items, poison) = decode::<T>(&batch);
+                let poison = poison
+                    .into_iter()
+                    .map(|(record, error)| {
+                        tracing::error!(%topic, partition = record.partition, offset = record.offset, %error, "parking a record that does not decode");
+                        let parked = ParkedRecord {
+                            topic: topic.name(),
+                            partition: record.partition,
+                            offset: record.offset,
+                            group: group.clone(),
+                            error,
+                            value: String::from_utf8_lossy(&record.value).into_owned(),
+                        };
+                        Record::json(record.key.clone(), &parked)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut pause = Duration::from_millis(50);
+                let mut to_park = poison.len() as u64;
+                loop {
+                    let attempt = async {
+                        if to_park > 0 {
+                            bus.publish(&Topic::Parked, poison.clone()).await?;
+                            parked.inc_by(to_park);
+                            to_park = 0;
+                        }
+                        handler(items).await
+                    };
+                    match attempt.await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            retries.inc();
+                            tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return Ok(()),
+                                _ = tokio::time::sleep(pause) => {}
+                            }
+                            pause = (pause * 2).min(MAX_PAUSE);
+                            // The handler took the batch: decode it again (poison is parked).
+                            items = decode::<T>(&batch).0;
+                        }
+                    }
+                }
+                subscription.commit(&batch).await?;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Splits a batch into the events that decode and the records that do not, with why.
+fn decode<T: DeserializeOwned>(batch: &[Received]) -> (Vec<T>, Vec<(&Received, String)>) {
+    let mut items = Vec::with_capacity(batch.len());
+    let mut poison = Vec::new();
+    for record in batch {
+        match record.json() {
+            Ok(item) => items.push(item),
+            Err(e) => poison.push((record, e.to_string())),
+        }
+    }
+    (items, poison)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::Duration;
+
+    use samvad_bus::{Bus, ClientAck, ParkedRecord, Record, Topic};
+
+    use crate::{Config, ServiceDef};
+
+    static BUS: OnceLock<Arc<dyn Bus>> = OnceLock::new();
+    static SEEN: Mutex<Vec<ClientAck>> = Mutex::new(Vec::new());
+
+    /// A service that records the client acks it reads.
+    const RECORDER: ServiceDef = ServiceDef {
+        name: "recorder",
+        start: |ctx| {
+            Box::pin(async move {
+                let _ = BUS.set(ctx.bus.clone());
+                ctx.consume(Topic::ClientAcks, "recorder", |acks: Vec<ClientAck>| {
+                    SEEN.lock().unwrap().extend(acks);
+                    async { Ok(()) }
+                })
+                .await?;
+                Ok(axum::Router::new())
+            })
+        },
+    };
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_parked_counted_and_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([(
+            "SAMVAD_DATA_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        let settings = Config::parse_with_env(["samvad"], &env)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = crate::start(settings, &[RECORDER], listener).await.unwrap();
+        let bus = BUS.get().unwrap();
+
+        let ack = |id: &str| ClientAck {
+            user: "bob".into(),
+            id: id.into(),
+        };
+        let poison = Record {
+            key: "bob".into(),
+            value: b"{\"user\": \"bob\"".to_vec(),
+        };
+        let records = vec![
+            Record::json("bob", &ack("m-1")).unwrap(),
+            poison,
+            Record::json("bob", &ack("m-2")).unwrap(),
+        ];
+        bus.publish(&Topic::ClientAcks, records).await.unwrap();
+
+        // The records on either side of the bad one are handled, in order.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while SEEN.lock().unwrap().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("both good records handled");
+        assert_eq!(*SEEN.lock().unwrap(), vec![ack("m-1"), ack("m-2")]);
+
+        // The bad one waits on the parked topic, with where it came from and why.
+        let mut parked = bus.subscribe(&Topic::Parked, "operator").await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(10), parked.next_batch(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].key, "bob");
+        let record: ParkedRecord = batch[0].json().unwrap();
+        assert_eq!(
+            (record.topic.as_str(), record.offset, record.group.as_str()),
+            ("client-acks.v1", 1, "recorder.client-acks.v1")
+        );
+        assert_eq!(record.value, "{\"user\": \"bob\"");
+        assert!(record.error.contains("EOF"), "{}", record.error);
+
+        let metrics = reqwest::get(format!("http://{}/metrics", node.addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("samvad_records_parked_total{topic=\"client-acks.v1\"} 1"),
+            "{metrics}"
+        );
+        node.stop();
+        node.stopped().await.unwrap();
+    }
+}
