@@ -205,10 +205,18 @@ pub async fn start(
 
     let presence: Arc<dyn Presence> = match &settings.presence {
         PresenceSettings::Memory => Arc::new(MemoryPresence::default()),
-        PresenceSettings::Redis { url, prefix, ttl } => Arc::new(
-            RedisPresence::connect(url, prefix, *ttl)
-                .await
-                .context("connecting to Redis")?,
+        PresenceSettings::Redis {
+            urls,
+            cluster,
+            prefix,
+            ttl,
+        } => Arc::new(
+            if *cluster {
+                RedisPresence::connect_cluster(urls, prefix, *ttl).await
+            } else {
+                RedisPresence::connect(&urls[0], prefix, *ttl).await
+            }
+            .context("connecting to Redis")?,
         ),
     };
     let metrics = Metrics::default();

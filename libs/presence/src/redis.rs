@@ -2,20 +2,25 @@
 //! field = gateway id, value = when the entry expires (ms since the epoch). A gateway counts
 //! its own connections per user and writes the field on the first, deletes it on the last,
 //! and refreshes its fields on a heartbeat; a gateway that dies stops refreshing, and its
-//! fields are ignored once expired and removed when next read. Every command touches one key,
-//! so the layout works on Redis Cluster too.
+//! fields are ignored once expired and removed when next read. Every command and pipeline
+//! touches one key, so the same code runs on one Redis server or a Redis Cluster.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use futures_util::{StreamExt, TryStreamExt};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::{Presence, PresenceError};
 
+/// Writes in flight at once during a heartbeat.
+const HEARTBEAT_CONCURRENCY: usize = 64;
+
 pub struct RedisPresence {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     ttl: Duration,
     /// This process's connections per (user, gateway).
@@ -33,16 +38,33 @@ fn now_ms() -> u64 {
 }
 
 impl RedisPresence {
-    /// Connects to `url` (`redis://…`). Entries expire `ttl` after their last heartbeat.
+    /// Connects to one server at `url` (`redis://…`), reconnecting as needed. Entries expire
+    /// `ttl` after their last heartbeat.
     pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, PresenceError> {
         let client = redis::Client::open(url).map_err(backend)?;
         let conn = client.get_connection_manager().await.map_err(backend)?;
-        Ok(Self {
+        Ok(Self::new(Conn::Single(conn), prefix, ttl))
+    }
+
+    /// Connects to the Redis Cluster that `seeds` (`redis://…` of some of its nodes) belong to,
+    /// following its slot map as it changes.
+    pub async fn connect_cluster(
+        seeds: &[String],
+        prefix: &str,
+        ttl: Duration,
+    ) -> Result<Self, PresenceError> {
+        let client = redis::cluster::ClusterClient::new(seeds.to_vec()).map_err(backend)?;
+        let conn = client.get_async_connection().await.map_err(backend)?;
+        Ok(Self::new(Conn::Cluster(conn), prefix, ttl))
+    }
+
+    fn new(conn: Conn, prefix: &str, ttl: Duration) -> Self {
+        Self {
             conn,
             prefix: prefix.to_owned(),
             ttl,
             local: Mutex::default(),
-        })
+        }
     }
 
     fn key(&self, user: &str) -> String {
@@ -66,20 +88,16 @@ impl RedisPresence {
         count
     }
 
-    async fn write(&self, pairs: &[(String, String)]) -> Result<(), PresenceError> {
-        if pairs.is_empty() {
-            return Ok(());
-        }
+    /// Writes (or renews) the entry of `gateway` for `user`, and the key's expiry.
+    async fn write(&self, user: &str, gateway: &str) -> Result<(), PresenceError> {
+        let key = self.key(user);
         let expires = now_ms() + self.ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for (user, gateway) in pairs {
-            let key = self.key(user);
-            pipe.hset(&key, gateway, expires)
-                .ignore()
-                .pexpire(&key, self.ttl.as_millis() as i64)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone())
+        redis::pipe()
+            .hset(&key, gateway, expires)
+            .ignore()
+            .pexpire(&key, self.ttl.as_millis() as i64)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(backend)
     }
@@ -90,7 +108,7 @@ impl Presence for RedisPresence {
     async fn connected(&self, user: &str, gateway: &str) -> Result<(), PresenceError> {
         // Written on every connect (not only the first), so a reconnect repairs a lost entry.
         self.count(user, gateway, 1);
-        self.write(&[(user.to_owned(), gateway.to_owned())]).await
+        self.write(user, gateway).await
     }
 
     async fn disconnected(&self, user: &str, gateway: &str) -> Result<(), PresenceError> {
@@ -128,13 +146,51 @@ impl Presence for RedisPresence {
             .keys()
             .cloned()
             .collect();
-        for chunk in pairs.chunks(1000) {
-            self.write(chunk).await?;
-        }
-        Ok(())
+        // One key per write (a cluster routes each to its node); the multiplexed connection
+        // pipelines the concurrent ones.
+        futures_util::stream::iter(pairs)
+            .map(|(user, gateway)| async move { self.write(&user, &gateway).await })
+            .buffer_unordered(HEARTBEAT_CONCURRENCY)
+            .try_collect::<()>()
+            .await
     }
 
     fn heartbeat_every(&self) -> Option<Duration> {
         Some(self.ttl / 3)
+    }
+}
+
+/// A connection to one server or to a cluster; cheap to clone, shared by every task.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
     }
 }

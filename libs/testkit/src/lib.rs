@@ -80,6 +80,89 @@ pub fn redis() -> Server {
     )
 }
 
+/// A private three-node Redis Cluster (no replicas, no persistence), every slot assigned.
+pub struct RedisCluster {
+    _nodes: Vec<Server>,
+    /// `redis://` URLs of the nodes.
+    pub urls: Vec<String>,
+}
+
+/// Starts three cluster-enabled `redis-server`s and joins them with `redis-cli --cluster create`.
+pub fn redis_cluster() -> RedisCluster {
+    let nodes: Vec<Server> = (0..3)
+        .map(|_| {
+            let port = free_port();
+            let bus = free_port().to_string();
+            let p = port.to_string();
+            Server::spawn(
+                "redis-server",
+                &[
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &p,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                format!("redis://127.0.0.1:{port}/"),
+                port,
+                scratch(),
+            )
+        })
+        .collect();
+    for node in &nodes {
+        wait_for_port(node.port);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run redis-cli ({e}); deployment/scripts/test installs it")
+        });
+    assert!(
+        created.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    for node in &nodes {
+        let p = node.port.to_string();
+        let ready = (0..300).any(|_| {
+            let info = Command::new("redis-cli")
+                .args(["-p", &p, "cluster", "info"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                .unwrap_or(false);
+            if !info {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            info
+        });
+        assert!(
+            ready,
+            "redis cluster node {p} never reported cluster_state:ok"
+        );
+    }
+    let urls = nodes.iter().map(|n| n.url.clone()).collect();
+    RedisCluster {
+        _nodes: nodes,
+        urls,
+    }
+}
+
 /// A private Kafka-protocol broker (tansu, storing in SQLite in its scratch directory).
 /// `url` is the bootstrap address `127.0.0.1:PORT`.
 pub fn kafka() -> Server {

@@ -43,9 +43,14 @@ pub struct BackendArgs {
     #[arg(long, env = "SAMVAD_PRESENCE", default_value = "memory")]
     pub presence: String,
 
-    /// `redis`: connection URL, e.g. redis://127.0.0.1:6379/.
+    /// `redis`: connection URL, e.g. redis://127.0.0.1:6379/; with SAMVAD_REDIS_CLUSTER, the
+    /// URLs of some of the cluster's nodes, comma separated.
     #[arg(long, env = "SAMVAD_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// `redis`: `true` when SAMVAD_REDIS_URL names nodes of a Redis Cluster.
+    #[arg(long, env = "SAMVAD_REDIS_CLUSTER", default_value = "false")]
+    pub redis_cluster: String,
 
     /// `redis`: prefix of every key Samvad writes.
     #[arg(long, env = "SAMVAD_REDIS_PREFIX", default_value = "samvad:")]
@@ -72,7 +77,9 @@ pub enum StoreSettings {
 pub enum PresenceSettings {
     Memory,
     Redis {
-        url: String,
+        /// One server's URL, or (with `cluster`) seed nodes of a Redis Cluster.
+        urls: Vec<String>,
+        cluster: bool,
         prefix: String,
         ttl: Duration,
     },
@@ -161,22 +168,43 @@ impl BackendArgs {
         );
         match self.presence.as_str() {
             "memory" => PresenceSettings::Memory,
-            "redis" => match &self.redis_url {
-                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                    PresenceSettings::Redis {
-                        url: url.clone(),
-                        prefix: self.redis_prefix.clone(),
-                        ttl: Duration::from_secs(ttl),
+            "redis" => {
+                let cluster = match self.redis_cluster.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        problems.push(format!(
+                            "SAMVAD_REDIS_CLUSTER: `{other}` is not `true` or `false`"
+                        ));
+                        false
                     }
-                }
-                _ => {
+                };
+                let urls: Vec<String> = self
+                    .redis_url
+                    .iter()
+                    .flat_map(|u| u.split(','))
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect();
+                let well_formed = !urls.is_empty()
+                    && (cluster || urls.len() == 1)
+                    && urls
+                        .iter()
+                        .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"));
+                if !well_formed {
                     problems.push(
-                        "SAMVAD_REDIS_URL: required with SAMVAD_PRESENCE=redis, as redis://host:port/"
+                        "SAMVAD_REDIS_URL: required with SAMVAD_PRESENCE=redis, as redis://host:port/ \
+                         (several, comma separated, only with SAMVAD_REDIS_CLUSTER=true)"
                             .into(),
                     );
-                    PresenceSettings::Memory
                 }
-            },
+                PresenceSettings::Redis {
+                    urls,
+                    cluster,
+                    prefix: self.redis_prefix.clone(),
+                    ttl: Duration::from_secs(ttl),
+                }
+            }
             other => {
                 problems.push(format!(
                     "SAMVAD_PRESENCE: `{other}` is not `memory` or `redis`"

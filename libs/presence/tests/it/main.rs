@@ -83,3 +83,21 @@ async fn a_dead_gateways_entries_expire_and_a_live_ones_do_not() {
     }
     assert_eq!(sorted(&live, "bob").await, ["live"]);
 }
+
+#[tokio::test]
+async fn redis_presence_keeps_the_contract_on_a_redis_cluster() {
+    let cluster = samvad_testkit::redis_cluster();
+    let p = RedisPresence::connect_cluster(&cluster.urls, "c1:", Duration::from_secs(30))
+        .await
+        .expect("connect to the cluster");
+    contract(&p).await;
+    // Users whose keys live on different nodes are all renewed by one heartbeat.
+    let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        p.connected(user, "g1").await.unwrap();
+    }
+    p.heartbeat().await.unwrap();
+    for user in &users {
+        assert_eq!(sorted(&p, user).await, ["g1"], "{user}");
+    }
+}
