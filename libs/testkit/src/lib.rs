@@ -60,20 +60,27 @@ fn scratch() -> tempfile::TempDir {
 
 /// A private `redis-server` without persistence.
 pub fn redis() -> Server {
+    redis_server(&[])
+}
+
+/// `redis-server` on a free port, without persistence, with `extra` arguments.
+fn redis_server(extra: &[&str]) -> Server {
     let port = free_port();
     let p = port.to_string();
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &p,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.extend_from_slice(extra);
     Server::spawn(
         "redis-server",
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &p,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
+        &args,
         format!("redis://127.0.0.1:{port}/"),
         port,
         scratch(),
@@ -91,31 +98,15 @@ pub struct RedisCluster {
 pub fn redis_cluster() -> RedisCluster {
     let nodes: Vec<Server> = (0..3)
         .map(|_| {
-            let port = free_port();
             let bus = free_port().to_string();
-            let p = port.to_string();
-            Server::spawn(
-                "redis-server",
-                &[
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    &p,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                format!("redis://127.0.0.1:{port}/"),
-                port,
-                scratch(),
-            )
+            redis_server(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
         })
         .collect();
     for node in &nodes {
