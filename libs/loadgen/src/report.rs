@@ -202,7 +202,7 @@ fn per_rate(md: &mut String, case: &Case<'_>) {
     let systems: Vec<&String> = case.keys().collect();
     let _ = write!(
         md,
-        "Delivery p99 / p99.9 (µs) by offered msgs/s (median over rounds; ✗: a step that lost messages or passed the limit)\n\n| msgs/s |"
+        "Delivery p50 / p99 / p99.9 (µs) by offered msgs/s (medians over rounds; ✗: a step that lost messages or passed the limit)\n\n| msgs/s |"
     );
     for s in &systems {
         let _ = write!(md, " {s} |");
@@ -223,6 +223,7 @@ fn per_rate(md: &mut String, case: &Case<'_>) {
                 md.push_str(" |");
                 continue;
             }
+            let p50 = median(steps.iter().map(|st| st.delivery_us.p50 as f64).collect());
             let p99 = median(steps.iter().map(|st| st.delivery_us.p99 as f64).collect());
             let p999 = median(steps.iter().map(|st| st.delivery_us.p999 as f64).collect());
             let bad = if steps.iter().any(|st| !st.ok) {
@@ -230,7 +231,13 @@ fn per_rate(md: &mut String, case: &Case<'_>) {
             } else {
                 ""
             };
-            let _ = write!(md, " {} / {}{bad} |", fmt(p99, 0), fmt(p999, 0));
+            let _ = write!(
+                md,
+                " {} / {} / {}{bad} |",
+                fmt(p50, 0),
+                fmt(p99, 0),
+                fmt(p999, 0)
+            );
         }
         md.push('\n');
     }
