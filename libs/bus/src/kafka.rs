@@ -43,6 +43,8 @@ pub struct KafkaConfig {
     /// once, with no rebalance, and one that is gone for good loses them after the session
     /// timeout. Without it, membership is dynamic.
     pub instance: Option<String>,
+    /// Longest time a fetch waits for records (`fetch.wait.max.ms`).
+    pub fetch_wait: Duration,
 }
 
 /// How long a gateway's deliveries are kept: they are only useful while its connections live.
@@ -203,7 +205,11 @@ impl Bus for KafkaBus {
             // (a recipient's messages) move on quickly.
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "3000")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "fetch.wait.max.ms",
+                self.config.fetch_wait.as_millis().to_string(),
+            );
         if let Some(instance) = &self.config.instance {
             consumer.set("group.instance.id", instance);
         }

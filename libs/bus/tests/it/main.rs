@@ -108,6 +108,7 @@ fn kafka_config(brokers: String, prefix: &str) -> KafkaConfig {
         partitions: 3,
         replication: 1,
         instance: None,
+        fetch_wait: std::time::Duration::from_millis(10),
     }
 }
 

@@ -27,6 +27,11 @@ pub struct BackendArgs {
     #[arg(long, env = "SAMVAD_KAFKA_REPLICATION", default_value = "1")]
     pub kafka_replication: String,
 
+    /// `kafka`: longest time a consumer's fetch waits for records (`fetch.wait.max.ms`).
+    /// Kafka answers as soon as a record arrives, whatever this is; tansu waits it out.
+    #[arg(long, env = "SAMVAD_KAFKA_FETCH_WAIT_MS", default_value = "500")]
+    pub kafka_fetch_wait_ms: String,
+
     /// Store: `embedded` (SQLite in the data directory) or `mongodb`.
     #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
     pub store: String,
@@ -137,6 +142,12 @@ impl BackendArgs {
             &self.kafka_replication,
             1..=16,
         );
+        let fetch_wait_ms = super::number(
+            problems,
+            "SAMVAD_KAFKA_FETCH_WAIT_MS",
+            &self.kafka_fetch_wait_ms,
+            1..=60_000,
+        );
         match (self.bus.as_str(), &self.kafka_brokers) {
             ("memory", _) => BusSettings::Memory,
             ("kafka", Some(brokers)) if !brokers.trim().is_empty() => {
@@ -146,6 +157,7 @@ impl BackendArgs {
                     partitions: partitions as i32,
                     replication: replication as i32,
                     instance: instance.map(str::to_owned),
+                    fetch_wait: Duration::from_millis(fetch_wait_ms),
                 })
             }
             ("kafka", _) => {
