@@ -4,7 +4,9 @@
 //! batched into one transaction and one fsync, so durability costs one disk flush per batch,
 //! not per message. Each job runs inside its own savepoint: a job that fails is rolled back
 //! and reported to its caller alone, the rest of the batch commits. Reads go to a small pool of
-//! read-only connections (WAL mode lets them run beside the writer).
+//! read-only connections (WAL mode lets them run beside the writer). Checkpoints (copying the
+//! WAL into the database file, with its own fsyncs) run on a thread of their own, so the
+//! writer never stops for one.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -20,6 +22,11 @@ const READERS: usize = 4;
 /// How long a connection waits for another's lock (a previous process still closing) before
 /// reporting the database busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL pages beyond which the checkpointer makes the writer wait while it empties the WAL
+/// (a passive checkpoint never catches up with a writer that never pauses).
+const WAL_LIMIT_PAGES: i64 = 32_768;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -42,6 +49,8 @@ type Job = Box<dyn FnOnce(&Transaction<'_>) -> Box<dyn FnOnce() + Send> + Send>;
 #[derive(Clone)]
 pub struct Db {
     writer: mpsc::Sender<Job>,
+    /// Dropped with the last clone, which stops the checkpointer.
+    _checkpointer: mpsc::Sender<()>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: Arc<PathBuf>,
 }
@@ -58,9 +67,14 @@ impl Db {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // FULL: a commit is on disk (WAL fsynced) before it returns; that is what an ack promises.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+             PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(open_err)?;
+        let checkpoint_conn = Connection::open(path).map_err(open_err)?;
+        checkpoint_conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(open_err)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open_with_flags(
@@ -76,8 +90,14 @@ impl Db {
             .name("sqlite-writer".into())
             .spawn(move || write_loop(conn, jobs))
             .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        let (checkpointer, stop) = mpsc::channel::<()>();
+        thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &stop))
+            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         Ok(Self {
             writer,
+            _checkpointer: checkpointer,
             readers: Arc::new(Mutex::new(readers)),
             path: Arc::new(path.to_owned()),
         })
@@ -205,6 +225,27 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// Every [`CHECKPOINT_EVERY`] until the database is closed, a passive checkpoint (which never
+/// blocks the writer); a truncating one when the WAL has outgrown [`WAL_LIMIT_PAGES`].
+fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            row.get::<_, i64>(1)
+        })
+    };
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        match checkpoint("PASSIVE") {
+            Ok(pages) if pages > WAL_LIMIT_PAGES => {
+                if let Err(e) = checkpoint("TRUNCATE") {
+                    tracing::warn!(error = %e, "sqlite checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+        }
+    }
+}
+
 fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
@@ -250,6 +291,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 100);
+    }
+
+    #[tokio::test]
+    async fn committed_pages_reach_the_database_file_without_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let db = Db::open(&path).unwrap();
+        db.write(|t| t.execute_batch(SCHEMA)).await.unwrap();
+        db.write(|t| {
+            for k in 0..1000_i64 {
+                t.execute("INSERT INTO t VALUES (?1, ?2)", (k, "x".repeat(1024)))?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        // The writer never checkpoints (wal_autocheckpoint=0); the checkpointer does.
+        let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        for _ in 0..100 {
+            if size() > 1_000_000 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("database file still {} bytes after 10 s", size());
     }
 
     #[tokio::test]
