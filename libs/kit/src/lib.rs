@@ -20,6 +20,12 @@ pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};
 pub use node::{Context, Node, ServiceDef, main, start};
 pub use user::User;
 
+/// mimalloc rather than glibc's malloc, whose per-thread arenas fragment under many
+/// long-lived small allocations (a connection's buffers and queues): measured at 19,500 idle
+/// connections, see docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Milliseconds since the Unix epoch: the protocol's timestamps.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -89,23 +89,34 @@ struct Conn {
     slow: CancellationToken,
 }
 
+/// The gateway's state, shared by its connections: one pointer per connection, not a copy.
 #[derive(Clone)]
-pub(crate) struct Gateway {
+pub(crate) struct Gateway(Arc<GatewayState>);
+
+pub(crate) struct GatewayState {
     pub(crate) ctx: Context,
     pub(crate) ingress: Ingress,
-    conns: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
-    next_id: Arc<AtomicU64>,
+    conns: Mutex<HashMap<String, Vec<Conn>>>,
+    next_id: AtomicU64,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayState;
+
+    fn deref(&self) -> &GatewayState {
+        &self.0
+    }
 }
 
 async fn start(ctx: &Context) -> anyhow::Result<Router> {
-    let gateway = Gateway {
+    let gateway = Gateway(Arc::new(GatewayState {
         ctx: ctx.clone(),
         ingress: Ingress::new(ctx, "ws"),
-        conns: Arc::default(),
+        conns: Mutex::default(),
         // Connection ids never repeat across restarts of a gateway with a fixed id, so a
         // delivery meant for a connection of a previous run cannot reach a new one.
-        next_id: Arc::new(AtomicU64::new(samvad_kit::now_ms() << 16)),
-    };
+        next_id: AtomicU64::new(samvad_kit::now_ms() << 16),
+    }));
     let id = &ctx.settings.instance_id;
     let dispatcher = gateway.clone();
     ctx.consume(Topic::Gateway(id.clone()), id, move |batch| {
@@ -217,7 +228,7 @@ async fn upgrade(
     let ack = params.ack.as_deref() == Some("true");
     let max = gateway.ctx.settings.max_message_bytes;
     let mut ws = ws
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(max)
