@@ -332,15 +332,13 @@ impl Subscription for MemorySubscription {
         if self.log.durable {
             let group = self.group.clone();
             self.bus.inner.db.write_detached(move |t| {
-                t.execute(
+                t.prepare_cached(
                     "INSERT INTO bus_offsets (grp, topic, next) VALUES (?1, ?2, ?3)
                      ON CONFLICT (grp, topic) DO UPDATE SET next = max(next, excluded.next)",
-                    params![group, topic, next as i64],
-                )?;
-                t.execute(
-                    "DELETE FROM bus_log WHERE topic = ?1 AND offset < ?2",
-                    params![topic, low_water as i64],
-                )?;
+                )?
+                .execute(params![group, topic, next as i64])?;
+                t.prepare_cached("DELETE FROM bus_log WHERE topic = ?1 AND offset < ?2")?
+                    .execute(params![topic, low_water as i64])?;
                 Ok(())
             });
         }

@@ -188,10 +188,11 @@ fn run_in_savepoint<T>(
     txn: &Transaction<'_>,
     f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
 ) -> Result<T, DbError> {
-    txn.execute_batch("SAVEPOINT job")?;
+    // Prepared once per connection: a group commit runs these for every job.
+    txn.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(txn) {
         Ok(value) => {
-            txn.execute_batch("RELEASE job")?;
+            txn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(value)
         }
         Err(e) => {
