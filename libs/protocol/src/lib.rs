@@ -17,7 +17,12 @@
 //!
 //! **v3** is the canonical message field for field (`recipients`, field 11 of Vartalap's schema,
 //! is read and ignored, never written). An unknown `type` number decodes as `MESSAGE`, an unknown
-//! `channel` number as [`Channel::Unknown`]; a non-finite `version` is refused.
+//! `channel` number as [`Channel::Unknown`]; a non-finite `version` is refused. Writing v3
+//! always writes the envelope — `version`, `id`, `type`, `channel`, `ephemeral`, `source`,
+//! `destination` — even at zero values (a SERVER_ACK's `type` is 0), as Vartalap's server
+//! does, for clients that decode without defaults; `content`, `timestamp`, `meta`, `serverId`
+//! and `serverTimestamp` are written when not empty or zero. Reading treats an absent field
+//! as its zero value.
 //!
 //! **v2** (`{"_v", "id", "head", "meta", "body"}`; `id` and `head` are required):
 //!

@@ -13,19 +13,22 @@ use pb::message::{Channel as PbChannel, Type as PbType};
 
 pub(crate) fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     let pb = pb::Message::decode(frame).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
-    if !pb.version.is_finite() {
-        return Err(DecodeError::UnknownVersion(pb.version.to_string()));
+    let version = pb.version.unwrap_or_default();
+    if !version.is_finite() {
+        return Err(DecodeError::UnknownVersion(version.to_string()));
     }
     Ok(Message {
-        version: pb.version,
-        id: pb.id,
+        version,
+        id: pb.id.unwrap_or_default(),
         // Numbers from a newer schema are not refused: an unknown type is an ordinary message…
-        kind: PbType::try_from(pb.r#type).map_or(MessageType::Message, MessageType::from),
+        kind: PbType::try_from(pb.r#type.unwrap_or_default())
+            .map_or(MessageType::Message, MessageType::from),
         // …and an unknown channel is one we cannot name.
-        channel: PbChannel::try_from(pb.channel).map_or(Channel::Unknown, Channel::from),
-        ephemeral: pb.ephemeral,
-        source: pb.source,
-        destination: pb.destination,
+        channel: PbChannel::try_from(pb.channel.unwrap_or_default())
+            .map_or(Channel::Unknown, Channel::from),
+        ephemeral: pb.ephemeral.unwrap_or_default(),
+        source: pb.source.unwrap_or_default(),
+        destination: pb.destination.unwrap_or_default(),
         timestamp: pb.timestamp,
         content: pb.content,
         meta: pb.meta,
@@ -34,15 +37,17 @@ pub(crate) fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
     })
 }
 
+/// Writes the seven fields of the envelope always, whatever their value (see the schema), and the
+/// others only when they are not zero or empty.
 pub(crate) fn encode(msg: &Message) -> Vec<u8> {
     pb::Message {
-        version: msg.version,
-        id: msg.id.clone(),
-        r#type: PbType::from(msg.kind).into(),
-        channel: PbChannel::from(msg.channel).into(),
-        ephemeral: msg.ephemeral,
-        source: msg.source.clone(),
-        destination: msg.destination.clone(),
+        version: Some(msg.version),
+        id: Some(msg.id.clone()),
+        r#type: Some(PbType::from(msg.kind).into()),
+        channel: Some(PbChannel::from(msg.channel).into()),
+        ephemeral: Some(msg.ephemeral),
+        source: Some(msg.source.clone()),
+        destination: Some(msg.destination.clone()),
         content: msg.content.clone(),
         timestamp: msg.timestamp,
         meta: msg.meta.clone(),

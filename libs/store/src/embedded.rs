@@ -7,6 +7,8 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use samvad_protocol::Message;
 use samvad_sqlite::{Db, DbError};
 
+mod timeline;
+
 use crate::{
     Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
     Result, Role, StoreError,
@@ -52,9 +54,12 @@ fn now_ms() -> i64 {
 
 impl EmbeddedStore {
     pub async fn open(db: Db) -> Result<Self> {
-        db.write(|t| t.execute_batch(SCHEMA))
-            .await
-            .map_err(backend)?;
+        db.write(|t| {
+            t.execute_batch(SCHEMA)?;
+            t.execute_batch(timeline::SCHEMA)
+        })
+        .await
+        .map_err(backend)?;
         Ok(Self { db })
     }
 }

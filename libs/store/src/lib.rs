@@ -9,6 +9,7 @@
 
 mod embedded;
 mod mongo;
+mod timeline;
 
 use std::sync::Arc;
 
@@ -17,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedStore;
 pub use mongo::MongoStore;
+pub use timeline::{
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

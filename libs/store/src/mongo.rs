@@ -14,6 +14,8 @@ use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument, Wr
 use mongodb::{Client, Collection, Database, IndexModel};
 use samvad_protocol::Message;
 
+mod timeline;
+
 use crate::{
     Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
     Result, Role, StoreError,
@@ -57,6 +59,11 @@ pub struct MongoStore {
     groups: Collection<Document>,
     inbox: Collection<Document>,
     counters: Collection<Document>,
+    conversations: Collection<Document>,
+    timeline: Collection<Document>,
+    participants: Collection<Document>,
+    registered: Collection<Document>,
+    cursors: Collection<Document>,
 }
 
 impl MongoStore {
@@ -75,6 +82,11 @@ impl MongoStore {
             groups: db.collection("groups"),
             inbox: db.collection("inbox"),
             counters: db.collection("inbox_counters"),
+            conversations: db.collection("conversations"),
+            timeline: db.collection("timeline"),
+            participants: db.collection("participants"),
+            registered: db.collection("registered_devices"),
+            cursors: db.collection("cursors"),
         };
         store.create_indexes().await?;
         Ok(store)
@@ -108,7 +120,7 @@ impl MongoStore {
             .create_index(plain(doc! { "recipient": 1, "acked": 1, "seq": 1 }))
             .await
             .map_err(backend)?;
-        Ok(())
+        self.create_timeline_indexes().await
     }
 
     /// Reserves `n` consecutive inbox sequence numbers for `recipient`; returns the first.

@@ -51,18 +51,77 @@ fn the_hand_written_bytes_decode_to_the_tiny_message() {
     assert_eq!(decode_binary(TINY, &LIMITS), Ok(tiny()));
 }
 
+/// The SERVER_ACK alice gets for message "m" (accepted by server "s" at 5 ms): the envelope's
+/// zero values — `type` SERVER_ACK = 0 here — are on the wire, as Vartalap's server writes them,
+/// because Vartalap's web client decodes without defaults and fails on an absent `type`.
+#[rustfmt::skip]
+const SERVER_ACK: &[u8] = &[
+    0x0d, 0x00, 0x00, 0x40, 0x40, // field 1 `version`: 3.0
+    0x12, 0x01, b'm',             // field 2 `id`: "m"
+    0x18, 0x00,                   // field 3 `type`: SERVER_ACK = 0, written although zero
+    0x20, 0x01,                   // field 4 `channel`: INDIVIDUAL = 1
+    0x28, 0x01,                   // field 5 `ephemeral`: true
+    0x32, 0x06, b's', b'e', b'r', b'v', b'e', b'r', // field 6 `source`: "server"
+    0x3a, 0x05, b'a', b'l', b'i', b'c', b'e',       // field 7 `destination`: "alice"
+    0x48, 0x05,                   // field 9 `timestamp`: 5 (the ack's own, = server timestamp)
+    0xa2, 0x01, 0x01, b's',       // field 20 `serverId`: "s"
+    0xa8, 0x01, 0x05,             // field 21 `serverTimestamp`: 5
+];
+
 #[test]
-fn default_fields_are_not_written_and_an_empty_frame_is_a_default_message() {
-    // proto3 omits zero values: a SERVER_ACK (0) on channel UNKNOWN (0) with only an id.
-    let bare = Message {
-        id: "a".to_owned(),
+fn a_server_ack_carries_its_type_and_channel_on_the_wire() {
+    let sent = Message {
+        version: 3.0,
+        id: "m".to_owned(),
+        source: "alice".to_owned(),
+        destination: "bob".to_owned(),
+        content: b"{}".to_vec(),
+        server_id: "s".to_owned(),
+        server_timestamp: 5,
+        ..tiny()
+    };
+    assert_eq!(encode_binary(&sent.server_ack()), SERVER_ACK);
+}
+
+#[test]
+fn the_envelope_is_written_at_its_zero_values_and_nothing_else_is() {
+    // SERVER_ACK (0) on channel UNKNOWN (0), not ephemeral, version 0, empty strings: the seven
+    // envelope fields are present all the same; content, timestamp, meta and the server stamps
+    // are left out when empty or zero.
+    #[rustfmt::skip]
+    let written = [
+        0x0d, 0x00, 0x00, 0x00, 0x00, // version 0.0
+        0x12, 0x00,                   // id ""
+        0x18, 0x00,                   // type SERVER_ACK = 0
+        0x20, 0x00,                   // channel UNKNOWN = 0
+        0x28, 0x00,                   // ephemeral false
+        0x32, 0x00,                   // source ""
+        0x3a, 0x00,                   // destination ""
+    ];
+    let zero = Message {
         kind: MessageType::ServerAck,
         ..Message::default()
     };
-    assert_eq!(encode_binary(&bare), [0x12, 0x01, b'a']);
+    assert_eq!(encode_binary(&zero), written);
+}
+
+#[test]
+fn absent_fields_read_as_their_zero_values() {
+    // Reading stays as tolerant as proto3: an empty frame is a default message…
     let empty = decode_binary(&[], &LIMITS).unwrap();
     assert_eq!(empty.kind, MessageType::ServerAck);
     assert_eq!(empty.channel, Channel::Unknown);
+    assert!(!empty.ephemeral);
+    // …and a frame with only an id is a SERVER_ACK on channel UNKNOWN with that id.
+    let bare = decode_binary(&[0x12, 0x01, b'a'], &LIMITS).unwrap();
+    assert_eq!(
+        bare,
+        Message {
+            id: "a".to_owned(),
+            kind: MessageType::ServerAck,
+            ..Message::default()
+        }
+    );
 }
 
 #[test]
@@ -86,5 +145,15 @@ fn recipients_are_read_and_ignored_and_unknown_enum_numbers_do_not_fail() {
         }
     );
     // Re-encoding never writes recipients.
-    assert_eq!(encode_binary(&msg), [0x12, 0x01, b'a', 0x18, 0x02]);
+    #[rustfmt::skip]
+    let rewritten = [
+        0x0d, 0x00, 0x00, 0x00, 0x00, // version 0.0
+        0x12, 0x01, b'a',             // id "a"
+        0x18, 0x02,                   // type MESSAGE
+        0x20, 0x00,                   // channel UNKNOWN
+        0x28, 0x00,                   // ephemeral false
+        0x32, 0x00,                   // source ""
+        0x3a, 0x00,                   // destination ""
+    ];
+    assert_eq!(encode_binary(&msg), rewritten);
 }

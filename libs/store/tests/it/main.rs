@@ -2,16 +2,18 @@
 //! which speaks MongoDB's wire protocol).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod timeline;
+
 use std::time::Duration;
 
 use samvad_protocol::Message;
 use samvad_store::{
     Device, EmbeddedStore, Group, GroupStore, InboxStore, Kept, Member, MongoStore, ProfileStore,
-    Removal, Role,
+    Removal, Role, TimelineStore,
 };
 
-trait Store: ProfileStore + GroupStore + InboxStore {}
-impl<T: ProfileStore + GroupStore + InboxStore> Store for T {}
+trait Store: ProfileStore + GroupStore + InboxStore + TimelineStore {}
+impl<T: ProfileStore + GroupStore + InboxStore + TimelineStore> Store for T {}
 
 fn msg(id: &str, from: &str) -> Message {
     Message {
@@ -45,7 +47,7 @@ async fn inbox_contract(s: &dyn Store) {
         "a repeat is not kept twice, and does not stop the rest"
     );
     assert_eq!(
-        s.ack(&[(bob(), "1".into())]).await.unwrap(),
+        InboxStore::ack(s, &[(bob(), "1".into())]).await.unwrap(),
         2,
         "both senders' id 1"
     );
@@ -136,6 +138,7 @@ async fn contract(s: &dyn Store) {
     inbox_contract(s).await;
     group_contract(s).await;
     profile_contract(s).await;
+    timeline::contract(s).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,411 @@
+//! Timelines in SQLite. An append is one job in the database's group commit: the entries, the
+//! conversation's last seq and (for a new 1:1 chat) its two participants, all or nothing.
+//! The single writer thread makes "next seq" a plain read: no two appends ever race for it.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{EmbeddedStore, backend, now_ms};
+use crate::timeline::{
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
+};
+use crate::{Result, StoreError};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    conv TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, first_seq INTEGER NOT NULL,
+    last_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS timeline (
+    conv TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL, device TEXT NOT NULL,
+    id TEXT NOT NULL, at INTEGER NOT NULL, message TEXT NOT NULL, PRIMARY KEY (conv, seq));
+CREATE UNIQUE INDEX IF NOT EXISTS timeline_dedupe ON timeline (conv, sender, id);
+CREATE INDEX IF NOT EXISTS timeline_by_id ON timeline (id);
+CREATE INDEX IF NOT EXISTS timeline_by_age ON timeline (at);
+CREATE TABLE IF NOT EXISTS participants (
+    username TEXT NOT NULL, conv TEXT NOT NULL, since_seq INTEGER NOT NULL,
+    read_seq INTEGER NOT NULL, PRIMARY KEY (username, conv)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS registered_devices (
+    username TEXT NOT NULL, device TEXT NOT NULL, at INTEGER NOT NULL,
+    PRIMARY KEY (username, device)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (
+    username TEXT NOT NULL, device TEXT NOT NULL, conv TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (username, device, conv)) WITHOUT ROWID;
+";
+
+const BEFORE: &str = "SELECT seq, device, at, message FROM timeline
+    WHERE conv = ?1 AND seq > ?2 AND seq < ?4 ORDER BY seq DESC LIMIT ?3";
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn conv_of(key: &str) -> rusqlite::Result<Conv> {
+    Conv::from_key(key).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("not a conversation key: {key:?}").into(),
+        )
+    })
+}
+
+/// Appends one entry; the caller's transaction makes a batch all-or-nothing.
+fn append_one(
+    t: &Transaction<'_>,
+    item: &NewEntry,
+    body: &str,
+    at: i64,
+) -> rusqlite::Result<Appended> {
+    let key = item.conv.key();
+    let m = &item.message;
+    let existing: Option<i64> = t
+        .prepare_cached("SELECT seq FROM timeline WHERE conv = ?1 AND sender = ?2 AND id = ?3")?
+        .query_row(params![key, m.source, m.id], |r| r.get(0))
+        .optional()?;
+    if let Some(seq) = existing {
+        return Ok(Appended::Repeat(seq as u64));
+    }
+    let last: Option<i64> = t
+        .prepare_cached("SELECT last_seq FROM conversations WHERE conv = ?1")?
+        .query_row([&key], |r| r.get(0))
+        .optional()?;
+    let seq = last.unwrap_or(0) + 1;
+    t.prepare_cached(
+        "INSERT INTO timeline (conv, seq, sender, device, id, at, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![key, seq, m.source, item.device, m.id, at, body])?;
+    t.prepare_cached(
+        "INSERT INTO conversations (conv, last_seq, first_seq, last_at) VALUES (?1, ?2, 1, ?3)
+         ON CONFLICT (conv) DO UPDATE SET last_seq = excluded.last_seq, last_at = excluded.last_at",
+    )?
+    .execute(params![key, seq, at])?;
+    if last.is_none()
+        && let Some(pair) = item.conv.pair()
+    {
+        let mut participate = t.prepare_cached(
+            "INSERT INTO participants (username, conv, since_seq, read_seq) VALUES (?1, ?2, 0, 0)
+             ON CONFLICT DO NOTHING",
+        )?;
+        for user in pair {
+            participate.execute(params![user, key])?;
+        }
+    }
+    Ok(Appended::New(seq as u64))
+}
+
+fn state(
+    c: &Connection,
+    user: &str,
+    conv: Conv,
+    since: i64,
+    read: i64,
+) -> rusqlite::Result<ConvState> {
+    let key = conv.key();
+    let (last_seq, last_at): (i64, i64) = c
+        .prepare_cached("SELECT last_seq, last_at FROM conversations WHERE conv = ?1")?
+        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, 0));
+    let floor = since.max(read);
+    let unread: i64 = c
+        .prepare_cached(
+            "SELECT count(*) FROM timeline WHERE conv = ?1 AND seq > ?2 AND sender != ?3",
+        )?
+        .query_row(params![key, floor, user], |r| r.get(0))?;
+    Ok(ConvState {
+        conv,
+        last_seq: last_seq as u64,
+        last_at: last_at as u64,
+        read_seq: read as u64,
+        unread: unread as u64,
+        since_seq: since as u64,
+    })
+}
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+#[async_trait::async_trait]
+impl TimelineStore for EmbeddedStore {
+    async fn append(&self, items: &[NewEntry]) -> Result<Vec<Appended>> {
+        let items = items
+            .iter()
+            .map(|item| {
+                let body = serde_json::to_string(&item.message).map_err(corrupt)?;
+                Ok((item.clone(), body))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.db
+            .write(move |t| {
+                let at = now_ms();
+                items
+                    .iter()
+                    .map(|(item, body)| append_one(t, item, body, at))
+                    .collect()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn window(&self, conv: &Conv, page: Page, floor: u64, limit: usize) -> Result<Window> {
+        let key = conv.key();
+        // The latest entries are those before a seq no timeline reaches.
+        let (sql, bound) = match page {
+            Page::Latest => (BEFORE, i64::MAX),
+            Page::Before(before) => (BEFORE, before as i64),
+            Page::After(after) => (
+                "SELECT seq, device, at, message FROM timeline
+                 WHERE conv = ?1 AND seq > max(?2, ?4) ORDER BY seq LIMIT ?3",
+                after as i64,
+            ),
+        };
+        let rows = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(sql)?
+                    .query_map(params![key, floor as i64, limit as i64 + 1, bound], entry)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(backend)?;
+        let more = rows.len() > limit;
+        let mut entries = rows
+            .into_iter()
+            .take(limit)
+            .map(|(seq, device, at, body)| {
+                Ok(Entry {
+                    seq: seq as u64,
+                    device,
+                    at: at as u64,
+                    message: serde_json::from_str(&body).map_err(corrupt)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !matches!(page, Page::After(_)) {
+            entries.reverse();
+        }
+        Ok(Window { entries, more })
+    }
+
+    async fn join(&self, group_id: &str, users: &[String]) -> Result<()> {
+        let key = Conv::group(group_id).key();
+        let users = users.to_vec();
+        self.db
+            .write(move |t| {
+                let last: i64 = t
+                    .query_row(
+                        "SELECT last_seq FROM conversations WHERE conv = ?1",
+                        [&key],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                let mut join = t.prepare_cached(
+                    "INSERT INTO participants (username, conv, since_seq, read_seq)
+                     VALUES (?1, ?2, ?3, ?3) ON CONFLICT DO NOTHING",
+                )?;
+                for user in &users {
+                    join.execute(params![user, key, last])?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn leave(&self, group_id: &str, user: &str) -> Result<()> {
+        let key = Conv::group(group_id).key();
+        let user = user.to_owned();
+        self.db
+            .write(move |t| {
+                t.execute(
+                    "DELETE FROM participants WHERE username = ?1 AND conv = ?2",
+                    params![user, key],
+                )?;
+                t.execute(
+                    "DELETE FROM cursors WHERE username = ?1 AND conv = ?2",
+                    params![user, key],
+                )?;
+                Ok(())
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn conversation(&self, user: &str, conv: &Conv) -> Result<Option<ConvState>> {
+        let (user, conv) = (user.to_owned(), conv.clone());
+        self.db
+            .read(move |c| {
+                let part: Option<(i64, i64)> = c
+                    .prepare_cached(
+                        "SELECT since_seq, read_seq FROM participants
+                         WHERE username = ?1 AND conv = ?2",
+                    )?
+                    .query_row(params![user, conv.key()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                part.map(|(since, read)| state(c, &user, conv, since, read))
+                    .transpose()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<ConvState>> {
+        let user = user.to_owned();
+        let mut states =
+            self.db
+                .read(move |c| {
+                    let parts = c
+                    .prepare_cached(
+                        "SELECT conv, since_seq, read_seq FROM participants WHERE username = ?1",
+                    )?
+                    .query_map([&user], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    parts
+                        .into_iter()
+                        .map(|(key, since, read)| state(c, &user, conv_of(&key)?, since, read))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await
+                .map_err(backend)?;
+        states.sort_by(|a, b| b.last_at.cmp(&a.last_at).then_with(|| a.conv.cmp(&b.conv)));
+        Ok(states)
+    }
+
+    async fn register(&self, device: &DeviceRef) -> Result<bool> {
+        let device = device.clone();
+        self.db
+            .write(move |t| {
+                let new = t.execute(
+                    "INSERT INTO registered_devices (username, device, at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    params![device.user, device.device, now_ms()],
+                )? == 1;
+                if new {
+                    // What each conversation already holds is history to this device.
+                    t.execute(
+                        "INSERT INTO cursors (username, device, conv, seq)
+                         SELECT ?1, ?2, p.conv, coalesce(c.last_seq, 0)
+                         FROM participants p LEFT JOIN conversations c ON c.conv = p.conv
+                         WHERE p.username = ?1
+                         ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
+                        params![device.user, device.device],
+                    )?;
+                }
+                Ok(new)
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn owed(&self, device: &DeviceRef) -> Result<Vec<Owed>> {
+        let device = device.clone();
+        self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT p.conv, max(p.since_seq, coalesce(k.seq, 0)), c.last_seq, c.first_seq
+                     FROM participants p
+                     JOIN conversations c ON c.conv = p.conv
+                     LEFT JOIN cursors k
+                       ON k.username = p.username AND k.device = ?2 AND k.conv = p.conv
+                     WHERE p.username = ?1
+                       AND c.last_seq > max(p.since_seq, coalesce(k.seq, 0))
+                     ORDER BY p.conv",
+                )?
+                .query_map(params![device.user, device.device], |r| {
+                    Ok(Owed {
+                        conv: conv_of(&r.get::<_, String>(0)?)?,
+                        cursor: r.get::<_, i64>(1)? as u64,
+                        last_seq: r.get::<_, i64>(2)? as u64,
+                        first_seq: r.get::<_, i64>(3)? as u64,
+                    })
+                })?
+                .collect()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()> {
+        let acks = acks.to_vec();
+        self.db
+            .write(move |t| {
+                let mut by_id = t.prepare_cached(
+                    "SELECT t.conv, max(t.seq) FROM timeline t
+                     JOIN participants p ON p.conv = t.conv AND p.username = ?1
+                     WHERE t.id = ?2 GROUP BY t.conv",
+                )?;
+                let mut known = t.prepare_cached(
+                    "SELECT 1 FROM participants WHERE username = ?1 AND conv = ?2",
+                )?;
+                let mut advance = t.prepare_cached(
+                    "INSERT INTO cursors (username, device, conv, seq) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
+                )?;
+                for (device, ack) in &acks {
+                    let targets: Vec<(String, i64)> = match ack {
+                        Ack::Upto { conv, seq } => {
+                            let key = conv.key();
+                            if known.exists(params![device.user, key])? {
+                                vec![(key, *seq as i64)]
+                            } else {
+                                Vec::new()
+                            }
+                        }
+                        Ack::Id(id) => by_id
+                            .query_map(params![device.user, id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                            .collect::<rusqlite::Result<_>>()?,
+                    };
+                    for (key, seq) in targets {
+                        advance.execute(params![device.user, device.device, key, seq])?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn read(&self, user: &str, conv: &Conv, seq: u64) -> Result<Option<u64>> {
+        let (user, key) = (user.to_owned(), conv.key());
+        self.db
+            .write(move |t| {
+                t.prepare_cached(
+                    "UPDATE participants SET read_seq = max(read_seq, ?3)
+                     WHERE username = ?1 AND conv = ?2 RETURNING read_seq",
+                )?
+                .query_row(params![user, key, seq as i64], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|read| read.map(|r| r as u64))
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn trim(&self, before_ms: u64, max: usize) -> Result<u64> {
+        self.db
+            .write(move |t| {
+                let removed = t.execute(
+                    "DELETE FROM timeline WHERE rowid IN (
+                        SELECT rowid FROM timeline WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                    params![before_ms as i64, max as i64],
+                )?;
+                if removed > 0 {
+                    t.execute_batch(
+                        "UPDATE conversations SET first_seq = coalesce(
+                            (SELECT min(seq) FROM timeline t WHERE t.conv = conversations.conv),
+                            last_seq + 1)
+                         WHERE first_seq < coalesce(
+                            (SELECT min(seq) FROM timeline t WHERE t.conv = conversations.conv),
+                            last_seq + 1)",
+                    )?;
+                }
+                Ok(removed as u64)
+            })
+            .await
+            .map_err(backend)
+    }
+}

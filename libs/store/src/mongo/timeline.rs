@@ -1,0 +1,490 @@
+//! Timelines in MongoDB, with single-document writes and unique indexes instead of
+//! transactions, so any step may crash and the next attempt completes it:
+//!
+//! - an entry is unique per (conv, seq) and per (conv, sender, id): two writers racing for a
+//!   seq cannot both win, and a redelivered message is found, not stored twice;
+//! - `conversations.last_seq` is a cache of the timeline's highest seq, moved with `$max`; an
+//!   append that finds the seq it chose taken re-reads the timeline and takes the next one, so
+//!   a crash between the entry and the cache costs a retry, never a gap or a duplicate;
+//! - a repeat repairs what a crash may have left undone after its entry (the cache, the 1:1
+//!   participants).
+
+use std::collections::HashMap;
+
+use mongodb::bson::{Document, doc};
+use mongodb::options::ReturnDocument;
+
+use super::{MongoStore, all, backend, corrupt, is_duplicate};
+use crate::Result;
+use crate::timeline::{
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
+};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn int(d: &Document, field: &str) -> Result<u64> {
+    match d.get(field) {
+        Some(mongodb::bson::Bson::Int64(n)) => Ok(*n as u64),
+        Some(mongodb::bson::Bson::Int32(n)) => Ok(*n as u64),
+        Some(mongodb::bson::Bson::Double(n)) => Ok(*n as u64),
+        other => Err(corrupt(format!("{field} is {other:?}"))),
+    }
+}
+
+fn conv_of(d: &Document) -> Result<Conv> {
+    let key = d.get_str("conv").map_err(corrupt)?;
+    Conv::from_key(key).ok_or_else(|| corrupt(format!("not a conversation key: {key:?}")))
+}
+
+impl MongoStore {
+    pub(super) async fn create_timeline_indexes(&self) -> Result<()> {
+        let unique = |keys: Document| {
+            mongodb::IndexModel::builder()
+                .keys(keys)
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build()
+        };
+        let plain = |keys: Document| mongodb::IndexModel::builder().keys(keys).build();
+        let indexes = [
+            (&self.timeline, unique(doc! { "conv": 1, "seq": 1 })),
+            (
+                &self.timeline,
+                unique(doc! { "conv": 1, "sender": 1, "id": 1 }),
+            ),
+            (&self.timeline, plain(doc! { "id": 1 })),
+            (&self.timeline, plain(doc! { "at": 1 })),
+            (&self.participants, unique(doc! { "user": 1, "conv": 1 })),
+            (
+                &self.cursors,
+                unique(doc! { "user": 1, "device": 1, "conv": 1 }),
+            ),
+        ];
+        for (collection, index) in indexes {
+            collection.create_index(index).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn last_seq(&self, key: &str) -> Result<u64> {
+        self.conversations
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(backend)?
+            .map_or(Ok(0), |d| int(&d, "last_seq"))
+    }
+
+    /// The highest seq actually in the timeline (the cache may lag after a crash).
+    async fn highest_seq(&self, key: &str) -> Result<u64> {
+        self.timeline
+            .find_one(doc! { "conv": key })
+            .sort(doc! { "seq": -1 })
+            .await
+            .map_err(backend)?
+            .map_or(Ok(0), |d| int(&d, "seq"))
+    }
+
+    async fn record_last(&self, key: &str, seq: u64, at: i64) -> Result<()> {
+        self.conversations
+            .update_one(
+                doc! { "_id": key },
+                doc! {
+                    "$max": { "last_seq": seq as i64, "last_at": at },
+                    "$setOnInsert": { "first_seq": 1_i64 },
+                },
+            )
+            .upsert(true)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn participate(&self, user: &str, key: &str, since: u64) -> Result<()> {
+        let result = self
+            .participants
+            .update_one(
+                doc! { "user": user, "conv": key },
+                doc! { "$setOnInsert": { "since": since as i64, "read": since as i64 } },
+            )
+            .upsert(true)
+            .await;
+        match result {
+            // Two upserts raced; the other one created it.
+            Err(e) if is_duplicate(&e) => Ok(()),
+            other => other.map(|_| ()).map_err(backend),
+        }
+    }
+
+    async fn find_repeat(&self, key: &str, item: &NewEntry) -> Result<Option<u64>> {
+        self.timeline
+            .find_one(doc! { "conv": key, "sender": &item.message.source, "id": &item.message.id })
+            .projection(doc! { "seq": 1 })
+            .await
+            .map_err(backend)?
+            .map(|d| int(&d, "seq"))
+            .transpose()
+    }
+
+    async fn append_one(&self, item: &NewEntry, body: &str) -> Result<Appended> {
+        let key = item.conv.key();
+        let at = now_ms();
+        let repeat = self.find_repeat(&key, item).await?;
+        let (appended, first) = if let Some(seq) = repeat {
+            (Appended::Repeat(seq), true)
+        } else {
+            let mut last = self.last_seq(&key).await?;
+            loop {
+                let seq = last + 1;
+                let entry = doc! {
+                    "conv": &key, "seq": seq as i64, "sender": &item.message.source,
+                    "device": &item.device, "id": &item.message.id, "at": at, "message": body,
+                };
+                match self.timeline.insert_one(entry).await {
+                    Ok(_) => break (Appended::New(seq), last == 0),
+                    Err(e) if is_duplicate(&e) => {
+                        if let Some(seq) = self.find_repeat(&key, item).await? {
+                            break (Appended::Repeat(seq), true);
+                        }
+                        // The seq was taken: by a crashed append whose cache update never
+                        // happened, or by a writer racing this one.
+                        last = self.highest_seq(&key).await?.max(seq);
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+            }
+        };
+        self.record_last(&key, appended.seq(), at).await?;
+        if first && let Some(pair) = item.conv.pair() {
+            for user in pair {
+                self.participate(user, &key, 0).await?;
+            }
+        }
+        Ok(appended)
+    }
+
+    async fn state(&self, user: &str, part: &Document) -> Result<ConvState> {
+        let conv = conv_of(part)?;
+        let key = conv.key();
+        let since = int(part, "since")?;
+        let read = int(part, "read")?;
+        let (last_seq, last_at) = match self
+            .conversations
+            .find_one(doc! { "_id": &key })
+            .await
+            .map_err(backend)?
+        {
+            Some(d) => (int(&d, "last_seq")?, int(&d, "last_at")?),
+            None => (0, 0),
+        };
+        let unread = self
+            .timeline
+            .count_documents(doc! {
+                "conv": &key,
+                "seq": { "$gt": since.max(read) as i64 },
+                "sender": { "$ne": user },
+            })
+            .await
+            .map_err(backend)?;
+        Ok(ConvState {
+            conv,
+            last_seq,
+            last_at,
+            read_seq: read,
+            unread,
+            since_seq: since,
+        })
+    }
+
+    async fn advance(&self, device: &DeviceRef, key: &str, seq: u64) -> Result<()> {
+        let result = self
+            .cursors
+            .update_one(
+                doc! { "user": &device.user, "device": &device.device, "conv": key },
+                doc! { "$max": { "seq": seq as i64 } },
+            )
+            .upsert(true)
+            .await;
+        match result {
+            Err(e) if is_duplicate(&e) => Box::pin(self.advance(device, key, seq)).await,
+            other => other.map(|_| ()).map_err(backend),
+        }
+    }
+
+    async fn takes_part(&self, user: &str, key: &str) -> Result<bool> {
+        Ok(self
+            .participants
+            .find_one(doc! { "user": user, "conv": key })
+            .await
+            .map_err(backend)?
+            .is_some())
+    }
+}
+
+#[async_trait::async_trait]
+impl TimelineStore for MongoStore {
+    async fn append(&self, items: &[NewEntry]) -> Result<Vec<Appended>> {
+        let mut appended = Vec::with_capacity(items.len());
+        for item in items {
+            let body = serde_json::to_string(&item.message).map_err(corrupt)?;
+            appended.push(self.append_one(item, &body).await?);
+        }
+        Ok(appended)
+    }
+
+    async fn window(&self, conv: &Conv, page: Page, floor: u64, limit: usize) -> Result<Window> {
+        let key = conv.key();
+        let floor = floor as i64;
+        let (filter, order) = match page {
+            Page::Latest => (doc! { "conv": &key, "seq": { "$gt": floor } }, -1),
+            Page::Before(before) => (
+                doc! { "conv": &key, "seq": { "$gt": floor, "$lt": before as i64 } },
+                -1,
+            ),
+            Page::After(after) => (
+                doc! { "conv": &key, "seq": { "$gt": floor.max(after as i64) } },
+                1,
+            ),
+        };
+        let found = all(self
+            .timeline
+            .find(filter)
+            .sort(doc! { "seq": order })
+            .limit(limit as i64 + 1))
+        .await?;
+        let more = found.len() > limit;
+        let mut entries = found
+            .iter()
+            .take(limit)
+            .map(|d| {
+                Ok(Entry {
+                    seq: int(d, "seq")?,
+                    device: d.get_str("device").map_err(corrupt)?.to_owned(),
+                    at: int(d, "at")?,
+                    message: serde_json::from_str(d.get_str("message").map_err(corrupt)?)
+                        .map_err(corrupt)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if order < 0 {
+            entries.reverse();
+        }
+        Ok(Window { entries, more })
+    }
+
+    async fn join(&self, group_id: &str, users: &[String]) -> Result<()> {
+        let key = Conv::group(group_id).key();
+        let last = self.last_seq(&key).await?;
+        for user in users {
+            self.participate(user, &key, last).await?;
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, group_id: &str, user: &str) -> Result<()> {
+        let key = Conv::group(group_id).key();
+        self.participants
+            .delete_one(doc! { "user": user, "conv": &key })
+            .await
+            .map_err(backend)?;
+        self.cursors
+            .delete_many(doc! { "user": user, "conv": &key })
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn conversation(&self, user: &str, conv: &Conv) -> Result<Option<ConvState>> {
+        let part = self
+            .participants
+            .find_one(doc! { "user": user, "conv": conv.key() })
+            .await
+            .map_err(backend)?;
+        match part {
+            Some(part) => Ok(Some(self.state(user, &part).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<ConvState>> {
+        let parts = all(self.participants.find(doc! { "user": user })).await?;
+        let mut states = Vec::with_capacity(parts.len());
+        for part in &parts {
+            states.push(self.state(user, part).await?);
+        }
+        states.sort_by(|a, b| b.last_at.cmp(&a.last_at).then_with(|| a.conv.cmp(&b.conv)));
+        Ok(states)
+    }
+
+    async fn register(&self, device: &DeviceRef) -> Result<bool> {
+        let id = doc! { "user": &device.user, "device": &device.device };
+        if self
+            .registered
+            .find_one(doc! { "_id": &id })
+            .await
+            .map_err(backend)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        // Cursors first, then the registration: a crash in between leaves the device
+        // unregistered, and the next login sets the same cursors again.
+        let parts = all(self.participants.find(doc! { "user": &device.user })).await?;
+        for part in &parts {
+            let key = part.get_str("conv").map_err(corrupt)?;
+            let last = self.last_seq(key).await?;
+            self.advance(device, key, last).await?;
+        }
+        match self
+            .registered
+            .insert_one(doc! { "_id": id, "at": now_ms() })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn owed(&self, device: &DeviceRef) -> Result<Vec<Owed>> {
+        let parts = all(self.participants.find(doc! { "user": &device.user })).await?;
+        if parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cursors: HashMap<String, u64> = all(self
+            .cursors
+            .find(doc! { "user": &device.user, "device": &device.device }))
+        .await?
+        .iter()
+        .map(|d| {
+            Ok((
+                d.get_str("conv").map_err(corrupt)?.to_owned(),
+                int(d, "seq")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+        let keys: Vec<&str> = parts
+            .iter()
+            .map(|p| p.get_str("conv").map_err(corrupt))
+            .collect::<Result<_>>()?;
+        let convs: HashMap<String, (u64, u64)> =
+            all(self.conversations.find(doc! { "_id": { "$in": &keys } }))
+                .await?
+                .iter()
+                .map(|d| {
+                    Ok((
+                        d.get_str("_id").map_err(corrupt)?.to_owned(),
+                        (int(d, "last_seq")?, int(d, "first_seq")?),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+        let mut owed = Vec::new();
+        for part in &parts {
+            let key = part.get_str("conv").map_err(corrupt)?;
+            let Some(&(last_seq, first_seq)) = convs.get(key) else {
+                continue;
+            };
+            let cursor = int(part, "since")?.max(cursors.get(key).copied().unwrap_or(0));
+            if last_seq > cursor {
+                owed.push(Owed {
+                    conv: conv_of(part)?,
+                    cursor,
+                    last_seq,
+                    first_seq,
+                });
+            }
+        }
+        owed.sort_by_key(|o| o.conv.key());
+        Ok(owed)
+    }
+
+    async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()> {
+        for (device, ack) in acks {
+            match ack {
+                Ack::Upto { conv, seq } => {
+                    let key = conv.key();
+                    if self.takes_part(&device.user, &key).await? {
+                        self.advance(device, &key, *seq).await?;
+                    }
+                }
+                Ack::Id(id) => {
+                    let mut highest: HashMap<String, u64> = HashMap::new();
+                    for d in all(self.timeline.find(doc! { "id": id })).await? {
+                        let key = d.get_str("conv").map_err(corrupt)?.to_owned();
+                        let seq = int(&d, "seq")?;
+                        let top = highest.entry(key).or_default();
+                        *top = (*top).max(seq);
+                    }
+                    for (key, seq) in highest {
+                        if self.takes_part(&device.user, &key).await? {
+                            self.advance(device, &key, seq).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&self, user: &str, conv: &Conv, seq: u64) -> Result<Option<u64>> {
+        self.participants
+            .find_one_and_update(
+                doc! { "user": user, "conv": conv.key() },
+                doc! { "$max": { "read": seq as i64 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(backend)?
+            .map(|d| int(&d, "read"))
+            .transpose()
+    }
+
+    async fn trim(&self, before_ms: u64, max: usize) -> Result<u64> {
+        let old = all(self
+            .timeline
+            .find(doc! { "at": { "$lt": before_ms as i64 } })
+            .sort(doc! { "at": 1 })
+            .limit(max as i64)
+            .projection(doc! { "_id": 1, "conv": 1 }))
+        .await?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<_> = old.iter().filter_map(|d| d.get("_id").cloned()).collect();
+        let removed = self
+            .timeline
+            .delete_many(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(backend)?
+            .deleted_count;
+        let mut convs: Vec<&str> = old.iter().filter_map(|d| d.get_str("conv").ok()).collect();
+        convs.sort_unstable();
+        convs.dedup();
+        for key in convs {
+            let first = match self
+                .timeline
+                .find_one(doc! { "conv": key })
+                .sort(doc! { "seq": 1 })
+                .await
+                .map_err(backend)?
+            {
+                Some(d) => int(&d, "seq")?,
+                None => self.last_seq(key).await? + 1,
+            };
+            self.conversations
+                .update_one(
+                    doc! { "_id": key },
+                    doc! { "$max": { "first_seq": first as i64 } },
+                )
+                .await
+                .map_err(backend)?;
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,287 @@
+//! Conversations as timelines (PROTOCOL §7): every stored message is written once, in its
+//! conversation, with the next sequence number of that conversation; each device keeps a
+//! cursor per conversation (what it has acked), each user a read position. Delivery reads
+//! forward from a device's cursor (fan-out on read), so a group message is one entry however
+//! many members the group has, and one device's ack never ends another's duty.
+
+use std::fmt;
+
+use samvad_protocol::Message;
+
+use crate::Result;
+
+/// Separates the parts of a conversation key: a control character, which no username or
+/// group id may contain.
+const SEP: char = '\u{1f}';
+
+/// One conversation: a 1:1 chat (the pair, whoever sent first) or a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Conv {
+    /// A 1:1 chat; `low < high`, so both sides name the same conversation.
+    Direct {
+        low: String,
+        high: String,
+    },
+    Group(String),
+}
+
+impl Conv {
+    /// The 1:1 chat between `a` and `b`.
+    pub fn direct(a: &str, b: &str) -> Self {
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        Self::Direct {
+            low: low.to_owned(),
+            high: high.to_owned(),
+        }
+    }
+
+    pub fn group(group_id: &str) -> Self {
+        Self::Group(group_id.to_owned())
+    }
+
+    /// The storage key: unique per conversation, the same from both sides.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Direct { low, high } => format!("d{SEP}{low}{SEP}{high}"),
+            Self::Group(id) => format!("g{SEP}{id}"),
+        }
+    }
+
+    /// The conversation a storage key names.
+    pub fn from_key(key: &str) -> Option<Self> {
+        let mut parts = key.split(SEP);
+        let conv = match (parts.next()?, parts.next()?, parts.next()) {
+            ("d", low, Some(high)) => Self::Direct {
+                low: low.to_owned(),
+                high: high.to_owned(),
+            },
+            ("g", id, None) => Self::Group(id.to_owned()),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(conv)
+    }
+
+    /// Who takes part in a 1:1 chat (for a group, the group store knows).
+    pub fn pair(&self) -> Option<[&str; 2]> {
+        match self {
+            Self::Direct { low, high } => Some([low, high]),
+            Self::Group(_) => None,
+        }
+    }
+
+    /// How `viewer` names this conversation on the wire: `chat:<peer>` or `group:<id>`.
+    pub fn name_for(&self, viewer: &str) -> String {
+        match self {
+            Self::Direct { low, high } => {
+                let peer = if low == viewer { high } else { low };
+                format!("chat:{peer}")
+            }
+            Self::Group(id) => format!("group:{id}"),
+        }
+    }
+
+    /// The conversation `viewer` names `name` (`chat:<peer>`, `group:<id>`).
+    pub fn parse_for(viewer: &str, name: &str) -> Option<Self> {
+        let (kind, rest) = name.split_once(':')?;
+        if rest.is_empty() || rest.contains(SEP) {
+            return None;
+        }
+        match kind {
+            "chat" => Some(Self::direct(viewer, rest)),
+            "group" => Some(Self::group(rest)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Conv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Direct { low, high } => write!(f, "chat {low}/{high}"),
+            Self::Group(id) => write!(f, "group {id}"),
+        }
+    }
+}
+
+/// A message to store in its conversation, with the device that sent it (which is never
+/// sent its own message back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
+    pub conv: Conv,
+    pub device: String,
+    pub message: Message,
+}
+
+/// A stored message at its place in its conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub seq: u64,
+    /// The sender's device.
+    pub device: String,
+    /// When it was stored, ms since the epoch.
+    pub at: u64,
+    pub message: Message,
+}
+
+/// What appending a message found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now, at this seq.
+    New(u64),
+    /// The same sender's id was already stored in this conversation, at this seq (a re-send,
+    /// or a record redelivered after a crash); nothing was written.
+    Repeat(u64),
+}
+
+impl Appended {
+    pub fn seq(self) -> u64 {
+        match self {
+            Self::New(seq) | Self::Repeat(seq) => seq,
+        }
+    }
+}
+
+/// Which part of a timeline to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest entries.
+    Latest,
+    /// Entries with a smaller seq, the nearest first taken.
+    Before(u64),
+    /// Entries with a larger seq, the nearest first taken.
+    After(u64),
+}
+
+/// Entries read from a timeline, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub entries: Vec<Entry>,
+    /// Whether more entries lie beyond this window in the direction read.
+    pub more: bool,
+}
+
+/// A user's view of one conversation they take part in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvState {
+    pub conv: Conv,
+    /// The seq of its newest entry (0: none yet).
+    pub last_seq: u64,
+    /// When its newest entry was stored, ms since the epoch.
+    pub last_at: u64,
+    /// The user's read position.
+    pub read_seq: u64,
+    /// Entries from others after `read_seq`.
+    pub unread: u64,
+    /// The user sees entries after this seq only (when they joined a group; 0 for a 1:1).
+    pub since_seq: u64,
+}
+
+/// A conversation where a device is owed entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owed {
+    pub conv: Conv,
+    /// What the device has acked (or the point its duty started at).
+    pub cursor: u64,
+    pub last_seq: u64,
+    /// The oldest seq retention has kept (1 when nothing was removed). When it is above
+    /// `cursor + 1`, the device missed `cursor + 1 ..= first_seq - 1` for good.
+    pub first_seq: u64,
+}
+
+/// A device: one login of a user (PROTOCOL §7).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceRef {
+    pub user: String,
+    pub device: String,
+}
+
+/// What a device acks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Everything in `conv` up to `seq` (a cumulative ack).
+    Upto { conv: Conv, seq: u64 },
+    /// The message with this id (Vartalap's ack), in whichever of the user's conversations
+    /// holds it; it acks what came before it in that conversation too, which the device was
+    /// sent first.
+    Id(String),
+}
+
+#[async_trait::async_trait]
+pub trait TimelineStore: Send + Sync + 'static {
+    /// Appends each message to its conversation with the next seq, in order, in one durable
+    /// write. A 1:1 conversation's first entry makes both users take part in it. A message
+    /// whose sender and id are already stored in that conversation is not stored again.
+    async fn append(&self, items: &[NewEntry]) -> Result<Vec<Appended>>;
+
+    /// At most `limit` entries of `conv` (oldest first), none at or below `floor` (what the
+    /// reader may not see: retention or when they joined).
+    async fn window(&self, conv: &Conv, page: Page, floor: u64, limit: usize) -> Result<Window>;
+
+    /// Makes `user` take part in a group's conversation from now on: they see entries after
+    /// the group's current last seq (the notice of their joining comes after). Idempotent.
+    async fn join(&self, group_id: &str, users: &[String]) -> Result<()>;
+
+    /// Ends `user`'s part in a group's conversation (and their devices' cursors in it).
+    async fn leave(&self, group_id: &str, user: &str) -> Result<()>;
+
+    /// The user's part in one conversation; `None` when they take no part in it.
+    async fn conversation(&self, user: &str, conv: &Conv) -> Result<Option<ConvState>>;
+
+    /// Every conversation `user` takes part in, most recently active first.
+    async fn conversations(&self, user: &str) -> Result<Vec<ConvState>>;
+
+    /// Starts a device's duty: from now on it is owed what each of its user's conversations
+    /// receives. Returns false (and changes nothing) for a device seen before.
+    async fn register(&self, device: &DeviceRef) -> Result<bool>;
+
+    /// The conversations in which `device` is owed entries past its cursor.
+    async fn owed(&self, device: &DeviceRef) -> Result<Vec<Owed>>;
+
+    /// Moves devices' cursors forward (never back). Acks of what a device takes no part in,
+    /// or of ids not stored, change nothing.
+    async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()>;
+
+    /// Moves `user`'s read position in `conv` forward to `seq` (never back). Returns the
+    /// position after the move, or `None` when they take no part in `conv`.
+    async fn read(&self, user: &str, conv: &Conv, seq: u64) -> Result<Option<u64>>;
+
+    /// Removes at most `max` of the entries stored before `before_ms`, oldest first; returns
+    /// how many (a caller removes the rest in further calls, so no call holds the store long).
+    async fn trim(&self, before_ms: u64, max: usize) -> Result<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direct_conversation_is_the_same_from_both_sides() {
+        assert_eq!(Conv::direct("bob", "ann"), Conv::direct("ann", "bob"));
+        let conv = Conv::direct("bob", "ann");
+        assert_eq!(conv.name_for("ann"), "chat:bob");
+        assert_eq!(conv.name_for("bob"), "chat:ann");
+        assert_eq!(Conv::parse_for("ann", "chat:bob"), Some(conv.clone()));
+        assert_eq!(Conv::from_key(&conv.key()), Some(conv));
+    }
+
+    #[test]
+    fn names_with_separators_in_them_stay_apart() {
+        let a = Conv::direct("a:b", "c");
+        let b = Conv::direct("a", "b:c");
+        assert_ne!(a.key(), b.key());
+        assert_eq!(Conv::from_key(&a.key()), Some(a));
+        let g = Conv::group("x:y");
+        assert_eq!(g.name_for("ann"), "group:x:y");
+        assert_eq!(Conv::parse_for("ann", "group:x:y"), Some(g.clone()));
+        assert_eq!(Conv::from_key(&g.key()), Some(g));
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for name in ["", "chat:", "group:", "dm:bob", "bob", "chat:a\u{1f}b"] {
+            assert_eq!(Conv::parse_for("ann", name), None, "{name:?}");
+        }
+        assert_eq!(Conv::from_key("d\u{1f}a"), None);
+        assert_eq!(Conv::from_key("g\u{1f}a\u{1f}b"), None);
+    }
+}

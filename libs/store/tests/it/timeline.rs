@@ -1,0 +1,245 @@
+//! The timeline contract (PROTOCOL §7): seqs per conversation, cursors per device, read
+//! positions per user, membership bounds, retention.
+
+use samvad_protocol::{Channel, Message};
+use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, Page, TimelineStore};
+
+fn entry(conv: &Conv, from: &str, device: &str, id: &str) -> NewEntry {
+    let destination = match conv {
+        Conv::Direct { low, high } => if low == from { high } else { low }.clone(),
+        Conv::Group(id) => id.clone(),
+    };
+    NewEntry {
+        conv: conv.clone(),
+        device: device.into(),
+        message: Message {
+            id: id.into(),
+            source: from.into(),
+            destination,
+            channel: if matches!(conv, Conv::Group(_)) {
+                Channel::Group
+            } else {
+                Channel::Individual
+            },
+            content: format!(r#"{{"text":"{id}"}}"#).into_bytes(),
+            ..Message::default()
+        },
+    }
+}
+
+fn device(user: &str, device: &str) -> DeviceRef {
+    DeviceRef {
+        user: user.into(),
+        device: device.into(),
+    }
+}
+
+fn seqs(window: &samvad_store::Window) -> Vec<u64> {
+    window.entries.iter().map(|e| e.seq).collect()
+}
+
+pub async fn contract(s: &dyn TimelineStore) {
+    let chat = Conv::direct("ann", "bob");
+    let phone = device("bob", "phone");
+    assert!(s.register(&phone).await.unwrap(), "a new device");
+    assert!(!s.register(&phone).await.unwrap(), "seen before");
+
+    // One sequence for both directions of a 1:1 chat; a repeat is found, not stored.
+    let appended = s
+        .append(&[
+            entry(&chat, "ann", "default", "a1"),
+            entry(&chat, "bob", "phone", "b1"),
+            entry(&chat, "ann", "default", "a2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        appended,
+        [Appended::New(1), Appended::New(2), Appended::New(3)]
+    );
+    assert_eq!(
+        s.append(&[
+            entry(&chat, "ann", "default", "a1"),
+            entry(&chat, "bob", "phone", "a1"),
+        ])
+        .await
+        .unwrap(),
+        [Appended::Repeat(1), Appended::New(4)],
+        "the same id from another sender is another message"
+    );
+
+    // Paging, oldest first within a page.
+    let latest = s.window(&chat, Page::Latest, 0, 2).await.unwrap();
+    assert_eq!((seqs(&latest), latest.more), (vec![3, 4], true));
+    assert_eq!(latest.entries[0].message.id, "a2");
+    assert_eq!(latest.entries[0].device, "default");
+    let before = s.window(&chat, Page::Before(3), 0, 5).await.unwrap();
+    assert_eq!((seqs(&before), before.more), (vec![1, 2], false));
+    let after = s.window(&chat, Page::After(1), 0, 2).await.unwrap();
+    assert_eq!((seqs(&after), after.more), (vec![2, 3], true));
+    let floored = s.window(&chat, Page::After(0), 2, 10).await.unwrap();
+    assert_eq!(seqs(&floored), [3, 4], "nothing at or below the floor");
+    assert_eq!(
+        s.window(&Conv::direct("x", "y"), Page::Latest, 0, 5)
+            .await
+            .unwrap()
+            .entries,
+        []
+    );
+
+    // A device registered now owes nothing of what was stored before it.
+    let laptop = device("bob", "laptop");
+    assert!(s.register(&laptop).await.unwrap());
+    assert_eq!(s.owed(&laptop).await.unwrap(), []);
+    let owed = s.owed(&phone).await.unwrap();
+    assert_eq!(owed.len(), 1);
+    assert_eq!(
+        (
+            &owed[0].conv,
+            owed[0].cursor,
+            owed[0].last_seq,
+            owed[0].first_seq
+        ),
+        (&chat, 0, 4, 1)
+    );
+
+    // One device's acks move only its own cursor, and never back.
+    s.ack(&[(phone.clone(), Ack::Id("b1".into()))])
+        .await
+        .unwrap();
+    assert_eq!(s.owed(&phone).await.unwrap()[0].cursor, 2);
+    s.append(&[entry(&chat, "ann", "default", "a3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.owed(&laptop).await.unwrap()[0].cursor,
+        4,
+        "laptop: new entry"
+    );
+    s.ack(&[
+        (
+            phone.clone(),
+            Ack::Upto {
+                conv: chat.clone(),
+                seq: 5,
+            },
+        ),
+        (
+            phone.clone(),
+            Ack::Upto {
+                conv: chat.clone(),
+                seq: 1,
+            },
+        ),
+        (
+            device("cat", "default"),
+            Ack::Upto {
+                conv: chat.clone(),
+                seq: 5,
+            },
+        ),
+        (phone.clone(), Ack::Id("no-such-id".into())),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.owed(&phone).await.unwrap(), [], "acked through 5");
+    assert_eq!(s.owed(&laptop).await.unwrap().len(), 1, "laptop still owed");
+    assert_eq!(s.owed(&device("cat", "default")).await.unwrap(), []);
+
+    // Read positions per user, and unread counts from others.
+    let bob_view = s.conversation("bob", &chat).await.unwrap().unwrap();
+    assert_eq!(
+        (bob_view.last_seq, bob_view.read_seq, bob_view.unread),
+        (5, 0, 3)
+    );
+    assert_eq!(s.read("bob", &chat, 3).await.unwrap(), Some(3));
+    assert_eq!(
+        s.read("bob", &chat, 1).await.unwrap(),
+        Some(3),
+        "never back"
+    );
+    assert_eq!(
+        s.conversation("bob", &chat).await.unwrap().unwrap().unread,
+        1
+    );
+    assert_eq!(s.read("cat", &chat, 3).await.unwrap(), None, "an outsider");
+    assert!(s.conversation("cat", &chat).await.unwrap().is_none());
+
+    // A group: members see it from when they joined.
+    let group = Conv::group("g1");
+    s.join("g1", &["ann".into(), "bob".into()]).await.unwrap();
+    s.append(&[entry(&group, "ann", "default", "g-1")])
+        .await
+        .unwrap();
+    s.join("g1", &["cat".into()]).await.unwrap();
+    s.join("g1", &["ann".into()]).await.unwrap();
+    s.append(&[entry(&group, "bob", "phone", "g-2")])
+        .await
+        .unwrap();
+    let cat = s.conversation("cat", &group).await.unwrap().unwrap();
+    assert_eq!((cat.since_seq, cat.last_seq, cat.unread), (1, 2, 1));
+    assert_eq!(
+        s.conversation("ann", &group)
+            .await
+            .unwrap()
+            .unwrap()
+            .since_seq,
+        0,
+        "joining again changes nothing"
+    );
+    let cat_owed = s.owed(&device("cat", "default")).await.unwrap();
+    assert_eq!(cat_owed.len(), 1);
+    assert_eq!((cat_owed[0].cursor, cat_owed[0].last_seq), (1, 2));
+    let ann = s.conversations("ann").await.unwrap();
+    assert_eq!(
+        ann.iter().map(|c| c.conv.clone()).collect::<Vec<_>>(),
+        [group.clone(), chat.clone()],
+        "most recently active first"
+    );
+    s.leave("g1", "bob").await.unwrap();
+    assert!(s.conversation("bob", &group).await.unwrap().is_none());
+    assert!(
+        s.owed(&phone)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.conv != group),
+        "a former member is owed nothing"
+    );
+
+    // Retention: what it removed before a device acked it is a gap that device can see.
+    let tablet = device("bob", "tablet");
+    let future = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    let mut removed = 0;
+    loop {
+        let n = s.trim(future, 3).await.unwrap();
+        assert!(n <= 3, "bounded");
+        if n == 0 {
+            break;
+        }
+        removed += n;
+    }
+    assert_eq!(removed, 7, "five chat entries, two group entries");
+    let owed = s.owed(&tablet).await.unwrap();
+    assert_eq!(owed.len(), 1);
+    assert_eq!(
+        (owed[0].cursor, owed[0].first_seq),
+        (0, 6),
+        "seqs 1..=5 are gone"
+    );
+    assert_eq!(
+        s.window(&chat, Page::Latest, 0, 10).await.unwrap().entries,
+        []
+    );
+    assert_eq!(
+        s.append(&[entry(&chat, "bob", "phone", "b2")])
+            .await
+            .unwrap(),
+        [Appended::New(6)],
+        "retention never makes a seq come back"
+    );
+}
