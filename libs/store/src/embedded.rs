@@ -1,8 +1,6 @@
 //! The embedded backend: tables in the all-in-one process's SQLite database. Writes join the
 //! database's group commit, so concurrent deliveries share one fsync.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use rusqlite::{OptionalExtension, Transaction, params};
 use samvad_protocol::Message;
 use samvad_sqlite::{Db, DbError};
@@ -11,7 +9,7 @@ mod timeline;
 
 use crate::{
     Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
-    Result, Role, StoreError,
+    Result, Role, StoreError, now_ms,
 };
 
 const SCHEMA: &str = "
@@ -44,12 +42,6 @@ pub struct EmbeddedStore {
 
 fn backend(e: DbError) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl EmbeddedStore {

@@ -4,11 +4,11 @@
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{EmbeddedStore, backend, now_ms};
+use super::{EmbeddedStore, backend};
 use crate::timeline::{
     Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
 };
-use crate::{Result, StoreError};
+use crate::{Result, StoreError, now_ms};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (

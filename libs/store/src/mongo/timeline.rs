@@ -15,16 +15,10 @@ use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 
 use super::{MongoStore, all, backend, corrupt, is_duplicate};
-use crate::Result;
 use crate::timeline::{
     Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
 };
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::{Result, now_ms};
 
 fn int(d: &Document, field: &str) -> Result<u64> {
     match d.get(field) {
