@@ -17,12 +17,39 @@ const LEEWAY_SECS: u64 = 60;
 #[derive(Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// The device the key was issued to (PROTOCOL §7); keys issued before devices had one
+    /// act as the default device.
+    #[serde(default = "default_device")]
+    dev: String,
     iat: u64,
     exp: u64,
 }
 
-/// Signed, expiring access keys (HS256 JWTs with a `kid` header; claims: sub=username, iat,
-/// exp).
+/// The device a login names when it names none.
+pub const DEFAULT_DEVICE: &str = "default";
+
+fn default_device() -> String {
+    DEFAULT_DEVICE.to_owned()
+}
+
+/// Who an access key speaks for: a user, on one of their devices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub user: String,
+    pub device: String,
+}
+
+impl Identity {
+    pub fn new(user: impl Into<String>, device: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            device: device.into(),
+        }
+    }
+}
+
+/// Signed, expiring access keys (HS256 JWTs with a `kid` header; claims: sub=username,
+/// dev=device id, iat, exp).
 ///
 /// Several `(kid, secret)` pairs can be configured: the first signs, all verify, so a secret is
 /// rotated by putting a new pair first and dropping the old one once its keys have expired.
@@ -91,24 +118,29 @@ impl AccessKeys {
             validation,
         };
         // Sign once now, so that `issue` cannot fail later on a request path.
-        access_keys.sign("probe", unix_now(), unix_now() + 1)?;
+        access_keys.sign(
+            &Identity::new("probe", DEFAULT_DEVICE),
+            unix_now(),
+            unix_now() + 1,
+        )?;
         Ok(access_keys)
     }
 
-    /// A fresh access key for `username`, valid for the configured lifetime.
-    pub fn issue(&self, username: &str) -> String {
+    /// A fresh access key for `who`, valid for the configured lifetime.
+    pub fn issue(&self, who: &Identity) -> String {
         let now = unix_now();
-        self.sign(username, now, now.saturating_add(self.ttl.as_secs()))
+        self.sign(who, now, now.saturating_add(self.ttl.as_secs()))
             // `new` proved that signing works: HS256 over claims we serialise ourselves has no
             // failure mode left.
             .expect("HS256 signing with a validated key cannot fail")
     }
 
-    fn sign(&self, username: &str, iat: u64, exp: u64) -> Result<String, AuthError> {
+    fn sign(&self, who: &Identity, iat: u64, exp: u64) -> Result<String, AuthError> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing_kid.clone());
         let claims = Claims {
-            sub: username.to_owned(),
+            sub: who.user.clone(),
+            dev: who.device.clone(),
             iat,
             exp,
         };
@@ -117,8 +149,8 @@ impl AccessKeys {
     }
 
     /// Verifies signature (key chosen by kid among ours; unknown kid refused), expiry, algorithm
-    /// HS256 only. Returns the username.
-    pub fn verify(&self, key: &str) -> Result<String, AuthError> {
+    /// HS256 only. Returns whom the key speaks for.
+    pub fn verify(&self, key: &str) -> Result<Identity, AuthError> {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(AuthError::InvalidAccessKey);
         }
@@ -139,19 +171,25 @@ impl AccessKeys {
                 _ => AuthError::InvalidAccessKey,
             })?
             .claims;
-        if claims.sub.is_empty() || claims.iat > unix_now().saturating_add(LEEWAY_SECS) {
+        if claims.sub.is_empty()
+            || claims.dev.is_empty()
+            || claims.iat > unix_now().saturating_add(LEEWAY_SECS)
+        {
             return Err(AuthError::InvalidAccessKey);
         }
-        Ok(claims.sub)
+        Ok(Identity {
+            user: claims.sub,
+            device: claims.dev,
+        })
     }
 
     /// Verify credentials: key valid, and if `user` is present it must equal the key's username
-    /// (else [`AuthError::UserMismatch`]). Returns the username.
-    pub fn authenticate(&self, creds: &Credentials) -> Result<String, AuthError> {
-        let username = self.verify(&creds.key)?;
+    /// (else [`AuthError::UserMismatch`]). Returns whom the key speaks for.
+    pub fn authenticate(&self, creds: &Credentials) -> Result<Identity, AuthError> {
+        let who = self.verify(&creds.key)?;
         match &creds.user {
-            Some(user) if *user != username => Err(AuthError::UserMismatch),
-            _ => Ok(username),
+            Some(user) if *user != who.user => Err(AuthError::UserMismatch),
+            _ => Ok(who),
         }
     }
 }
@@ -180,14 +218,14 @@ mod tests {
     #[test]
     fn an_issued_key_verifies_to_its_username() {
         let keys = keys(&[pair("k1", 1)]);
-        let key = keys.issue("+919999900001");
-        assert_eq!(keys.verify(&key).unwrap(), "+919999900001");
+        let key = keys.issue(&Identity::new("+919999900001", DEFAULT_DEVICE));
+        assert_eq!(keys.verify(&key).unwrap().user, "+919999900001");
     }
 
     #[test]
     fn an_issued_key_carries_kid_and_expires_after_the_ttl() {
         let keys = AccessKeys::new(vec![pair("k1", 1)], Duration::from_secs(600)).unwrap();
-        let key = keys.issue("alice");
+        let key = keys.issue(&Identity::new("alice", DEFAULT_DEVICE));
         let header = jsonwebtoken::decode_header(&key).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
         assert_eq!(header.kid.as_deref(), Some("k1"));
@@ -201,7 +239,13 @@ mod tests {
     fn an_expired_key_is_refused_as_expired() {
         let keys = keys(&[pair("k1", 1)]);
         let now = unix_now();
-        let key = keys.sign("alice", now - 7200, now - 3600).unwrap();
+        let key = keys
+            .sign(
+                &Identity::new("alice", DEFAULT_DEVICE),
+                now - 7200,
+                now - 3600,
+            )
+            .unwrap();
         assert!(matches!(
             keys.verify(&key),
             Err(AuthError::ExpiredAccessKey)
@@ -212,7 +256,13 @@ mod tests {
     fn a_key_issued_in_the_future_is_refused() {
         let keys = keys(&[pair("k1", 1)]);
         let now = unix_now();
-        let key = keys.sign("alice", now + 3600, now + 7200).unwrap();
+        let key = keys
+            .sign(
+                &Identity::new("alice", DEFAULT_DEVICE),
+                now + 3600,
+                now + 7200,
+            )
+            .unwrap();
         assert!(matches!(
             keys.verify(&key),
             Err(AuthError::InvalidAccessKey)
@@ -222,7 +272,7 @@ mod tests {
     #[test]
     fn a_tampered_key_is_refused() {
         let keys = keys(&[pair("k1", 1)]);
-        let key = keys.issue("alice");
+        let key = keys.issue(&Identity::new("alice", DEFAULT_DEVICE));
         let mut parts: Vec<String> = key.split('.').map(str::to_owned).collect();
         let now = unix_now();
         parts[1] = b64(&format!(
@@ -252,7 +302,7 @@ mod tests {
         // Same secret, other kid: the kid alone decides, and "k9" is not ours.
         let ours = keys(&[pair("k1", 1)]);
         assert!(matches!(
-            ours.verify(&theirs.issue("alice")),
+            ours.verify(&theirs.issue(&Identity::new("alice", DEFAULT_DEVICE))),
             Err(AuthError::InvalidAccessKey)
         ));
     }
@@ -262,9 +312,30 @@ mod tests {
         let theirs = keys(&[pair("k1", 2)]);
         let ours = keys(&[pair("k1", 1)]);
         assert!(matches!(
-            ours.verify(&theirs.issue("alice")),
+            ours.verify(&theirs.issue(&Identity::new("alice", DEFAULT_DEVICE))),
             Err(AuthError::InvalidAccessKey)
         ));
+    }
+
+    #[test]
+    fn a_key_speaks_for_one_device_and_an_older_key_for_the_default_one() {
+        let keys = keys(&[pair("k1", 1)]);
+        let tablet = Identity::new("alice", "tablet");
+        assert_eq!(keys.verify(&keys.issue(&tablet)).unwrap(), tablet);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let now = unix_now();
+        let without_device = serde_json::json!({ "sub": "alice", "iat": now, "exp": now + 60 });
+        let key = jsonwebtoken::encode(
+            &header,
+            &without_device,
+            &EncodingKey::from_secret(&[1; 32]),
+        )
+        .unwrap();
+        assert_eq!(
+            keys.verify(&key).unwrap(),
+            Identity::new("alice", DEFAULT_DEVICE)
+        );
     }
 
     #[test]
@@ -273,6 +344,7 @@ mod tests {
         let now = unix_now();
         let claims = Claims {
             sub: "alice".into(),
+            dev: DEFAULT_DEVICE.into(),
             iat: now,
             exp: now + 60,
         };
@@ -291,11 +363,14 @@ mod tests {
     #[test]
     fn rotation_keeps_keys_signed_by_the_older_secret_valid() {
         let old = keys(&[pair("2024", 1)]);
-        let issued_before_rotation = old.issue("alice");
+        let issued_before_rotation = old.issue(&Identity::new("alice", DEFAULT_DEVICE));
         let rotated = keys(&[pair("2025", 2), pair("2024", 1)]);
-        assert_eq!(rotated.verify(&issued_before_rotation).unwrap(), "alice");
+        assert_eq!(
+            rotated.verify(&issued_before_rotation).unwrap().user,
+            "alice"
+        );
 
-        let issued_after_rotation = rotated.issue("bob");
+        let issued_after_rotation = rotated.issue(&Identity::new("bob", DEFAULT_DEVICE));
         assert_eq!(
             jsonwebtoken::decode_header(&issued_after_rotation)
                 .unwrap()
@@ -303,7 +378,7 @@ mod tests {
                 .as_deref(),
             Some("2025")
         );
-        assert_eq!(rotated.verify(&issued_after_rotation).unwrap(), "bob");
+        assert_eq!(rotated.verify(&issued_after_rotation).unwrap().user, "bob");
         // Once the old secret is dropped, its keys stop working.
         let retired = keys(&[pair("2025", 2)]);
         assert!(matches!(
@@ -338,6 +413,7 @@ mod tests {
         let now = unix_now();
         let claims = Claims {
             sub: "alice".into(),
+            dev: DEFAULT_DEVICE.into(),
             iat: now,
             exp: now + 3600,
         };
@@ -351,7 +427,11 @@ mod tests {
     #[test]
     fn garbage_and_oversized_keys_are_refused() {
         let keys = keys(&[pair("k1", 1)]);
-        let huge = format!("{}.{}.x", keys.issue("alice"), "A".repeat(MAX_KEY_LEN));
+        let huge = format!(
+            "{}.{}.x",
+            keys.issue(&Identity::new("alice", DEFAULT_DEVICE)),
+            "A".repeat(MAX_KEY_LEN)
+        );
         for key in ["", "not-a-jwt", "a.b.c", huge.as_str()] {
             assert!(matches!(keys.verify(key), Err(AuthError::InvalidAccessKey)));
         }
@@ -391,11 +471,14 @@ mod tests {
         let keys = keys(&[pair("k1", 1)]);
         let creds = |user: Option<&str>| Credentials {
             user: user.map(str::to_owned),
-            key: keys.issue("alice"),
+            key: keys.issue(&Identity::new("alice", DEFAULT_DEVICE)),
             subprotocol: None,
         };
-        assert_eq!(keys.authenticate(&creds(Some("alice"))).unwrap(), "alice");
-        assert_eq!(keys.authenticate(&creds(None)).unwrap(), "alice");
+        assert_eq!(
+            keys.authenticate(&creds(Some("alice"))).unwrap().user,
+            "alice"
+        );
+        assert_eq!(keys.authenticate(&creds(None)).unwrap().user, "alice");
         assert!(matches!(
             keys.authenticate(&creds(Some("bob"))),
             Err(AuthError::UserMismatch)

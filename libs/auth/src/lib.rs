@@ -13,7 +13,7 @@ mod jwks;
 mod key_cache;
 mod login;
 
-pub use access_keys::AccessKeys;
+pub use access_keys::{AccessKeys, DEFAULT_DEVICE, Identity};
 pub use credentials::{Credentials, credentials};
 pub use error::{AuthError, TokenRefusal};
 pub use jwks::{JwksConfig, JwksVerifier};

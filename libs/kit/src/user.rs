@@ -6,9 +6,13 @@ use axum::http::request::Parts;
 use crate::{ApiError, Context};
 
 /// The user whose access key the request carries (headers, cookies, Bearer or WebSocket
-/// subprotocol, PROTOCOL §1). Extracting it refuses the request with 401 otherwise.
+/// subprotocol, PROTOCOL §1), and the device it was issued to (§7). Extracting it refuses the
+/// request with 401 otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User(pub String);
+pub struct User {
+    pub name: String,
+    pub device: String,
+}
 
 impl<S> FromRequestParts<S> for User
 where
@@ -20,6 +24,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let ctx = Context::from_ref(state);
         let creds = samvad_auth::credentials(&parts.headers)?;
-        Ok(Self(ctx.access_keys.authenticate(&creds)?))
+        let who = ctx.access_keys.authenticate(&creds)?;
+        Ok(Self {
+            name: who.user,
+            device: who.device,
+        })
     }
 }

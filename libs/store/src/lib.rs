@@ -156,22 +156,24 @@ pub trait InboxStore: Send + Sync + 'static {
     async fn ack(&self, acks: &[(String, String)]) -> Result<usize>;
 }
 
-/// The three stores a service may use, whichever backend holds them.
+/// The stores a service may use, whichever backend holds them.
 #[derive(Clone)]
 pub struct Stores {
     pub profiles: Arc<dyn ProfileStore>,
     pub groups: Arc<dyn GroupStore>,
     pub inbox: Arc<dyn InboxStore>,
+    pub timeline: Arc<dyn TimelineStore>,
 }
 
 impl Stores {
-    /// All three stores from one backend.
-    pub fn from<S: ProfileStore + GroupStore + InboxStore>(store: S) -> Self {
+    /// Every store from one backend.
+    pub fn from<S: ProfileStore + GroupStore + InboxStore + TimelineStore>(store: S) -> Self {
         let store = Arc::new(store);
         Self {
             profiles: store.clone(),
             groups: store.clone(),
-            inbox: store,
+            inbox: store.clone(),
+            timeline: store,
         }
     }
 }

@@ -28,7 +28,10 @@ fn routes(ctx: &Context) -> Router {
         .with_state(ctx.clone())
 }
 
-async fn list(State(ctx): State<Context>, User(user): User) -> Result<Json<Vec<Group>>, ApiError> {
+async fn list(
+    State(ctx): State<Context>,
+    User { name: user, .. }: User,
+) -> Result<Json<Vec<Group>>, ApiError> {
     Ok(Json(ctx.stores.groups.groups_of(&user).await?))
 }
 
@@ -44,7 +47,7 @@ struct Create {
 
 async fn create(
     State(ctx): State<Context>,
-    User(user): User,
+    User { name: user, .. }: User,
     JsonBody(req): JsonBody<Create>,
 ) -> Result<Json<Value>, ApiError> {
     if req.name.trim().is_empty() || req.name.len() > 200 {
@@ -100,7 +103,7 @@ fn not_found() -> (axum::http::StatusCode, Json<Value>) {
 
 async fn fetch(
     State(ctx): State<Context>,
-    User(user): User,
+    User { name: user, .. }: User,
     Path(id): Path<String>,
 ) -> Result<Result<Json<Group>, (axum::http::StatusCode, Json<Value>)>, ApiError> {
     Ok(match ctx.stores.groups.group(&id).await? {
@@ -124,7 +127,7 @@ struct Add {
 
 async fn add(
     State(ctx): State<Context>,
-    User(user): User,
+    User { name: user, .. }: User,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<Add>,
 ) -> Result<Json<Value>, ApiError> {
@@ -154,7 +157,7 @@ struct Remove {
 
 async fn remove(
     State(ctx): State<Context>,
-    User(user): User,
+    User { name: user, .. }: User,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<Remove>,
 ) -> Result<Json<Value>, ApiError> {

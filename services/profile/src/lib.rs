@@ -7,7 +7,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, Record, Topic};
 use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
-use samvad_store::Device;
+use samvad_store::{Device, DeviceRef};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -47,7 +47,7 @@ struct Login {
 }
 
 fn default_device() -> String {
-    "default".into()
+    samvad_auth::DEFAULT_DEVICE.into()
 }
 
 fn default_version() -> f32 {
@@ -77,10 +77,17 @@ async fn login(
     JsonBody(login): JsonBody<Login>,
 ) -> Result<Json<Value>, ApiError> {
     check_username(&login.username)?;
-    if login.notification_token.len() > MAX_TOKEN || login.device_id.len() > MAX_DEVICE_ID {
+    if login.notification_token.len() > MAX_TOKEN {
         return Err(ApiError::bad_request(format!(
-            "notificationToken may be at most {MAX_TOKEN} bytes and deviceId at most \
-             {MAX_DEVICE_ID}"
+            "notificationToken may be at most {MAX_TOKEN} bytes"
+        )));
+    }
+    if login.device_id.is_empty()
+        || login.device_id.len() > MAX_DEVICE_ID
+        || login.device_id.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(format!(
+            "deviceId must be 1 to {MAX_DEVICE_ID} bytes, without control characters"
         )));
     }
     ctx.login.verify(&login.username, &login.auth_token).await?;
@@ -90,6 +97,15 @@ async fn login(
         message_version: login.message_version,
     };
     let is_new = ctx.stores.profiles.login(&login.username, &device).await?;
+    let who = samvad_auth::Identity::new(login.username.clone(), device.device_id.clone());
+    // The device's duty starts here: what its conversations already hold is history to it.
+    ctx.stores
+        .timeline
+        .register(&DeviceRef {
+            user: who.user.clone(),
+            device: who.device.clone(),
+        })
+        .await?;
     let event = DeviceLogin {
         user: login.username.clone(),
         device_id: device.device_id,
@@ -106,7 +122,7 @@ async fn login(
     Ok(Json(json!({
         "status": true,
         "username": login.username,
-        "accesskey": ctx.access_keys.issue(&login.username),
+        "accesskey": ctx.access_keys.issue(&who),
         "isNew": is_new,
     })))
 }
@@ -118,7 +134,10 @@ async fn auth(user: Result<User, ApiError>) -> (axum::http::StatusCode, Json<Val
     }
 }
 
-async fn profile(State(ctx): State<Context>, User(user): User) -> Result<Json<Value>, ApiError> {
+async fn profile(
+    State(ctx): State<Context>,
+    User { name: user, .. }: User,
+) -> Result<Json<Value>, ApiError> {
     let profile = ctx
         .stores
         .profiles
@@ -139,7 +158,7 @@ struct Sync {
 
 async fn sync(
     State(ctx): State<Context>,
-    User(_): User,
+    _: User,
     JsonBody(sync): JsonBody<Sync>,
 ) -> Result<Json<Value>, ApiError> {
     if sync.users.len() > MAX_SYNC {

@@ -45,7 +45,7 @@ struct Params {
 async fn send(
     State(ingress): State<Ingress>,
     Query(params): Query<Params>,
-    User(user): User,
+    User { name: user, .. }: User,
     JsonBody(frames): JsonBody<Vec<String>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if frames.is_empty() || frames.len() > MAX_BATCH {

@@ -215,9 +215,12 @@ async fn upgrade(
     if let Err(e) = check_origin(&headers, &gateway.ctx.settings.allowed_origins) {
         return e.into_response();
     }
-    let (user, subprotocol) = match samvad_auth::credentials(&headers)
-        .and_then(|c| Ok((gateway.ctx.access_keys.authenticate(&c)?, c.subprotocol)))
-    {
+    let (user, subprotocol) = match samvad_auth::credentials(&headers).and_then(|c| {
+        Ok((
+            gateway.ctx.access_keys.authenticate(&c)?.user,
+            c.subprotocol,
+        ))
+    }) {
         Ok(found) => found,
         Err(e) => return ApiError::from(e).into_response(),
     };

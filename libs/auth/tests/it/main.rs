@@ -215,14 +215,17 @@ async fn a_login_yields_an_access_key_that_authenticates_the_same_user() {
     .unwrap();
 
     login.verify(ALICE, &rs256(&claims(ALICE))).await.unwrap();
-    let key = keys.issue(ALICE);
+    let key = keys.issue(&samvad_auth::Identity::new(ALICE, "laptop"));
 
     // A browser WebSocket presents it as cookies.
     let mut headers = HeaderMap::new();
     let cookie = format!("user={ALICE}; accesskey={key}");
     headers.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
     let creds = credentials(&headers).unwrap();
-    assert_eq!(keys.authenticate(&creds).unwrap(), ALICE);
+    assert_eq!(
+        keys.authenticate(&creds).unwrap(),
+        samvad_auth::Identity::new(ALICE, "laptop")
+    );
 
     // Bob cannot borrow it.
     headers.insert("user", HeaderValue::from_static(BOB));

@@ -133,6 +133,9 @@ async fn login_refuses_bad_requests() {
         (json!({"username": "server", "authToken": "x"}), 400),
         (json!({"username": "alice", "authToken": ""}), 401),
         (json!({"username": "alice"}), 422),
+        (json!({"username": "alice", "authToken": "x", "deviceId": ""}), 400),
+        (json!({"username": "alice", "authToken": "x", "deviceId": "a\u{1}b"}), 400),
+        (json!({"username": "alice", "authToken": "x", "deviceId": "d".repeat(129)}), 400),
     ] {
         let res = app
             .http
