@@ -19,6 +19,20 @@ pub const SERVICE: ServiceDef = ServiceDef {
 
 const MAX_CREATE_MEMBERS: usize = 100;
 const MAX_ADD_MEMBERS: usize = 50;
+const MAX_NAME: usize = 200;
+/// A group picture is a URL or an attachment id, not the picture itself.
+const MAX_PROFILE_PIC: usize = 2048;
+
+/// Refuses a group that would have more than the configured number of members.
+fn check_size(ctx: &Context, members: usize) -> Result<(), ApiError> {
+    let max = ctx.settings.max_group_members;
+    if members > max {
+        return Err(ApiError::bad_request(format!(
+            "a group may have at most {max} members"
+        )));
+    }
+    Ok(())
+}
 
 fn routes(ctx: &Context) -> Router {
     Router::new()
@@ -50,8 +64,19 @@ async fn create(
     User { name: user, .. }: User,
     JsonBody(req): JsonBody<Create>,
 ) -> Result<Json<Value>, ApiError> {
-    if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::bad_request("group name must be 1 to 200 bytes"));
+    if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
+        return Err(ApiError::bad_request(format!(
+            "group name must be 1 to {MAX_NAME} bytes"
+        )));
+    }
+    if req
+        .profile_pic
+        .as_ref()
+        .is_some_and(|p| p.len() > MAX_PROFILE_PIC)
+    {
+        return Err(ApiError::bad_request(format!(
+            "profilePic must be at most {MAX_PROFILE_PIC} bytes: a URL or an attachment id"
+        )));
     }
     let mut members: Vec<String> = Vec::new();
     for m in req.members.into_iter().filter(|m| *m != user) {
@@ -64,6 +89,7 @@ async fn create(
             "a new group may have at most {MAX_CREATE_MEMBERS} members"
         )));
     }
+    check_size(&ctx, members.len() + 1)?;
     check_users_exist(&ctx, &members).await?;
     let group = Group {
         group_id: uuid::Uuid::now_v7().to_string(),
@@ -81,6 +107,7 @@ async fn create(
     };
     ctx.stores.groups.create(&group).await?;
     let everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
+    ctx.stores.timeline.join(&group.group_id, &everyone).await?;
     notify(
         &ctx,
         &group.group_id,
@@ -140,8 +167,24 @@ async fn add(
     if group.member(&user).map(|m| m.role) != Some(Role::Admin) {
         return Err(ApiError::forbidden("only a group admin may add members"));
     }
+    let joining = req
+        .members
+        .iter()
+        .filter(|m| group.member(m).is_none())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    check_size(&ctx, group.members.len() + joining)?;
     check_users_exist(&ctx, &req.members).await?;
     let added = ctx.stores.groups.add_members(&id, &req.members).await?;
+    // Every requested member who is in the group now: a retry after a crash between the two
+    // writes completes the join.
+    let members: Vec<String> = req
+        .members
+        .iter()
+        .filter(|m| added.contains(m) || group.member(m).is_some())
+        .cloned()
+        .collect();
+    ctx.stores.timeline.join(&id, &members).await?;
     if !added.is_empty() {
         let mut everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
         everyone.extend(added.iter().cloned());
@@ -175,6 +218,8 @@ async fn remove(
         .await?
         .is_none()
     {
+        // A removal cut short after its first write left them in the timeline.
+        ctx.stores.timeline.leave(&id, &req.member).await?;
         return Err(ApiError::not_found(format!(
             "`{}` is not a member of this group",
             req.member
@@ -189,6 +234,8 @@ async fn remove(
         &everyone,
     )
     .await?;
+    // After the notice, which the member who left still receives.
+    ctx.stores.timeline.leave(&id, &req.member).await?;
     Ok(Json(json!({ "status": true })))
 }
 

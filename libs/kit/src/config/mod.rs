@@ -121,6 +121,10 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_RATE_BURST", default_value = "200")]
     pub rate_burst: String,
 
+    /// Most members a group may have, its creator included.
+    #[arg(long, env = "SAMVAD_MAX_GROUP_MEMBERS", default_value = "1024")]
+    pub max_group_members: String,
+
     /// Web origins allowed to open WebSockets, comma separated, besides the server's own
     /// host; `*` allows any.
     #[arg(long, env = "SAMVAD_ALLOWED_ORIGINS", default_value = "")]
@@ -153,6 +157,7 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub rate_limit: u32,
     pub rate_burst: u32,
+    pub max_group_members: usize,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
     pub bus: BusSettings,
@@ -260,6 +265,12 @@ impl Config {
             &self.limits.rate_burst,
             1..=1_000_000,
         );
+        let max_group_members = number(
+            &mut problems,
+            "SAMVAD_MAX_GROUP_MEMBERS",
+            &self.limits.max_group_members,
+            2..=100_000,
+        );
 
         match (listen, auth) {
             (Ok(listen), Some(auth)) if problems.is_empty() => Ok(Settings {
@@ -276,6 +287,7 @@ impl Config {
                 max_message_bytes: max_message_bytes as usize,
                 rate_limit: rate_limit as u32,
                 rate_burst: rate_burst as u32,
+                max_group_members: max_group_members as usize,
                 allowed_origins: self
                     .limits
                     .allowed_origins

@@ -188,3 +188,53 @@ async fn creating_a_group_with_unknown_users_is_refused() {
     assert_eq!(body["error"], "unknown users: nobody");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_cannot_grow_past_its_limit_nor_carry_a_picture_inline() {
+    let app = TestApp::spawn_with(&[("SAMVAD_MAX_GROUP_MEMBERS", "3")]).await;
+    let alice = app.user("alice").await;
+    for name in ["bob", "carol", "dave"] {
+        app.user(name).await;
+    }
+    let (status, body) = call(
+        app.as_user(Method::POST, "/v1.0/groups/", &alice)
+            .json(&json!({ "name": "big", "members": ["bob", "carol", "dave"] })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3 members")
+    );
+
+    let gid = create_group(&app, &alice, "small", &["bob"]).await;
+    let add = |members: Value| {
+        call(
+            app.as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &alice)
+                .json(&json!({ "members": members })),
+        )
+    };
+    let (status, body) = add(json!(["carol", "dave"])).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3 members")
+    );
+    assert_eq!(add(json!(["bob", "carol"])).await.0, 200, "bob counts once");
+    assert_eq!(add(json!(["dave"])).await.0, 400, "full");
+    let (_, group) = call(app.as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &alice)).await;
+    assert_eq!(group["members"].as_array().unwrap().len(), 3);
+
+    let (status, body) = call(
+        app.as_user(Method::POST, "/v1.0/groups/", &alice)
+            .json(&json!({ "name": "pic", "members": ["bob"], "profilePic": "x".repeat(1 << 20) })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("profilePic"));
+    app.stop().await;
+}
