@@ -234,7 +234,12 @@ async fn a_group_cannot_grow_past_its_limit_nor_carry_a_picture_inline() {
             .json(&json!({ "name": "pic", "members": ["bob"], "profilePic": "x".repeat(1 << 20) })),
     )
     .await;
-    assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("profilePic"));
+    refused(status, &body, "profilePic");
     app.stop().await;
+}
+
+/// A 400 whose error says `why`.
+fn refused(status: u16, body: &Value, why: &str) {
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(why), "{body}");
 }
