@@ -54,16 +54,25 @@ fn default_version() -> f32 {
     2.1
 }
 
+/// Characters that change how text around them looks without showing themselves: bidi
+/// overrides and isolates (which make `alice\u{202e}` read as someone else), zero-width
+/// joiners and spaces, the soft hyphen and the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 /// A username is what people type to reach each other; `server` is the acks' source.
 pub fn check_username(username: &str) -> Result<(), ApiError> {
     if username.is_empty()
         || username.len() > MAX_USERNAME
-        || username.chars().any(char::is_control)
+        || username.chars().any(|c| c.is_control() || is_invisible(c))
         || username.trim() != username
     {
         return Err(ApiError::bad_request(format!(
-            "username must be 1 to {MAX_USERNAME} bytes, without control characters or \
-             surrounding spaces"
+            "username must be 1 to {MAX_USERNAME} bytes, without control or invisible \
+             characters or surrounding spaces"
         )));
     }
     if username == samvad_protocol::SERVER_SOURCE {

@@ -131,11 +131,23 @@ async fn login_refuses_bad_requests() {
     for (body, status) in [
         (json!({"username": "", "authToken": "x"}), 400),
         (json!({"username": "server", "authToken": "x"}), 400),
+        (json!({"username": "alice\u{202e}", "authToken": "x"}), 400),
+        (json!({"username": "al\u{200b}ice", "authToken": "x"}), 400),
+        (json!({"username": "\u{feff}alice", "authToken": "x"}), 400),
         (json!({"username": "alice", "authToken": ""}), 401),
         (json!({"username": "alice"}), 422),
-        (json!({"username": "alice", "authToken": "x", "deviceId": ""}), 400),
-        (json!({"username": "alice", "authToken": "x", "deviceId": "a\u{1}b"}), 400),
-        (json!({"username": "alice", "authToken": "x", "deviceId": "d".repeat(129)}), 400),
+        (
+            json!({"username": "alice", "authToken": "x", "deviceId": ""}),
+            400,
+        ),
+        (
+            json!({"username": "alice", "authToken": "x", "deviceId": "a\u{1}b"}),
+            400,
+        ),
+        (
+            json!({"username": "alice", "authToken": "x", "deviceId": "d".repeat(129)}),
+            400,
+        ),
     ] {
         let res = app
             .http
