@@ -27,9 +27,15 @@ pub enum Rejection {
     UnknownGroup(String),
     #[error("you are not a member of group `{0}`")]
     NotMember(String),
+    #[error("a NOTIFICATION with action `{0}` is a system notice, which only the server sends")]
+    SystemNotice(String),
     #[error("the server cannot take messages right now; send again")]
     Unavailable(String),
 }
+
+/// The `meta.action`s of the notices the server itself sends: group membership (§2), read
+/// positions and gaps (§7). A client's NOTIFICATION may not pass for one.
+const SYSTEM_ACTIONS: [&str; 4] = ["add", "remove", "read", "gap"];
 
 impl Rejection {
     /// The label this refusal is counted under.
@@ -41,6 +47,7 @@ impl Rejection {
             Self::UnknownUser(_) => "unknown_user",
             Self::UnknownGroup(_) => "unknown_group",
             Self::NotMember(_) => "not_member",
+            Self::SystemNotice(_) => "system_notice",
             Self::Unavailable(_) => "unavailable",
         }
     }
@@ -125,6 +132,12 @@ impl Ingress {
         message.server_timestamp = samvad_kit::now_ms();
         if message.kind == MessageType::ClientAck {
             return Ok(message);
+        }
+        if message.kind == MessageType::Notification
+            && let Some(action) = message.meta.get("action")
+            && SYSTEM_ACTIONS.contains(&action.as_str())
+        {
+            return Err(Rejection::SystemNotice(action.clone()));
         }
         if message.channel == Channel::Group {
             let group = self

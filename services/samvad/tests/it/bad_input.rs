@@ -136,3 +136,33 @@ async fn a_flood_is_refused_and_then_closed_without_touching_others() {
     bob_still_hears_alice(&mut a, &mut b, "after-flood").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_cannot_forge_a_system_notice() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "binary", false).await;
+    for action in ["add", "remove", "read", "gap"] {
+        let mut notice = chat(&format!("n-{action}"), "alice", "bob", "");
+        notice.kind = MessageType::Notification;
+        notice.content = br#"{"added":["mallory"]}"#.to_vec();
+        notice.meta.insert("action".into(), action.into());
+        a.send(&notice).await;
+        let error = a.error().await;
+        assert!(
+            error["error"].as_str().unwrap().contains("system notice"),
+            "{error}"
+        );
+        assert_eq!(error["id"], format!("n-{action}"));
+    }
+    // Notifications of the client's own kinds still pass, and bob saw none of the forgeries.
+    let mut own = chat("n-own", "alice", "bob", "");
+    own.kind = MessageType::Notification;
+    own.meta.insert("action".into(), "custom".into());
+    a.send(&own).await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    assert_eq!(b.message().await.id, "n-own");
+    app.stop().await;
+}
