@@ -63,6 +63,8 @@ impl Db {
             path: path.to_owned(),
             source,
         };
+        owner_only(path)
+            .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // FULL: a commit is on disk (WAL fsynced) before it returns; that is what an ack promises.
@@ -181,6 +183,24 @@ impl Db {
         })
         .await
         .map_err(|_| DbError::Closed)?
+    }
+}
+
+/// Creates the database file readable by its owner only, or makes an existing one so: it holds
+/// every message. SQLite gives its WAL and shared-memory files the same mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -317,6 +337,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("database file still {} bytes after 10 s", size());
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_may_read_the_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let db = Db::open(&path).unwrap();
+        db.write(|t| t.execute_batch(SCHEMA)).await.unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("db.sqlite-wal")), 0o600);
+        drop(db);
+        // One an older version left readable by everyone is closed up.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Db::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 
     #[tokio::test]
