@@ -84,14 +84,15 @@ pub(crate) async fn run(
     }
     if let End::ClientClosed = end {
         // Sends the close reply the WebSocket library queued, completing the handshake.
-        let _ = conn.socket.flush().await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn.socket.flush()).await;
     }
     if let End::Close(code, reason) = end {
         let frame = Frame::Close(Some(CloseFrame {
             code,
             reason: reason.into(),
         }));
-        if conn.socket.send(frame).await.is_ok() {
+        // A client that reads nothing cannot take the close frame either.
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, conn.socket.send(frame)).await {
             // Read on until the client answers the close, so that frames it had in flight do
             // not make the kernel reset the connection before it sees why it was closed.
             let drain = async { while let Some(Ok(_)) = conn.socket.recv().await {} };
@@ -188,6 +189,21 @@ impl Conn {
 
     /// Writes messages in order, skipping stored ones already written, with one flush.
     async fn write(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
+        let limit = self.gateway.ctx.settings.slow_client;
+        match tokio::time::timeout(limit, self.write_unbounded(items)).await {
+            Ok(result) => result,
+            Err(_) => Err(self.too_slow()),
+        }
+    }
+
+    /// A client that has not taken a write for `SAMVAD_SLOW_CLIENT_SECS` is let go: it holds a
+    /// task and buffers, and everything it is owed waits safely for its return.
+    fn too_slow(&self) -> End {
+        self.gateway.ctx.metrics.slow_closes.inc();
+        End::Close(close_code::AGAIN, "too slow to read; reconnect")
+    }
+
+    async fn write_unbounded(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
         let mut wrote = false;
         for item in items {
             if let Some(seq) = item.seq {
@@ -282,7 +298,11 @@ impl Conn {
     }
 
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
-        self.socket.send(frame).await.map_err(gone)
+        let limit = self.gateway.ctx.settings.slow_client;
+        match tokio::time::timeout(limit, self.socket.send(frame)).await {
+            Ok(result) => result.map_err(gone),
+            Err(_) => Err(self.too_slow()),
+        }
     }
 }
 

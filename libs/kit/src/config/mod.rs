@@ -121,6 +121,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_RATE_BURST", default_value = "200")]
     pub rate_burst: String,
 
+    /// Seconds a write to a client may stay blocked (the client reads nothing) before the
+    /// connection is closed.
+    #[arg(long, env = "SAMVAD_SLOW_CLIENT_SECS", default_value = "10")]
+    pub slow_client_secs: String,
+
     /// Most members a group may have, its creator included.
     #[arg(long, env = "SAMVAD_MAX_GROUP_MEMBERS", default_value = "1024")]
     pub max_group_members: String,
@@ -158,6 +163,7 @@ pub struct Settings {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub max_group_members: usize,
+    pub slow_client: Duration,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
     pub bus: BusSettings,
@@ -265,6 +271,12 @@ impl Config {
             &self.limits.rate_burst,
             1..=1_000_000,
         );
+        let slow_client_secs = number(
+            &mut problems,
+            "SAMVAD_SLOW_CLIENT_SECS",
+            &self.limits.slow_client_secs,
+            1..=600,
+        );
         let max_group_members = number(
             &mut problems,
             "SAMVAD_MAX_GROUP_MEMBERS",
@@ -288,6 +300,7 @@ impl Config {
                 rate_limit: rate_limit as u32,
                 rate_burst: rate_burst as u32,
                 max_group_members: max_group_members as usize,
+                slow_client: Duration::from_secs(slow_client_secs),
                 allowed_origins: self
                     .limits
                     .allowed_origins

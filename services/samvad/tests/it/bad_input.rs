@@ -6,9 +6,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{Client, Seen, TestApp, chat, text_of};
 
-/// Bob still gets alice's messages: nothing the bad client did touched him.
+/// Bob (or whoever `b` is) still gets alice's messages: nothing the bad client did touched him.
 async fn bob_still_hears_alice(a: &mut Client, b: &mut Client, id: &str) {
-    a.send(&chat(id, "alice", "bob", id)).await;
+    let to = b.name.clone();
+    a.send(&chat(id, "alice", &to, id)).await;
     let got = b.chat_message().await;
     assert_eq!(text_of(&got), id);
 }
@@ -164,5 +165,64 @@ async fn a_client_cannot_forge_a_system_notice() {
     a.send(&own).await;
     assert_eq!(a.message().await.kind, MessageType::ServerAck);
     assert_eq!(b.message().await.id, "n-own");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_let_go_and_loses_nothing() {
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_SLOW_CLIENT_SECS", "1"),
+        ("SAMVAD_RATE_LIMIT", "100000"),
+        ("SAMVAD_RATE_BURST", "100000"),
+    ])
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut a = app.connect(&alice, "text", false).await;
+    let mut c = app.connect(&carol, "text", false).await;
+    // Bob's socket is open, and he never reads from it.
+    let stalled = app.connect(&bob, "text", false).await;
+    let big = "x".repeat(30_000);
+    const SENT: usize = 400;
+    for i in 0..SENT {
+        a.send(&chat(&format!("big-{i}"), "alice", "bob", &big))
+            .await;
+    }
+    let slow_closes = || async {
+        let metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("samvad_slow_closes_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut closed = 0;
+    for _ in 0..100 {
+        closed = slow_closes().await;
+        if closed > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(closed, 1, "the stalled connection was let go");
+    bob_still_hears_alice(&mut a, &mut c, "others-unharmed").await;
+    drop(stalled);
+
+    // When bob comes back, everything alice sent is there, in order.
+    let mut b = app.connect(&bob, "text", false).await;
+    for i in 0..SENT {
+        let got = b.chat_message().await;
+        assert_eq!(got.id, format!("big-{i}"));
+        b.client_ack(&got).await;
+    }
     app.stop().await;
 }
