@@ -190,16 +190,8 @@ async fn a_client_that_reads_nothing_is_let_go_and_loses_nothing() {
             .await;
     }
     let slow_closes = || async {
-        let metrics = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
+        app.metrics()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
             .lines()
             .find_map(|l| l.strip_prefix("samvad_slow_closes_total "))
             .and_then(|n| n.trim().parse::<u64>().ok())

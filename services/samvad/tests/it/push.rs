@@ -145,15 +145,7 @@ async fn an_offline_user_is_pushed_each_message_and_nothing_else() {
     assert_eq!(pushed.source, "alice");
     assert_eq!(text_of(&pushed), "are you there?");
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("samvad_pushes_sent_total 1"),
         "pushes are counted:\n{metrics}"

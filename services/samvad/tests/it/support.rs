@@ -132,6 +132,12 @@ impl TestApp {
             .header("accesskey", &user.key)
     }
 
+    /// The server's /metrics page.
+    pub async fn metrics(&self) -> String {
+        let res = self.http.get(self.url("/metrics")).send().await.unwrap();
+        res.text().await.unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(node) = self.node.take() {
             node.stop();
