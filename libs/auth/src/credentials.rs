@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 
 use http::HeaderMap;
@@ -44,7 +45,7 @@ impl fmt::Debug for Credentials {
 /// `Authorization: Bearer <key>`, the WebSocket subprotocol `accesskey.<key>` (in the
 /// comma-separated `Sec-WebSocket-Protocol` list), cookie `accesskey=`. The user from header
 /// `user`, else — when the key came from the cookie — cookie `user=`. Empty values count as
-/// absent.
+/// absent; cookie values are percent-decoded, as browsers' `encodeURIComponent` writes them.
 ///
 /// Fails with [`AuthError::MissingCredentials`] when no source carries a key.
 pub fn credentials(headers: &HeaderMap) -> Result<Credentials, AuthError> {
@@ -55,15 +56,20 @@ pub fn credentials(headers: &HeaderMap) -> Result<Credentials, AuthError> {
     // The `user` cookie is read only beside the `accesskey` cookie: a leftover cookie from
     // another login in the same browser must not spoil a key presented another way.
     let (key, user) = match presented {
-        Some(key) => (key, header_value(headers, "user")),
+        Some(key) => (
+            Cow::Borrowed(key),
+            header_value(headers, "user").map(Cow::Borrowed),
+        ),
         None => (
             cookie(headers, "accesskey").ok_or(AuthError::MissingCredentials)?,
-            header_value(headers, "user").or_else(|| cookie(headers, "user")),
+            header_value(headers, "user")
+                .map(Cow::Borrowed)
+                .or_else(|| cookie(headers, "user")),
         ),
     };
     Ok(Credentials {
-        user: user.map(str::to_owned),
-        key: key.to_owned(),
+        user: user.map(Cow::into_owned),
+        key: key.into_owned(),
         subprotocol: subprotocol.map(str::to_owned),
     })
 }
@@ -102,7 +108,7 @@ fn offered_subprotocol(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
     values(headers, COOKIE)
         .flat_map(|list| list.split(';'))
         .filter_map(|pair| {
@@ -116,6 +122,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
             (cookie_name.trim() == name).then_some(value)
         })
         .find(|value| !value.is_empty())
+        .map(|value| percent_encoding::percent_decode_str(value).decode_utf8_lossy())
 }
 
 #[cfg(test)]
@@ -217,7 +224,7 @@ mod tests {
             "theme=dark; accesskey=k-cookie;user=%2B91; lang=\"en\"",
         )]);
         assert_eq!(c.key, "k-cookie");
-        assert_eq!(c.user.as_deref(), Some("%2B91"));
+        assert_eq!(c.user.as_deref(), Some("+91"), "percent-decoded");
 
         let c = creds(&[
             ("cookie", "theme=dark"),

@@ -50,6 +50,16 @@ async fn spoofed_users_are_refused_by_header_and_by_cookie() {
         .await,
         101
     );
+    // A browser writes a phone-number username into a cookie as encodeURIComponent does.
+    let phone = app.login("+919999900001").await;
+    assert_eq!(
+        ws_status(
+            &app,
+            &[("cookie", format!("user=%2B919999900001; accesskey={phone}"))]
+        )
+        .await,
+        101
+    );
     assert_eq!(
         ws_status(
             &app,
