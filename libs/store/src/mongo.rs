@@ -144,6 +144,30 @@ impl MongoStore {
     }
 }
 
+impl MongoStore {
+    /// If no admin is left, the first member (the longest-standing) becomes one — in one
+    /// conditional update, so two concurrent departures cannot both promote. Returns who.
+    async fn ensure_admin(&self, group_id: &str) -> Result<Option<String>> {
+        let promoted = self
+            .groups
+            .find_one_and_update(
+                doc! {
+                    "_id": group_id,
+                    "members.role": { "$ne": "admin" },
+                    "members.0": { "$exists": true },
+                },
+                doc! { "$set": { "members.0.role": "admin" } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(backend)?;
+        Ok(match promoted {
+            Some(d) => group_from(&d)?.members.first().map(|m| m.username.clone()),
+            None => None,
+        })
+    }
+}
+
 fn group_from(d: &Document) -> Result<Group> {
     let members = d
         .get_array("members")
@@ -283,13 +307,23 @@ impl GroupStore for MongoStore {
     }
 
     async fn group(&self, group_id: &str) -> Result<Option<Group>> {
-        self.groups
+        let found = self
+            .groups
             .find_one(doc! { "_id": group_id })
             .await
             .map_err(backend)?
             .as_ref()
             .map(group_from)
-            .transpose()
+            .transpose()?;
+        match found {
+            // A removal that crashed between its two writes left the group without an admin:
+            // the next look finishes it.
+            Some(g) if !g.members.is_empty() && g.members.iter().all(|m| m.role != Role::Admin) => {
+                self.ensure_admin(group_id).await?;
+                Box::pin(self.group(group_id)).await
+            }
+            other => Ok(other),
+        }
     }
 
     async fn groups_of(&self, username: &str) -> Result<Vec<Group>> {
@@ -332,25 +366,7 @@ impl GroupStore for MongoStore {
         if removed.modified_count == 0 {
             return Ok(None);
         }
-        // If no admin is left, the first member (the longest-standing) becomes one — in one
-        // conditional update, so two concurrent departures cannot both promote.
-        let promoted = self
-            .groups
-            .find_one_and_update(
-                doc! {
-                    "_id": group_id,
-                    "members.role": { "$ne": "admin" },
-                    "members.0": { "$exists": true },
-                },
-                doc! { "$set": { "members.0.role": "admin" } },
-            )
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(backend)?;
-        let promoted = match promoted {
-            Some(d) => group_from(&d)?.members.first().map(|m| m.username.clone()),
-            None => None,
-        };
+        let promoted = self.ensure_admin(group_id).await?;
         Ok(Some(Removal { promoted }))
     }
 }
