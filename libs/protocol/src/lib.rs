@@ -41,7 +41,9 @@
 //! none), ignoring case: `chat`/`individual`, missing or empty → Individual, `group` → Group,
 //! anything else → Other. The kind is read from `meta["contentType"]`: a protocol name
 //! (`server_ack`, `client_ack`, `message`, `notification`, `custom`, any case) → that kind,
-//! anything else or missing → `MESSAGE` (Vartalap clients send `text`, `attachment`…).
+//! anything else or missing → `MESSAGE` (Vartalap clients send `text`, `attachment`…) — but
+//! missing on a frame to `server` (a reserved name) → `CLIENT_ACK`, which is how Vartalap's web
+//! client writes its v2 acks.
 //!
 //! Writing v2: `head.type` is the first of `meta["type"]`, `meta["chatType"]`, `meta["module"]`
 //! (v1's spellings, so they carry across versions) that names the message's channel, else

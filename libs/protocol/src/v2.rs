@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::json::{self, Object};
-use crate::{Channel, DecodeError, Message, MessageType};
+use crate::{Channel, DecodeError, Message, MessageType, SERVER_SOURCE};
 
 /// Canonical meta keys that v2 writes in `head` rather than in `meta`.
 const HOISTED: [&str; 5] = ["type", "contentType", "action", "chatid", "category"];
@@ -66,7 +66,12 @@ pub(crate) fn decode(frame: &Object<'_>, version: f32) -> Result<Message, Decode
         }
     }
     msg.channel = Channel::from_wire(msg.meta.get("type").map(String::as_str));
-    msg.kind = MessageType::from_wire(msg.meta.get("contentType").map(String::as_str));
+    msg.kind = match msg.meta.get("contentType") {
+        // Vartalap's web client writes its v2 CLIENT_ACK with no contentType, to `server`. That
+        // name is reserved (no user has it), so a message to it can only be an ack.
+        None if msg.destination == SERVER_SOURCE => MessageType::ClientAck,
+        name => MessageType::from_wire(name.map(String::as_str)),
+    };
     if let Some(body) = json::get(frame, "body") {
         msg.content = body.get().as_bytes().to_vec();
     }

@@ -165,3 +165,23 @@ fn client_spellings_carry_across_versions() {
     assert_eq!(as_v2["head"]["contentType"], "text");
     assert_eq!(as_v2["body"], serde_json::json!({"text": "hi"}));
 }
+
+#[test]
+fn the_web_clients_v2_client_ack_without_a_content_type_is_a_client_ack() {
+    // Vartalap's web client writes its v2 CLIENT_ACK with the channel in head.type and no
+    // contentType; `server` is a reserved name, so a message to it can only be an ack.
+    let ack = decode_text(
+        r#"{"_v":2.1,"id":"m1","head":{"type":"INDIVIDUAL","from":"cy","to":"server","ephemeral":true},"meta":{},"body":null}"#,
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(ack.kind, MessageType::ClientAck);
+    assert_eq!(ack.id, "m1");
+    // To anybody else, a missing contentType still means MESSAGE.
+    let to_user = decode_text(
+        r#"{"_v":2.1,"id":"m2","head":{"type":"INDIVIDUAL","from":"cy","to":"ana"}}"#,
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(to_user.kind, MessageType::Message);
+}
