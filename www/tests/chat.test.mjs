@@ -11,59 +11,13 @@
 // A screenshot of alice's page is written to SAMVAD_WWW_SCREENSHOT (default
 // $TMPDIR/samvad-www.png) for a person to look at.
 
-import { describe, before, after, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { join, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { STEP, serverAndBrowser, logTail } from './support.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const SERVER_BIN = resolve(here, process.env.SAMVAD_BIN || '../../target/debug/samvad');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.SAMVAD_WWW_SCREENSHOT || join(tmpdir(), 'samvad-www.png');
-const STEP = 10_000; // the most any single wait may take
-const ANSI = /\x1b\[[0-9;]*m/g;
-
-/** Starts the server; resolves with { base, proc, logs(), stop() } once it logs its address. */
-async function startServer() {
-  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run \`cargo build -p samvad\` or set SAMVAD_BIN`);
-  const dataDir = mkdtempSync(join(tmpdir(), 'samvad-www-data-'));
-  const proc = spawn(SERVER_BIN, [], {
-    env: { ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: '127.0.0.1:0', SAMVAD_DATA_DIR: dataDir },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  // If the test runner itself dies, do not leave the server behind.
-  const orphanGuard = () => { try { proc.kill('SIGKILL'); } catch { /* already gone */ } };
-  process.once('exit', orphanGuard);
-  let out = '';
-  const exited = new Promise((res) => proc.once('exit', (code, signal) => res({ code, signal })));
-  const stop = async () => {
-    process.removeListener('exit', orphanGuard);
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(t);
-    }
-    rmSync(dataDir, { recursive: true, force: true });
-  };
-  const base = await new Promise((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`server did not log its address within ${STEP} ms:\n${out}`)), STEP);
-    const onData = (chunk) => {
-      out += chunk.toString().replace(ANSI, '');
-      const m = out.match(/listening addr=(\d+\.\d+\.\d+\.\d+:\d+)/);
-      if (m) { clearTimeout(timer); res(`http://${m[1]}`); }
-    };
-    proc.stdout.on('data', onData);
-    proc.stderr.on('data', onData);
-    proc.once('error', (e) => { clearTimeout(timer); rej(e); });
-    exited.then(({ code, signal }) => { clearTimeout(timer); rej(new Error(`server exited (${code ?? signal}) before listening:\n${out}`)); });
-  }).catch(async (e) => { await stop(); throw e; });
-  return { base, logs: () => out, stop };
-}
 
 /** A page for one user in its own browser context (own cookies), with page errors collected. */
 async function openUser(browser, base, name, { fakeClock = false } = {}) {
@@ -123,34 +77,15 @@ async function logged(u, dir, kind, id) {
 }
 
 describe('the test page, served by the real server', { timeout: 60_000 }, () => {
-  let server;
-  let browser;
+  const env = serverAndBrowser();
   const users = [];
   const pages = {};
-
-  before(async () => {
-    assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
-    server = await startServer();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: STEP,
-      // playwright-core launches with a fresh temporary user data dir and removes it on close.
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-  }, { timeout: 25_000 });
-
-  after(async () => {
-    if (browser) await Promise.race([browser.close(), new Promise((r) => setTimeout(r, 5_000))]);
-    if (server) await server.stop();
-  }, { timeout: 15_000 });
 
   test('two browsers chat: WebSocket, REST, acks, groups, contacts, binary', { timeout: 40_000 }, async () => {
     try {
       await chat();
     } catch (e) {
-      e.message += `\n--- server log (tail) ---\n${server.logs().split('\n').slice(-40).join('\n')}`;
+      e.message += logTail(env.server);
       throw e;
     }
   });
@@ -167,8 +102,8 @@ describe('the test page, served by the real server', { timeout: 60_000 }, () => 
   });
 
   async function chat() {
-    const alice = await openUser(browser, server.base, 'alice');
-    const bob = await openUser(browser, server.base, 'bob');
+    const alice = await openUser(env.browser, env.server.base, 'alice');
+    const bob = await openUser(env.browser, env.server.base, 'bob');
     users.push(alice, bob);
     Object.assign(pages, { alice, bob });
     assert.equal(await alice.page.title(), 'Samvad — test client');
@@ -226,7 +161,7 @@ describe('the test page, served by the real server', { timeout: 60_000 }, () => 
     assert.match(await alice.page.textContent('#contacts-result'), /On Samvad: bob/);
 
     // A third user on a v3 binary connection, both ways, exercising the page's protobuf codec.
-    const carol = await openUser(browser, server.base, 'carol', { fakeClock: true });
+    const carol = await openUser(env.browser, env.server.base, 'carol', { fakeClock: true });
     users.push(carol);
     await login(carol);
     await connect(carol, { format: 'binary', auth: 'subprotocol' });
