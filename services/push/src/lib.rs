@@ -61,11 +61,8 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         let vapid = Vapid::new(&webpush.private_key, &webpush.subject)
             .context("SAMVAD_VAPID_PRIVATE_KEY")?;
         vapid_public_key = Some(vapid.public_key().to_owned());
-        providers.push(Arc::new(WebPush::new(
-            vapid,
-            http.clone(),
-            Retry::default(),
-        )));
+        let http = webpush::http_client().context("building the Web Push HTTP client")?;
+        providers.push(Arc::new(WebPush::new(vapid, http, Retry::default())));
     }
     if let Some(fcm) = &settings.fcm {
         let account = ServiceAccount {

@@ -7,6 +7,8 @@
 //! A device's token is the browser's subscription JSON: `{"endpoint", "keys": {"p256dh",
 //! "auth"}}`.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::{Aead, KeyInit};
@@ -58,6 +60,8 @@ pub enum WebPushError {
     AuthSecret,
     #[error("the subscription's endpoint is not an https URL")]
     Endpoint,
+    #[error("the subscription's endpoint is not a public address")]
+    PrivateEndpoint,
     #[error("encryption failed")]
     Encrypt,
 }
@@ -209,29 +213,95 @@ pub fn encrypt(
     Ok(body)
 }
 
+/// Whether `ip` is an address on the public internet, where push services live: not
+/// loopback, private, link-local, shared (CGNAT), documentation, multicast or reserved space,
+/// in IPv4 or IPv6 (an IPv4-mapped IPv6 address counts as its IPv4 address).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_multicast()
+                || first == 0
+                || first >= 240
+                || (first == 100 && (second & 0xc0) == 64))
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = a.segments()[0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && a.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// Resolves names to their public addresses only, so that a subscription naming a host that
+/// points into the server's own network is never called.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} has no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client Web Push sends with: public addresses only, no redirects (following one
+/// would let a made-up endpoint send us elsewhere).
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PublicOnly))
+        .build()
+}
+
 /// The Web Push provider.
 pub struct WebPush {
     http: reqwest::Client,
     vapid: Vapid,
     retry: Retry,
-    allow_http: bool,
+    allow_local: bool,
 }
 
 impl WebPush {
+    /// Sends with `http`: in production [`http_client`], whose resolver keeps names that point
+    /// into the server's own network from being called.
     pub fn new(vapid: Vapid, http: reqwest::Client, retry: Retry) -> Self {
         Self {
             http,
             vapid,
             retry,
-            allow_http: false,
+            allow_local: false,
         }
     }
 
-    /// Also accepts `http:` endpoints, for tests against a local push service. Real push
-    /// services are https; refusing anything else keeps a made-up subscription from aiming
-    /// the server at plain-http services on its own network.
-    pub fn allow_http_endpoints(mut self) -> Self {
-        self.allow_http = true;
+    /// Also accepts `http:` endpoints and private addresses, for tests against a local push
+    /// service. Real push services are https on public addresses; refusing anything else
+    /// keeps a made-up subscription from aiming the server at services on its own network.
+    pub fn allow_local_endpoints(mut self) -> Self {
+        self.allow_local = true;
         self
     }
 
@@ -247,9 +317,17 @@ impl WebPush {
     ) -> Result<(Url, Vec<u8>), WebPushError> {
         let endpoint = Url::parse(&subscription.endpoint).map_err(|_| WebPushError::Endpoint)?;
         let scheme_ok =
-            endpoint.scheme() == "https" || (self.allow_http && endpoint.scheme() == "http");
+            endpoint.scheme() == "https" || (self.allow_local && endpoint.scheme() == "http");
         if !scheme_ok || endpoint.host_str().is_none() {
             return Err(WebPushError::Endpoint);
+        }
+        // An address written out is never resolved, so the resolver cannot catch it.
+        let literal = endpoint
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<IpAddr>().ok());
+        if !self.allow_local && literal.is_some_and(|ip| !is_public(ip)) {
+            return Err(WebPushError::PrivateEndpoint);
         }
         let ua_public = B64_ANY
             .decode(&subscription.keys.p256dh)
@@ -350,6 +428,50 @@ mod tests {
     use p256::ecdsa::signature::Verifier;
 
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "8.8.8.8",
+            "142.250.1.1",
+            "100.128.0.1",
+            "2a00:1450::1",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_for_a_local_address_does_not_resolve() {
+        use reqwest::dns::Resolve;
+        let name = "localhost".parse().unwrap();
+        assert!(PublicOnly.resolve(name).await.is_err());
+    }
 
     fn b64(s: &str) -> Vec<u8> {
         B64_ANY.decode(s).unwrap()

@@ -59,7 +59,7 @@ pub fn fcm(fake: &Fake) -> Arc<dyn PushProvider> {
 }
 
 pub fn webpush(vapid: Vapid) -> Arc<dyn PushProvider> {
-    Arc::new(WebPush::new(vapid, http(), fast_retry()).allow_http_endpoints())
+    Arc::new(WebPush::new(vapid, http(), fast_retry()).allow_local_endpoints())
 }
 
 /// A push service over the real embedded store, with bob's devices registered.

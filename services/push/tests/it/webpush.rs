@@ -237,3 +237,31 @@ async fn a_plain_http_endpoint_is_never_called() {
     );
     assert_eq!(setup.removed(), 1);
 }
+
+#[tokio::test]
+async fn an_endpoint_on_a_private_address_is_never_called() {
+    let fake = Fake::start().await;
+    let port = fake.url.rsplit(':').next().unwrap().to_owned();
+    let browser = Browser::new();
+    // As the server runs it: https only, public addresses only.
+    let provider = WebPush::new(vapid().0, http(), fast_retry());
+    let endpoints = [
+        format!("https://127.0.0.1:{port}/push/s"),
+        format!("https://[::1]:{port}/push/s"),
+        "https://169.254.169.254/latest/meta-data".to_owned(),
+        "https://10.0.0.1/s".to_owned(),
+    ];
+    let subscriptions: Vec<String> = endpoints.iter().map(|e| browser.subscription(e)).collect();
+    let devices: Vec<(&str, &str, f32)> = ["d1", "d2", "d3", "d4"]
+        .into_iter()
+        .zip(&subscriptions)
+        .map(|(d, s)| (d, s.as_str(), 2.1))
+        .collect();
+    let setup = Setup::new(vec![Arc::new(provider)], &devices).await;
+
+    setup.push(&[chat("m1", "hello")]).await;
+
+    assert!(fake.sends().is_empty());
+    assert!(setup.tokens().await.is_empty(), "each is forgotten");
+    assert_eq!(setup.removed(), 4);
+}
