@@ -10,7 +10,7 @@ use samvad_ingress::Rejection;
 use samvad_protocol::MessageType;
 use serde_json::json;
 
-use crate::{Format, Gateway, Item, Outbound, encode};
+use crate::{Format, Gateway, Item, Outbound, Registration, encode};
 
 /// A connection that sends nothing (clients ping every 30 s) for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
@@ -46,12 +46,16 @@ enum End {
 
 pub(crate) async fn run(
     gateway: Gateway,
+    mut registration: Registration,
     socket: WebSocket,
-    user: String,
     format: Format,
     ack: bool,
 ) {
-    let (id, mut queue, slow) = gateway.register(&user);
+    let (id, user, slow) = (
+        registration.id,
+        registration.user.clone(),
+        registration.slow.clone(),
+    );
     let mut conn = Conn {
         gateway: gateway.clone(),
         socket,
@@ -71,13 +75,13 @@ pub(crate) async fn run(
     // The rarely run steps are boxed: an idle connection's task then holds only what waiting
     // needs, not room for their state machines (with the shared Gateway: 4.4 KB → 1.5 KB).
     let end = match Box::pin(announce(&gateway, &user, id, true)).await {
-        Ok(()) => conn.serve(&mut queue, &slow).await,
+        Ok(()) => conn.serve(&mut registration.queue, &slow).await,
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot register connection");
             End::Close(close_code::AGAIN, "server busy; reconnect")
         }
     };
-    gateway.unregister(&user, id);
+    drop(registration);
     gateway.ctx.metrics.connections.dec();
     if let Err(e) = Box::pin(announce(&gateway, &user, id, false)).await {
         tracing::warn!(user = %user, error = %e, "cannot record disconnect");

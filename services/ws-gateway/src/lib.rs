@@ -135,22 +135,34 @@ impl Gateway {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn register(
-        &self,
-        user: &str,
-    ) -> (u64, mpsc::Receiver<Outbound>, CancellationToken) {
+    /// Takes a place for a new connection of `user`, unless they hold as many as one user may.
+    fn register(&self, user: &str) -> Result<Registration, ApiError> {
+        let max = self.ctx.settings.max_connections_per_user;
+        let mut conns = self.lock();
+        if conns.get(user).map_or(0, Vec::len) >= max {
+            self.ingress.count_refusal("too_many_connections");
+            return Err(ApiError::too_many(format!(
+                "at most {max} connections per user; close one first"
+            )));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, rx) = mpsc::channel(QUEUE);
         let slow = CancellationToken::new();
-        self.lock().entry(user.to_owned()).or_default().push(Conn {
+        conns.entry(user.to_owned()).or_default().push(Conn {
             id,
             queue,
             slow: slow.clone(),
         });
-        (id, rx, slow)
+        Ok(Registration {
+            gateway: self.clone(),
+            user: user.to_owned(),
+            id,
+            queue: rx,
+            slow,
+        })
     }
 
-    pub(crate) fn unregister(&self, user: &str, id: u64) {
+    fn unregister(&self, user: &str, id: u64) {
         let mut conns = self.lock();
         if let Some(list) = conns.get_mut(user) {
             list.retain(|c| c.id != id);
@@ -191,6 +203,23 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+/// A connection's place in the gateway, taken at the upgrade: the connection's queue and its
+/// too-slow signal. Dropping it — the connection ended, or the upgrade never completed — gives
+/// the place back.
+pub(crate) struct Registration {
+    gateway: Gateway,
+    pub(crate) user: String,
+    pub(crate) id: u64,
+    pub(crate) queue: mpsc::Receiver<Outbound>,
+    pub(crate) slow: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.gateway.unregister(&self.user, self.id);
     }
 }
 
@@ -239,9 +268,13 @@ async fn upgrade(
     if let Some(sub) = subprotocol {
         ws = ws.protocols([sub]);
     }
+    let registration = match gateway.register(&user) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let ctx = gateway.ctx.clone();
     ws.on_upgrade(move |socket| async move {
-        ctx.spawn_detached(connection::run(gateway, socket, user, format, ack));
+        ctx.spawn_detached(connection::run(gateway, registration, socket, format, ack));
     })
 }
 

@@ -126,6 +126,10 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_SLOW_CLIENT_SECS", default_value = "10")]
     pub slow_client_secs: String,
 
+    /// Most WebSocket connections one user may hold open on one gateway.
+    #[arg(long, env = "SAMVAD_MAX_CONNECTIONS_PER_USER", default_value = "32")]
+    pub max_connections_per_user: String,
+
     /// Most members a group may have, its creator included.
     #[arg(long, env = "SAMVAD_MAX_GROUP_MEMBERS", default_value = "1024")]
     pub max_group_members: String,
@@ -164,6 +168,7 @@ pub struct Settings {
     pub rate_burst: u32,
     pub max_group_members: usize,
     pub slow_client: Duration,
+    pub max_connections_per_user: usize,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
     pub bus: BusSettings,
@@ -277,6 +282,12 @@ impl Config {
             &self.limits.slow_client_secs,
             1..=600,
         );
+        let max_connections_per_user = number(
+            &mut problems,
+            "SAMVAD_MAX_CONNECTIONS_PER_USER",
+            &self.limits.max_connections_per_user,
+            1..=10_000,
+        );
         let max_group_members = number(
             &mut problems,
             "SAMVAD_MAX_GROUP_MEMBERS",
@@ -301,6 +312,7 @@ impl Config {
                 rate_burst: rate_burst as u32,
                 max_group_members: max_group_members as usize,
                 slow_client: Duration::from_secs(slow_client_secs),
+                max_connections_per_user: max_connections_per_user as usize,
                 allowed_origins: self
                     .limits
                     .allowed_origins

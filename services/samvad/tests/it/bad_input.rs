@@ -218,3 +218,35 @@ async fn a_client_that_reads_nothing_is_let_go_and_loses_nothing() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_user_cannot_hold_more_than_the_connection_limit() {
+    let app = TestApp::spawn_with(&[("SAMVAD_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let alice = app.user("alice").await;
+    let mallory = app.user("mallory").await;
+    let first = app.connect(&mallory, "text", false).await;
+    let _second = app.connect(&mallory, "text", false).await;
+    match app.try_connect(&mallory, "text", false).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            assert!(body.contains("at most 2 connections"), "{body}");
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a third connection was let in"),
+    }
+    // Others are not limited by her, and a closed connection gives its place back.
+    let mut a = app.connect(&alice, "text", false).await;
+    let mut again = None;
+    first.close().await;
+    for _ in 0..50 {
+        if let Ok(c) = app.try_connect(&mallory, "text", false).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut m = again.expect("a place came free");
+    bob_still_hears_alice(&mut a, &mut m, "after-limit").await;
+    app.stop().await;
+}

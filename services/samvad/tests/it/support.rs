@@ -102,6 +102,16 @@ impl TestApp {
     }
 
     pub async fn connect(&self, user: &User, format: &str, ack: bool) -> Client {
+        self.try_connect(user, format, ack).await.unwrap()
+    }
+
+    /// Opens a WebSocket as `user`, or says why the server refused it.
+    pub async fn try_connect(
+        &self,
+        user: &User,
+        format: &str,
+        ack: bool,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let mut request = format!("ws://{}/v1.0/wss/?ack={ack}&format={format}", self.addr)
             .into_client_request()
             .unwrap();
@@ -111,12 +121,12 @@ impl TestApp {
         request
             .headers_mut()
             .insert("accesskey", user.key.parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Client {
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client {
             ws,
             binary: format == "binary",
             name: user.name.clone(),
-        }
+        })
     }
 
     /// An authenticated HTTP request as `user`.
