@@ -2,6 +2,8 @@
 //! stamp with the authenticated sender and the server's id and time, and publish durably.
 //! A message that passes these checks and is published is the message the server acks.
 
+mod rate;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -9,6 +11,8 @@ use samvad_bus::{Bus, BusError, ClientAck, Record, Topic};
 use samvad_kit::{ApiError, Context, DoorLabel, Metrics, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_store::{StoreError, Stores};
+
+pub use rate::{PerUser, TokenBucket};
 
 /// Usernames known to exist, remembered so most sends skip the profile lookup. Bounded: past
 /// the bound it is cleared and refills.

@@ -7,7 +7,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use samvad_ingress::{Ingress, Rejection};
+use samvad_ingress::{Ingress, PerUser, Rejection};
 use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
@@ -25,6 +25,8 @@ const MAX_BATCH: usize = 100;
 struct Rest {
     ctx: Context,
     ingress: Ingress,
+    /// The same rate and burst a WebSocket connection has, per user.
+    flood: PerUser,
 }
 
 fn routes(ctx: &Context) -> Router {
@@ -33,6 +35,7 @@ fn routes(ctx: &Context) -> Router {
         .with_state(Rest {
             ctx: ctx.clone(),
             ingress: Ingress::new(ctx, "rest"),
+            flood: PerUser::new(ctx.settings.rate_limit, ctx.settings.rate_burst),
         })
 }
 
@@ -44,6 +47,7 @@ struct Params {
 
 async fn send(
     State(ingress): State<Ingress>,
+    State(flood): State<PerUser>,
     Query(params): Query<Params>,
     User { name: user, .. }: User,
     JsonBody(frames): JsonBody<Vec<String>>,
@@ -52,6 +56,12 @@ async fn send(
         return Err(ApiError::bad_request(format!(
             "send 1 to {MAX_BATCH} messages per request"
         )));
+    }
+    if !flood.take(&user, frames.len()) {
+        ingress.count_refusal("rate_limit");
+        return Err(ApiError::too_many(
+            "rate limit exceeded: nothing of this batch was sent; slow down and send it again",
+        ));
     }
     let binary = params.format.as_deref() == Some("binary");
     let mut accepted = Vec::with_capacity(frames.len());

@@ -1,12 +1,12 @@
 //! One WebSocket connection, from open to close.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
 use futures_util::SinkExt;
 use samvad_bus::{ConnectionEvent, Record, Topic};
-use samvad_ingress::Rejection;
+use samvad_ingress::{Rejection, TokenBucket};
 use samvad_protocol::MessageType;
 use serde_json::json;
 
@@ -321,37 +321,5 @@ fn read_error(e: &axum::Error) -> End {
         End::Close(close_code::SIZE, "message too large")
     } else {
         End::ClientClosed
-    }
-}
-
-/// Messages per second with bursts: the per-connection flood guard.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }

@@ -113,7 +113,7 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_MAX_MESSAGE_BYTES", default_value = "65536")]
     pub max_message_bytes: String,
 
-    /// Messages per second one WebSocket connection may send (sustained).
+    /// Messages per second one WebSocket connection, or one user over REST, may send (sustained).
     #[arg(long, env = "SAMVAD_RATE_LIMIT", default_value = "50")]
     pub rate_limit: String,
 

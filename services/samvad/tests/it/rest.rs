@@ -163,3 +163,54 @@ async fn health_readiness_metrics_and_the_page() {
     assert!(page.text().await.unwrap().contains("Samvad"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn rest_sends_are_rate_limited_per_user_and_a_refused_batch_sends_nothing() {
+    let app = TestApp::spawn_with(&[("SAMVAD_RATE_LIMIT", "1"), ("SAMVAD_RATE_BURST", "5")]).await;
+    let alice = app.user("alice").await;
+    let carol = app.user("carol").await;
+    let bob = app.user("bob").await;
+    let mut b = app.connect(&bob, "text", false).await;
+    let batch = |from: &str, prefix: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let m = chat(
+                    &format!("{prefix}-{i}"),
+                    from,
+                    "bob",
+                    &format!("{prefix}-{i}"),
+                );
+                samvad_protocol::encode_text(&m, Encoding::V2_1)
+            })
+            .collect()
+    };
+    let post = |user, frames: Vec<String>| {
+        call(
+            app.as_user(Method::POST, "/v1.0/messages?format=text", user)
+                .json(&frames),
+        )
+    };
+    assert_eq!(post(&alice, batch("alice", "a", 4)).await.0, 201);
+    let (status, body) = post(&alice, batch("alice", "over", 3)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("rate limit"),
+        "{body}"
+    );
+    assert_eq!(
+        post(&carol, batch("carol", "c", 5)).await.0,
+        201,
+        "carol has her own"
+    );
+    let mut got = Vec::new();
+    for _ in 0..9 {
+        got.push(b.message().await.id);
+    }
+    assert!(got.iter().all(|id| !id.starts_with("over")), "{got:?}");
+    assert!(
+        b.try_next(std::time::Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    app.stop().await;
+}
