@@ -6,17 +6,20 @@
 //! (`enable.auto.offset.store=false`) — a batch's offsets are stored only when its handler
 //! has finished, and committed in the background; a new group starts from the earliest record.
 //! Records are keyed (by recipient, mostly), so each key keeps its order on one partition.
+//! The bus knows which of its consumers hold an assignment, for readiness
+//! ([`KafkaBus::unassigned`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::try_join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::Producer;
@@ -63,6 +66,45 @@ pub struct KafkaBus {
     producer: FutureProducer,
     admin: Arc<AdminClient<DefaultClientContext>>,
     created: Arc<Mutex<HashSet<String>>>,
+    members: Arc<Mutex<Vec<Weak<Membership>>>>,
+}
+
+/// One consumer's standing in its group: whether its last rebalance gave it an assignment.
+struct Membership {
+    group: String,
+    assigned: AtomicBool,
+}
+
+/// A consumer's librdkafka context: it follows the consumer's rebalances.
+struct GroupContext(Arc<Membership>);
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let group = &self.0.group;
+        // An empty assignment counts: the group has answered, and this member has no partition
+        // only because others hold them all.
+        let assigned = match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(
+                    group,
+                    partitions = partitions.count(),
+                    "partitions assigned"
+                );
+                true
+            }
+            Rebalance::Revoke(_) => {
+                tracing::info!(group, "partitions revoked");
+                false
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(group, %error, "rebalance failed");
+                false
+            }
+        };
+        self.0.assigned.store(assigned, Ordering::SeqCst);
+    }
 }
 
 impl KafkaBus {
@@ -85,9 +127,23 @@ impl KafkaBus {
             producer,
             admin: Arc::new(admin),
             created: Arc::default(),
+            members: Arc::default(),
         };
         bus.ensure(&Topic::DURABLE).await?;
         Ok(bus)
+    }
+
+    /// The consumer groups this process reads in whose consumer holds no assignment yet (or is
+    /// in the middle of a rebalance): records on their topics wait until it has one.
+    pub fn unassigned(&self) -> Vec<String> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        members
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|m| !m.assigned.load(Ordering::SeqCst))
+            .map(|m| m.group.clone())
+            .collect()
     }
 
     fn name(&self, topic: &Topic) -> String {
@@ -213,9 +269,19 @@ impl Bus for KafkaBus {
         if let Some(instance) = &self.config.instance {
             consumer.set("group.instance.id", instance);
         }
-        let consumer: StreamConsumer = consumer.create().map_err(kafka)?;
+        let membership = Arc::new(Membership {
+            group: format!("{}{group}", self.config.prefix),
+            assigned: AtomicBool::new(false),
+        });
+        let consumer: StreamConsumer<GroupContext> = consumer
+            .create_with_context(GroupContext(Arc::clone(&membership)))
+            .map_err(kafka)?;
         let name = self.name(topic);
         consumer.subscribe(&[&name]).map_err(kafka)?;
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&membership));
         Ok(Box::new(KafkaSubscription {
             consumer,
             topic: name,
@@ -226,7 +292,7 @@ impl Bus for KafkaBus {
 /// Dropping it closes the consumer, which commits the offsets stored so far (and only those:
 /// records read but not committed go to whoever takes the partition next).
 struct KafkaSubscription {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
     topic: String,
 }
 

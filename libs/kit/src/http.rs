@@ -18,9 +18,21 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Ready means this process does its work now: not draining, its database answers, and each
+/// of its consumers holds its partitions (a consumer still joining its group leaves what is
+/// sent to the service waiting on the bus — on tansu, for seconds after start).
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned());
+    }
+    if let Some(kafka) = &shared.kafka {
+        let waiting = kafka.unassigned();
+        if !waiting.is_empty() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("waiting for partitions: {}", waiting.join(", ")),
+            );
+        }
     }
     if let Some(db) = &shared.db
         && db
@@ -28,9 +40,12 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             .await
             .is_err()
     {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unavailable".to_owned(),
+        );
     }
-    (StatusCode::OK, "ready")
+    (StatusCode::OK, "ready".to_owned())
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     /// The embedded database, if this node has one, asked at `/readyz` whether it answers.
     pub(crate) db: Option<Db>,
+    /// The Kafka bus, if this node reads one, asked at `/readyz` whether every consumer holds
+    /// its partitions: until it does, what is sent to this service waits.
+    pub(crate) kafka: Option<KafkaBus>,
     tasks: TaskTracker,
     failed: AtomicBool,
 }
@@ -148,17 +151,20 @@ pub async fn start(
         None
     };
     let embedded_db = || db.clone().context("the embedded database is not open");
+    let mut kafka = None;
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusSettings::Memory => Arc::new(
             MemoryBus::open(embedded_db()?)
                 .await
                 .context("opening the bus")?,
         ),
-        BusSettings::Kafka(config) => Arc::new(
-            KafkaBus::connect(config.clone())
+        BusSettings::Kafka(config) => {
+            let bus = KafkaBus::connect(config.clone())
                 .await
-                .context("connecting to Kafka")?,
-        ),
+                .context("connecting to Kafka")?;
+            kafka = Some(bus.clone());
+            Arc::new(bus)
+        }
     };
     let stores = match &settings.store {
         StoreSettings::Embedded => Stores::from(
@@ -227,6 +233,7 @@ pub async fn start(
         shutdown: CancellationToken::new(),
         registry: Mutex::new(registry),
         db,
+        kafka,
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });
