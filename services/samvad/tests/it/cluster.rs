@@ -1,5 +1,5 @@
 //! The cluster shape end to end: every service its own process on Kafka (tansu), MongoDB
-//! (SecantusDB) and Redis, two ws-gateways, nginx in front — started by
+//! (SecantusDB) and Redis, two ws-gateways, nginx in front — started and stopped by
 //! `deployment/scripts/cluster`, exactly as a developer would.
 
 use std::collections::HashSet;
@@ -23,19 +23,36 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.script)
+    fn command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.script)
             .args(args)
             .env("SAMVAD_CLUSTER_DIR", self.dir.path())
             .env("SAMVAD_CLUSTER_PORT", self.port.to_string())
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.command(args);
         assert!(
             out.status.success(),
             "cluster {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `cluster status`: whether every process runs and is ready, and its table.
+    fn status(&self) -> (bool, String) {
+        let out = self.command(&["status"]);
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    }
+
+    /// `cluster up` on this cluster's directory and ports; the app behind its URL.
+    fn start(&self) -> TestApp {
+        let out = self.run(&["up"]);
+        let url = out.lines().last().unwrap();
+        TestApp::at(url.trim_start_matches("http://").parse().unwrap())
     }
 
     fn up() -> (Self, TestApp) {
@@ -48,10 +65,8 @@ impl Cluster {
             // A base port apart from the script's default and from port-0 servers' range.
             port: 21000 + (std::process::id() % 400) as u16 * 20,
         };
-        let out = cluster.run(&["up"]);
-        let url = out.lines().last().unwrap();
-        let addr = url.trim_start_matches("http://").parse().unwrap();
-        (cluster, TestApp::at(addr))
+        let app = cluster.start();
+        (cluster, app)
     }
 
     /// Open WebSocket connections on gateway `n` (1 or 2), from its own /metrics.
@@ -137,6 +152,38 @@ async fn receive_all(receiver: &mut Client, want: &[String]) -> Vec<String> {
     seen
 }
 
+/// Sends one message from `a` to `b` and expects `b` to have it within a second, as a person
+/// trying the cluster would.
+async fn delivered_at_once(a: &mut Client, b: &mut Client, id: &str, text: &str) {
+    a.send(&chat(id, &a.name.clone(), &b.name.clone(), text))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match b.try_next(left).await {
+            Some(Seen::Message(m)) if m.kind == MessageType::ServerAck => {}
+            Some(Seen::Message(m)) => {
+                b.client_ack(&m).await;
+                if m.id == id {
+                    assert_eq!(text_of(&m), text);
+                    break;
+                }
+            }
+            other => panic!("{} waiting a second for {id}: {other:?}", b.name),
+        }
+    }
+    // The sender's ack, past anything replayed to the sender meanwhile.
+    loop {
+        let m = a.message().await;
+        if m.kind == MessageType::ServerAck && m.id == id {
+            break;
+        }
+        if m.kind != MessageType::ServerAck {
+            a.client_ack(&m).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     let (cluster, app) = Cluster::up();
@@ -156,13 +203,10 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
         "one user per gateway"
     );
 
-    // 1:1 across gateways.
-    a.send(&chat("hello", "alice", "bob", "hi from gateway 1"))
-        .await;
-    assert_eq!(a.message().await.kind, MessageType::ServerAck);
-    let got = b.chat_message().await;
-    assert_eq!(text_of(&got), "hi from gateway 1");
-    b.client_ack(&got).await;
+    // 1:1 across gateways: `up` returned, so the first message arrives at once.
+    delivered_at_once(&mut a, &mut b, "hello", "hi from gateway 1").await;
+    let (ready, table) = cluster.status();
+    assert!(ready, "every process runs and is ready:\n{table}");
 
     // A group, carol offline.
     let (status, body) = call(
@@ -207,6 +251,14 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     // kill -9 delivery in the middle of a stream, then restart it: nothing acked is lost.
     let mut acked = stream(&mut a, "bob", "d", 20).await;
     cluster.run(&["kill", "delivery"]);
+    let (ready, table) = cluster.status();
+    assert!(!ready, "status tells that delivery is gone:\n{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("delivery ") && !l.contains("ready")),
+        "{table}"
+    );
     acked.extend(stream(&mut a, "bob", "e", 20).await);
     cluster.run(&["start", "delivery"]);
     acked.extend(stream(&mut a, "bob", "f", 10).await);
@@ -230,4 +282,14 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     cluster.run(&["start", "ws-gateway-2"]);
     acked = stream(&mut a, "bob", "i", 5).await;
     receive_all(&mut b, &acked).await;
+
+    // `down` returns once everything has stopped, so `up` straight after it starts again, on
+    // the same ports and data, and delivers at once.
+    drop((a, b, c));
+    cluster.run(&["down"]);
+    let app = cluster.start();
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "text", true).await;
+    delivered_at_once(&mut a, &mut b, "again", "back up").await;
+    delivered_at_once(&mut b, &mut a, "again-back", "and back").await;
 }
