@@ -158,7 +158,7 @@ mod tests {
             "SAMVAD_DATA_DIR".to_owned(),
             dir.path().display().to_string(),
         )]);
-        let settings = Config::parse_with_env(["samvad"], &env)
+        let settings = Config::parse_with_env(["samvad", "--auth-provider", "dev"], &env)
             .unwrap()
             .validate()
             .unwrap();

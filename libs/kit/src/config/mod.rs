@@ -63,8 +63,9 @@ pub struct Config {
 
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
-    /// Login token check: `dev` (accept any token; local use only) or `jwks`. Defaults to `dev`
-    /// when listening on loopback only, and must be set otherwise.
+    /// Login token check: `jwks`, or `dev` (accept any token for any username: for trying
+    /// Samvad on one's own machine). Required: a server never lets anyone log in as anyone
+    /// unless asked to.
     #[arg(long, env = "SAMVAD_AUTH_PROVIDER")]
     pub auth_provider: Option<String>,
 
@@ -342,15 +343,14 @@ impl Config {
 
 impl AuthArgs {
     fn validate(&self, loopback: bool, problems: &mut Vec<String>) -> Option<AuthProvider> {
-        let provider = match self.auth_provider.as_deref() {
-            Some(p) => p,
-            None if loopback => "dev",
-            None => {
-                problems.push(
-                    "SAMVAD_AUTH_PROVIDER: required when listening beyond loopback (`jwks`)".into(),
-                );
-                return None;
-            }
+        let Some(provider) = self.auth_provider.as_deref() else {
+            problems.push(
+                "SAMVAD_AUTH_PROVIDER (--auth-provider): required: `jwks` to check login tokens \
+                 against your identity provider, or `dev` to accept any token for any username \
+                 (to try Samvad on your own machine)"
+                    .into(),
+            );
+            return None;
         };
         match provider {
             "dev" => {
@@ -496,8 +496,19 @@ mod tests {
     }
 
     #[test]
-    fn defaults_run_on_loopback_with_dev_auth() {
-        let config = Config::parse_with_env(["samvad"], &env(&[])).unwrap();
+    fn defaults_run_on_loopback_once_a_login_check_is_chosen() {
+        let problems = Config::parse_with_env(["samvad"], &env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("SAMVAD_AUTH_PROVIDER")),
+            "dev login is never the default: {problems:?}"
+        );
+        let config =
+            Config::parse_with_env(["samvad", "--auth-provider", "dev"], &env(&[])).unwrap();
         let settings = config.validate().unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.auth, AuthProvider::Dev);
@@ -509,6 +520,7 @@ mod tests {
         let e = env(&[
             ("SAMVAD_LISTEN", "127.0.0.1:9000"),
             ("SAMVAD_MAX_MESSAGE_BYTES", "1024"),
+            ("SAMVAD_AUTH_PROVIDER", "dev"),
         ]);
         let config = Config::parse_with_env(["samvad", "--listen", "127.0.0.1:7000"], &e).unwrap();
         let settings = config.validate().unwrap();

@@ -295,7 +295,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Config::parse_with_env(["samvad"], &env)
+        Config::parse_with_env(["samvad", "--auth-provider", "dev"], &env)
             .unwrap()
             .validate()
             .map(|s| s.push)

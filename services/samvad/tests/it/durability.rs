@@ -25,6 +25,7 @@ impl Server {
     fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_samvad"))
             .env("SAMVAD_LISTEN", "127.0.0.1:0")
+            .env("SAMVAD_AUTH_PROVIDER", "dev")
             .env("SAMVAD_DATA_DIR", data_dir)
             .env("SAMVAD_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")

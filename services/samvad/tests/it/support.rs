@@ -40,6 +40,7 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let mut env: HashMap<String, String> = HashMap::from([
             ("SAMVAD_LISTEN".into(), "127.0.0.1:0".into()),
+            ("SAMVAD_AUTH_PROVIDER".into(), "dev".into()),
             (
                 "SAMVAD_DATA_DIR".into(),
                 dir.path().to_string_lossy().into_owned(),
