@@ -23,7 +23,10 @@ async function startServer() {
   assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run \`cargo build -p samvad\` or set SAMVAD_BIN`);
   const dataDir = mkdtempSync(join(tmpdir(), 'samvad-www-data-'));
   const proc = spawn(SERVER_BIN, [], {
-    env: { ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: '127.0.0.1:0', SAMVAD_AUTH_PROVIDER: 'dev', SAMVAD_DATA_DIR: dataDir },
+    env: {
+      ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: '127.0.0.1:0', SAMVAD_DATA_DIR: dataDir,
+      SAMVAD_AUTH_PROVIDER: 'dev', SAMVAD_DRAIN_SECS: '0', SAMVAD_CLOSE_SPREAD_SECS: '0',
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   // If the test runner itself dies, do not leave the server behind.

@@ -22,7 +22,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
 /// of its consumers holds its partitions (a consumer still joining its group leaves what is
 /// sent to the service waiting on the bus — on tansu, for seconds after start).
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if shared.shutdown.is_cancelled() {
+    if shared.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned());
     }
     if let Some(kafka) = &shared.kafka {

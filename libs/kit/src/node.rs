@@ -51,6 +51,12 @@ pub struct Context {
 
 pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled at a stop signal (and by `shutdown`): `/readyz` turns 503 so that new work
+    /// goes elsewhere, while everything here keeps serving.
+    pub(crate) draining: CancellationToken,
+    /// Cancelled once the drain period is over (and by `shutdown`): long-lived connections
+    /// close, each at its own moment within the spread.
+    pub(crate) closing: CancellationToken,
     pub(crate) registry: Mutex<Registry>,
     /// The embedded database, if this node has one, asked at `/readyz` whether it answers.
     pub(crate) db: Option<Db>,
@@ -65,6 +71,12 @@ impl Context {
     /// Cancelled when the node begins to stop.
     pub fn shutdown(&self) -> CancellationToken {
         self.shared.shutdown.clone()
+    }
+
+    /// Cancelled when long-lived connections should close, each after a random delay within
+    /// `SAMVAD_CLOSE_SPREAD_SECS` (a restart then brings no reconnect storm).
+    pub fn closing(&self) -> CancellationToken {
+        self.shared.closing.clone()
     }
 
     /// Runs a long-lived task the node waits for on shutdown. If it fails, the failure is
@@ -229,8 +241,11 @@ pub async fn start(
     let metrics = Metrics::default();
     let mut registry = Registry::with_prefix("samvad");
     metrics.register(&mut registry);
+    let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
-        shutdown: CancellationToken::new(),
+        draining: shutdown.child_token(),
+        closing: shutdown.child_token(),
+        shutdown,
         registry: Mutex::new(registry),
         db,
         kafka,
@@ -400,35 +415,63 @@ async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> 
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
+    let (drain, spread) = (settings.drain, settings.close_spread);
     let node = start(settings, services, listener).await?;
-    let shutdown = node.shared.shutdown.clone();
+    let shared = Arc::clone(&node.shared);
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received; draining");
-        shutdown.cancel();
+        if wait_for_signal().await == Stop::Drain {
+            // Not ready at once, so load balancers stop sending new work; serving on meanwhile.
+            // A Ctrl-C cuts any of it short.
+            tracing::info!(drain_secs = drain.as_secs(), "SIGTERM; draining");
+            shared.draining.cancel();
+            let phases = async {
+                tokio::time::sleep(drain).await;
+                tracing::info!(spread_secs = spread.as_secs(), "closing connections");
+                shared.closing.cancel();
+                // A margin for the last close handshakes.
+                tokio::time::sleep(spread + Duration::from_secs(1)).await;
+            };
+            tokio::select! {
+                () = phases => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        tracing::info!("stopping");
+        shared.shutdown.cancel();
     });
     node.stopped().await
 }
 
-async fn wait_for_signal() {
+/// How a signal asks the process to stop.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM (an orchestrator's rolling update): drain first.
+    Drain,
+    /// Ctrl-C (a person at a terminal): stop now.
+    Now,
+}
+
+async fn wait_for_signal() -> Stop {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => Stop::Now,
+                    _ = term.recv() => Stop::Drain,
                 }
             }
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
+                Stop::Now
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        Stop::Now
     }
 }
 

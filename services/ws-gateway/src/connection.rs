@@ -141,11 +141,26 @@ impl Conn {
         slow: &tokio_util::sync::CancellationToken,
     ) -> End {
         let shutdown = self.gateway.ctx.shutdown();
+        let closing = self.gateway.ctx.closing();
         let replay_deadline = tokio::time::sleep(REPLAY_WAIT);
         tokio::pin!(replay_deadline);
+        // When the process drains, this connection's own moment to close within the spread.
+        let close_at = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(close_at);
+        let mut close_set = false;
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return End::Close(close_code::AWAY, "server restarting"),
+                _ = closing.cancelled(), if !close_set => {
+                    close_set = true;
+                    let spread = self.gateway.ctx.settings.close_spread;
+                    let delay = spread.mul_f64(rand::random::<f64>());
+                    close_at.as_mut().reset(tokio::time::Instant::now() + delay);
+                    Ok(())
+                }
+                _ = &mut close_at, if close_set => {
+                    return End::Close(close_code::AWAY, "server restarting");
+                }
                 // Delivery never answered the connect: rather than hold live messages forever,
                 // ask the client to come back (its pending messages are safe in the inbox).
                 _ = &mut replay_deadline, if self.replaying => {

@@ -131,6 +131,14 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_MAX_CONNECTIONS_PER_USER", default_value = "32")]
     pub max_connections_per_user: String,
 
+    /// Seconds a stopping process keeps serving, not ready, before it closes connections.
+    #[arg(long, env = "SAMVAD_DRAIN_SECS", default_value = "5")]
+    pub drain_secs: String,
+
+    /// Seconds over which a stopping process spreads the closing of its WebSockets (1001).
+    #[arg(long, env = "SAMVAD_CLOSE_SPREAD_SECS", default_value = "5")]
+    pub close_spread_secs: String,
+
     /// Most members a group may have, its creator included.
     #[arg(long, env = "SAMVAD_MAX_GROUP_MEMBERS", default_value = "1024")]
     pub max_group_members: String,
@@ -170,6 +178,8 @@ pub struct Settings {
     pub max_group_members: usize,
     pub slow_client: Duration,
     pub max_connections_per_user: usize,
+    pub drain: Duration,
+    pub close_spread: Duration,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
     pub bus: BusSettings,
@@ -289,6 +299,18 @@ impl Config {
             &self.limits.max_connections_per_user,
             1..=10_000,
         );
+        let drain_secs = number(
+            &mut problems,
+            "SAMVAD_DRAIN_SECS",
+            &self.limits.drain_secs,
+            0..=600,
+        );
+        let close_spread_secs = number(
+            &mut problems,
+            "SAMVAD_CLOSE_SPREAD_SECS",
+            &self.limits.close_spread_secs,
+            0..=600,
+        );
         let max_group_members = number(
             &mut problems,
             "SAMVAD_MAX_GROUP_MEMBERS",
@@ -314,6 +336,8 @@ impl Config {
                 max_group_members: max_group_members as usize,
                 slow_client: Duration::from_secs(slow_client_secs),
                 max_connections_per_user: max_connections_per_user as usize,
+                drain: Duration::from_secs(drain_secs),
+                close_spread: Duration::from_secs(close_spread_secs),
                 allowed_origins: self
                     .limits
                     .allowed_origins

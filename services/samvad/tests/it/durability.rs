@@ -23,7 +23,14 @@ struct Server {
 impl Server {
     /// Starts the `samvad` binary on a free port and waits for its `listening` log line.
     fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, extra: &[(&str, &str)]) -> Self {
+        // reqwest needs a TLS provider even for plain HTTP, and this server is not in-process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_samvad"))
+            .envs(extra.iter().copied())
             .env("SAMVAD_LISTEN", "127.0.0.1:0")
             .env("SAMVAD_AUTH_PROVIDER", "dev")
             .env("SAMVAD_DATA_DIR", data_dir)
@@ -55,12 +62,16 @@ impl Server {
         Self { child, addr }
     }
 
-    fn kill9(mut self) {
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-9", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    fn kill9(mut self) {
+        self.signal("-9");
         self.child.wait().unwrap();
     }
 
@@ -162,4 +173,86 @@ async fn kill_9_after_acks_loses_no_acknowledged_message() {
         acked.len(),
         received.len()
     );
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_closes_sockets_with_1001_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_with(
+        dir.path(),
+        &[
+            ("SAMVAD_DRAIN_SECS", "2"),
+            ("SAMVAD_CLOSE_SPREAD_SECS", "1"),
+        ],
+    );
+    let alice_key = server.login("alice").await;
+    let bob_key = server.login("bob").await;
+    let mut alice = server.connect("alice", &alice_key, true).await;
+    let mut bob = server.connect("bob", &bob_key, false).await;
+    let limits = Limits::DEFAULT;
+    let readyz = format!("http://{}/readyz", server.addr);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+
+    server.signal("-TERM");
+    let signalled = std::time::Instant::now();
+    let mut status = 200;
+    for _ in 0..50 {
+        status = reqwest::get(&readyz).await.unwrap().status().as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 503, "not ready once the signal arrives");
+
+    // While draining, the sockets it has still carry a conversation, acks and all.
+    let m = chat("while-draining", "alice", "bob", "still here");
+    let text = samvad_protocol::encode_text(&m, Encoding::V2_1);
+    alice.send(Frame::Text(text.into())).await.unwrap();
+    let Some(Ok(Frame::Text(ack))) = tokio::time::timeout(WAIT, alice.next()).await.unwrap() else {
+        panic!("expected an ack");
+    };
+    assert_eq!(
+        samvad_protocol::decode_text(ack.as_str(), &limits)
+            .unwrap()
+            .kind,
+        MessageType::ServerAck
+    );
+    let Some(Ok(Frame::Text(got))) = tokio::time::timeout(WAIT, bob.next()).await.unwrap() else {
+        panic!("expected the message");
+    };
+    assert_eq!(
+        samvad_protocol::decode_text(got.as_str(), &limits)
+            .unwrap()
+            .id,
+        "while-draining"
+    );
+
+    // Then each socket is closed with 1001, not before the drain period is over.
+    for socket in [&mut alice, &mut bob] {
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("closed within the drain and the spread")
+            {
+                Some(Ok(Frame::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, saw {other:?}"),
+            }
+        };
+        assert_eq!(u16::from(close.unwrap().code), 1001);
+    }
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "closed after the drain period"
+    );
+    let mut exited = None;
+    for _ in 0..100 {
+        exited = server.child.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(exited.expect("the process exited").success());
 }
