@@ -78,6 +78,10 @@ impl PerUser {
                 b.refill(now);
                 b.tokens < b.burst
             });
+            // Every bucket still in use: start over rather than sweep again at the next user.
+            if buckets.len() >= USERS_MAX {
+                buckets.clear();
+            }
         }
         buckets
             .entry(user.to_owned())

@@ -145,6 +145,16 @@ impl MongoStore {
 }
 
 impl MongoStore {
+    async fn find_group(&self, group_id: &str) -> Result<Option<Group>> {
+        self.groups
+            .find_one(doc! { "_id": group_id })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(group_from)
+            .transpose()
+    }
+
     /// If no admin is left, the first member (the longest-standing) becomes one — in one
     /// conditional update, so two concurrent departures cannot both promote. Returns who.
     async fn ensure_admin(&self, group_id: &str) -> Result<Option<String>> {
@@ -307,20 +317,13 @@ impl GroupStore for MongoStore {
     }
 
     async fn group(&self, group_id: &str) -> Result<Option<Group>> {
-        let found = self
-            .groups
-            .find_one(doc! { "_id": group_id })
-            .await
-            .map_err(backend)?
-            .as_ref()
-            .map(group_from)
-            .transpose()?;
+        let found = self.find_group(group_id).await?;
         match found {
             // A removal that crashed between its two writes left the group without an admin:
             // the next look finishes it.
             Some(g) if !g.members.is_empty() && g.members.iter().all(|m| m.role != Role::Admin) => {
                 self.ensure_admin(group_id).await?;
-                Box::pin(self.group(group_id)).await
+                self.find_group(group_id).await
             }
             other => Ok(other),
         }

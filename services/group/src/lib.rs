@@ -176,15 +176,9 @@ async fn add(
     check_size(&ctx, group.members.len() + joining)?;
     check_users_exist(&ctx, &req.members).await?;
     let added = ctx.stores.groups.add_members(&id, &req.members).await?;
-    // Every requested member who is in the group now: a retry after a crash between the two
-    // writes completes the join.
-    let members: Vec<String> = req
-        .members
-        .iter()
-        .filter(|m| added.contains(m) || group.member(m).is_some())
-        .cloned()
-        .collect();
-    ctx.stores.timeline.join(&id, &members).await?;
+    // Every requested member is in the group now; joining is idempotent, so a retry after a
+    // crash between the two writes completes the join.
+    ctx.stores.timeline.join(&id, &req.members).await?;
     if !added.is_empty() {
         let mut everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
         everyone.extend(added.iter().cloned());

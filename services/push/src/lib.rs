@@ -49,19 +49,20 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
     let settings = &ctx.settings.push;
     // Push services and token endpoints never need redirects; following them would let a
     // made-up endpoint send us elsewhere.
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("building the push HTTP client")?;
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+    };
+    let http = builder().build().context("building the push HTTP client")?;
     let mut providers: Vec<Arc<dyn PushProvider>> = Vec::new();
     let mut vapid_public_key = None;
     if let Some(webpush) = &settings.webpush {
         let vapid = Vapid::new(&webpush.private_key, &webpush.subject)
             .context("SAMVAD_VAPID_PRIVATE_KEY")?;
         vapid_public_key = Some(vapid.public_key().to_owned());
-        let http = webpush::http_client().context("building the Web Push HTTP client")?;
+        let http = webpush::http_client(builder()).context("building the Web Push HTTP client")?;
         providers.push(Arc::new(WebPush::new(vapid, http, Retry::default())));
     }
     if let Some(fcm) = &settings.fcm {

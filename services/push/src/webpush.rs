@@ -266,15 +266,9 @@ impl reqwest::dns::Resolve for PublicOnly {
     }
 }
 
-/// The HTTP client Web Push sends with: public addresses only, no redirects (following one
-/// would let a made-up endpoint send us elsewhere).
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(PublicOnly))
-        .build()
+/// The HTTP client Web Push sends with: `base` resolving public addresses only.
+pub(crate) fn http_client(base: reqwest::ClientBuilder) -> reqwest::Result<reqwest::Client> {
+    base.dns_resolver(Arc::new(PublicOnly)).build()
 }
 
 /// The Web Push provider.
@@ -286,8 +280,8 @@ pub struct WebPush {
 }
 
 impl WebPush {
-    /// Sends with `http`: in production [`http_client`], whose resolver keeps names that point
-    /// into the server's own network from being called.
+    /// Sends with `http`: in production one from [`http_client`], whose resolver keeps names
+    /// that point into the server's own network from being called.
     pub fn new(vapid: Vapid, http: reqwest::Client, retry: Retry) -> Self {
         Self {
             http,

@@ -142,34 +142,31 @@ impl Conn {
     ) -> End {
         let shutdown = self.gateway.ctx.shutdown();
         let closing = self.gateway.ctx.closing();
-        let replay_deadline = tokio::time::sleep(REPLAY_WAIT);
-        tokio::pin!(replay_deadline);
-        // When the process drains, this connection's own moment to close within the spread.
-        let close_at = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(close_at);
-        let mut close_set = false;
+        // One timer, for whichever comes first: the end of the wait for the replay, then (once
+        // the process drains) this connection's own moment to close within the spread.
+        let deadline = tokio::time::sleep(REPLAY_WAIT);
+        tokio::pin!(deadline);
+        let mut draining = false;
         loop {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return End::Close(close_code::AWAY, "server restarting"),
-                _ = closing.cancelled(), if !close_set => {
-                    close_set = true;
+                _ = closing.cancelled(), if !draining => {
+                    draining = true;
                     let spread = self.gateway.ctx.settings.close_spread;
                     let delay = spread.mul_f64(rand::random::<f64>());
-                    close_at.as_mut().reset(tokio::time::Instant::now() + delay);
+                    deadline.as_mut().reset(tokio::time::Instant::now() + delay);
                     Ok(())
                 }
-                _ = &mut close_at, if close_set => {
-                    return End::Close(close_code::AWAY, "server restarting");
-                }
-                // Delivery never answered the connect: rather than hold live messages forever,
-                // ask the client to come back (its pending messages are safe in the inbox).
-                _ = &mut replay_deadline, if self.replaying => {
+                _ = &mut deadline, if self.replaying || draining => {
+                    if draining {
+                        return End::Close(close_code::AWAY, "server restarting");
+                    }
+                    // Delivery never answered the connect: rather than hold live messages
+                    // forever, ask the client to come back (its pending messages are safe in
+                    // the inbox).
                     return End::Close(close_code::AGAIN, "server busy; reconnect");
                 }
-                _ = slow.cancelled() => {
-                    self.gateway.ctx.metrics.slow_closes.inc();
-                    return End::Close(close_code::AGAIN, "too far behind; reconnect");
-                }
+                _ = slow.cancelled() => return self.too_slow(),
                 frame = tokio::time::timeout(IDLE, self.socket.recv()) => match frame {
                     Err(_) => return End::Close(close_code::AWAY, "idle"),
                     Ok(None) | Ok(Some(Ok(Frame::Close(_)))) => return End::ClientClosed,
@@ -189,7 +186,7 @@ impl Conn {
             Outbound::Live(items) if self.replaying => {
                 self.held.extend(items.iter().cloned());
                 if self.held.len() > HOLD_MAX {
-                    return Err(End::Close(close_code::AGAIN, "too far behind; reconnect"));
+                    return Err(self.too_slow());
                 }
                 Ok(())
             }
@@ -215,11 +212,12 @@ impl Conn {
         }
     }
 
-    /// A client that has not taken a write for `SAMVAD_SLOW_CLIENT_SECS` is let go: it holds a
-    /// task and buffers, and everything it is owed waits safely for its return.
+    /// A client that falls behind — its queue or held messages overflow, or it has not taken a
+    /// write for `SAMVAD_SLOW_CLIENT_SECS` — is let go, counted: it holds a task and buffers,
+    /// and everything it is owed waits safely for its return.
     fn too_slow(&self) -> End {
         self.gateway.ctx.metrics.slow_closes.inc();
-        End::Close(close_code::AGAIN, "too slow to read; reconnect")
+        End::Close(close_code::AGAIN, "too far behind; reconnect")
     }
 
     async fn write_unbounded(&mut self, items: &[Arc<Item>]) -> Result<(), End> {

@@ -197,16 +197,17 @@ impl MongoStore {
     }
 
     async fn advance(&self, device: &DeviceRef, key: &str, seq: u64) -> Result<()> {
-        let result = self
-            .cursors
-            .update_one(
-                doc! { "user": &device.user, "device": &device.device, "conv": key },
-                doc! { "$max": { "seq": seq as i64 } },
-            )
-            .upsert(true)
-            .await;
-        match result {
-            Err(e) if is_duplicate(&e) => Box::pin(self.advance(device, key, seq)).await,
+        let advance = || {
+            self.cursors
+                .update_one(
+                    doc! { "user": &device.user, "device": &device.device, "conv": key },
+                    doc! { "$max": { "seq": seq as i64 } },
+                )
+                .upsert(true)
+        };
+        match advance().await {
+            // Two upserts raced and the other created the cursor: now it is there to update.
+            Err(e) if is_duplicate(&e) => advance().await.map(|_| ()).map_err(backend),
             other => other.map(|_| ()).map_err(backend),
         }
     }
