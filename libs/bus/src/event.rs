@@ -4,27 +4,47 @@
 use samvad_protocol::Message;
 use serde::{Deserialize, Serialize};
 
-/// A message for one recipient: `Send`, `System` and `Offline` topics.
+/// A message a client sent, as its gateway accepted it, with the sending device:
+/// `NewMessages` and `GroupMessages` topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub device: String,
+    pub message: Message,
+}
+
+/// A message on its way to be stored in its conversation, with who takes part in it besides
+/// the sender (they are told it is there): `Send` topic. Routers, and the group service for
+/// its membership notices (sent by no device: `device` is empty) → delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Routed {
+    pub recipients: Vec<String>,
+    pub device: String,
+    pub message: Message,
+}
+
+/// A message for one recipient: `Offline` topic (delivery → push).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Addressed {
     pub recipient: String,
     pub message: Message,
 }
 
-/// A recipient's `CLIENT_ACK` for message `id`: `ClientAcks` topic.
+/// A device's `CLIENT_ACK`: `ClientAcks` topic. It acks message `id` (Vartalap's way), or,
+/// with `upto`, everything in a conversation up to a seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientAck {
     pub user: String,
+    pub device: String,
     pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<Upto>,
 }
 
-/// A WebSocket connection opened or closed on a gateway: `Connections` topic.
+/// A cumulative ack: `conv` as the acking user names it (`chat:<peer>`, `group:<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionEvent {
-    pub user: String,
-    pub gateway: String,
-    pub connection: u64,
-    pub connected: bool,
+pub struct Upto {
+    pub conv: String,
+    pub seq: u64,
 }
 
 /// A device registered at login: `Logins` topic.
@@ -37,32 +57,21 @@ pub struct DeviceLogin {
     pub message_version: f32,
 }
 
-/// A message on its way to a connection, with its place in the recipient's inbox
-/// (`None` for ephemeral messages, which are never stored).
+/// A message on its way to a connection: a stored one with its seq in its conversation and
+/// the device that sent it (empty for the server's own), or an ephemeral one (no seq).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outgoing {
     pub seq: Option<u64>,
+    pub device: String,
     pub message: Message,
 }
 
-/// What delivery hands one gateway instance: `Gateway(id)` topic.
-///
-/// Externally tagged (`{"live": {...}}`): an internally tagged enum would buffer its fields,
-/// which the message's embedded raw JSON content cannot pass through.
+/// What delivery hands one gateway instance for the connections `user` has there:
+/// `Gateway(id)` topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum GatewayEvent {
-    /// New messages for every connection `user` has on this gateway.
-    Live { user: String, items: Vec<Outgoing> },
-    /// A chunk of what was pending when `connection` opened, in inbox order. The gateway holds
-    /// live messages for that connection until the chunk with `done` arrives, then sends those
-    /// not already replayed, so a reconnecting client sees one ordered stream.
-    Replay {
-        user: String,
-        connection: u64,
-        items: Vec<Outgoing>,
-        done: bool,
-    },
+pub struct GatewayEvent {
+    pub user: String,
+    pub items: Vec<Outgoing>,
 }
 
 #[cfg(test)]
@@ -81,35 +90,34 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_json() {
-        let live = GatewayEvent::Live {
+        let live = GatewayEvent {
             user: "bob".into(),
             items: vec![Outgoing {
                 seq: Some(7),
+                device: "phone".into(),
                 message: message(),
             }],
         };
-        let replay = GatewayEvent::Replay {
-            user: "bob".into(),
-            connection: 3,
-            items: vec![],
-            done: true,
-        };
-        for event in [live, replay] {
-            let json = serde_json::to_vec(&event).unwrap();
-            assert_eq!(
-                serde_json::from_slice::<GatewayEvent>(&json).unwrap(),
-                event
-            );
-        }
-        let addressed = Addressed {
-            recipient: "bob".into(),
+        let json = serde_json::to_vec(&live).unwrap();
+        assert_eq!(serde_json::from_slice::<GatewayEvent>(&json).unwrap(), live);
+        let routed = Routed {
+            recipients: vec!["bob".into()],
+            device: "laptop".into(),
             message: message(),
         };
-        let json = serde_json::to_vec(&addressed).unwrap();
-        assert_eq!(
-            serde_json::from_slice::<Addressed>(&json).unwrap(),
-            addressed
-        );
+        let json = serde_json::to_vec(&routed).unwrap();
+        assert_eq!(serde_json::from_slice::<Routed>(&json).unwrap(), routed);
+        let ack = ClientAck {
+            user: "bob".into(),
+            device: "phone".into(),
+            id: "m-1".into(),
+            upto: Some(Upto {
+                conv: "chat:alice".into(),
+                seq: 3,
+            }),
+        };
+        let json = serde_json::to_vec(&ack).unwrap();
+        assert_eq!(serde_json::from_slice::<ClientAck>(&json).unwrap(), ack);
     }
 }
 

@@ -14,7 +14,7 @@ mod memory;
 use std::fmt;
 
 pub use event::{
-    Addressed, ClientAck, ConnectionEvent, DeviceLogin, GatewayEvent, Outgoing, ParkedRecord,
+    Accepted, Addressed, ClientAck, DeviceLogin, GatewayEvent, Outgoing, ParkedRecord, Routed, Upto,
 };
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use memory::MemoryBus;
@@ -23,18 +23,16 @@ pub use memory::MemoryBus;
 /// payload schema so a future change can run beside the old one during a rolling upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
-    /// Messages accepted from clients, keyed by destination. gateways → message-router.
+    /// Messages accepted from clients, keyed by conversation. gateways → message-router.
     NewMessages,
-    /// Messages for a group, keyed by group id. message-router → group-router.
+    /// Messages for a group, keyed by conversation. message-router → group-router.
     GroupMessages,
-    /// One message for one recipient, keyed by recipient: routers and the group service (its
-    /// change notifications) → delivery. One topic, so a recipient gets a group's creation
-    /// notice before the group's first message.
+    /// Messages to store, with who takes part, keyed by conversation: routers and the group
+    /// service (its membership notices) → delivery. One topic, so a group's creation notice
+    /// is stored before the group's first message.
     Send,
     /// Client acks, keyed by the acking user. gateways → delivery.
     ClientAcks,
-    /// Connects and disconnects, keyed by user. gateways → delivery.
-    Connections,
     /// Messages kept for a recipient who is offline, keyed by recipient. delivery → push.
     Offline,
     /// Logins with device tokens, keyed by user. profile → push.
@@ -48,12 +46,11 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic that exists once per deployment (gateway topics come and go with gateways).
-    pub const DURABLE: [Topic; 8] = [
+    pub const DURABLE: [Topic; 7] = [
         Self::NewMessages,
         Self::GroupMessages,
         Self::Send,
         Self::ClientAcks,
-        Self::Connections,
         Self::Offline,
         Self::Logins,
         Self::Parked,
@@ -65,7 +62,6 @@ impl Topic {
             Self::GroupMessages => "group-messages.v1".into(),
             Self::Send => "send.v1".into(),
             Self::ClientAcks => "client-acks.v1".into(),
-            Self::Connections => "connections.v1".into(),
             Self::Offline => "offline.v1".into(),
             Self::Logins => "logins.v1".into(),
             Self::Parked => "parked.v1".into(),
@@ -74,7 +70,8 @@ impl Topic {
     }
 
     /// Whether a record must be on disk before `publish` returns. Gateway deliveries need not
-    /// be: the message they carry is already stored and is replayed if the delivery is lost.
+    /// be: the message they carry is already stored, and a connection that sees a seq missing
+    /// reads it from the timeline.
     pub fn is_durable(&self) -> bool {
         !matches!(self, Self::Gateway(_))
     }

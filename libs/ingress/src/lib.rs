@@ -7,10 +7,10 @@ mod rate;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use samvad_bus::{Bus, BusError, ClientAck, Record, Topic};
+use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
 use samvad_kit::{ApiError, Context, DoorLabel, Metrics, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
-use samvad_store::{StoreError, Stores};
+use samvad_store::{Conv, StoreError, Stores};
 
 pub use rate::{PerUser, TokenBucket};
 
@@ -185,20 +185,21 @@ impl Ingress {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Publishes accepted messages; returns once they are durable. Client acks go to delivery,
-    /// everything else to the router, keyed by destination so a conversation keeps its order.
-    pub async fn publish(&self, messages: &[Message]) -> Result<(), BusError> {
+    /// Publishes messages `device` sent, as accepted; returns once they are durable. Client
+    /// acks go to delivery, everything else to the router, keyed by conversation so each
+    /// conversation keeps its order.
+    pub async fn publish(&self, device: &str, messages: &[Message]) -> Result<(), BusError> {
         let mut acks = Vec::new();
         let mut new = Vec::new();
         for m in messages {
             if m.kind == MessageType::ClientAck {
-                let ack = ClientAck {
-                    user: m.source.clone(),
-                    id: m.id.clone(),
-                };
-                acks.push(Record::json(m.source.clone(), &ack)?);
+                acks.push(Record::json(m.source.clone(), &client_ack(device, m))?);
             } else {
-                new.push(Record::json(m.destination.clone(), m)?);
+                let accepted = Accepted {
+                    device: device.to_owned(),
+                    message: m.clone(),
+                };
+                new.push(Record::json(Conv::of(m).key(), &accepted)?);
             }
         }
         if !acks.is_empty() {
@@ -213,5 +214,23 @@ impl Ingress {
                 .inc_by(count);
         }
         Ok(())
+    }
+}
+
+/// A `CLIENT_ACK`: of its `id`, or, when its meta names `conv` and `seq`, of everything in that
+/// conversation up to `seq` (PROTOCOL §7).
+fn client_ack(device: &str, m: &Message) -> ClientAck {
+    let upto = match (m.meta.get("conv"), m.meta.get("seq").map(|s| s.parse())) {
+        (Some(conv), Some(Ok(seq))) => Some(Upto {
+            conv: conv.clone(),
+            seq,
+        }),
+        _ => None,
+    };
+    ClientAck {
+        user: m.source.clone(),
+        device: device.to_owned(),
+        id: m.id.clone(),
+        upto,
     }
 }

@@ -168,7 +168,9 @@ mod tests {
 
         let ack = |id: &str| ClientAck {
             user: "bob".into(),
+            device: "phone".into(),
             id: id.into(),
+            upto: None,
         };
         let poison = Record {
             key: "bob".into(),

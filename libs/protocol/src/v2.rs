@@ -140,7 +140,13 @@ struct Head<'a> {
 #[serde(untagged)]
 enum MetaValue<'a> {
     Text(&'a str),
-    Millis(u64),
+    Number(u64),
+}
+
+/// Meta keys the server writes as JSON numbers in v2 (PROTOCOL §7): a stored message's `seq`,
+/// and a gap notice's range.
+fn numeric(key: &str, action: Option<&str>) -> bool {
+    key == "seq" || (action == Some("gap") && matches!(key, "from" | "to"))
 }
 
 pub(crate) fn encode(msg: &Message, minor: Minor) -> String {
@@ -155,16 +161,22 @@ pub(crate) fn encode(msg: &Message, minor: Minor) -> String {
         .meta
         .iter()
         .filter(|(k, _)| !HOISTED.contains(&k.as_str()) && !CANONICAL_IN_META.contains(&k.as_str()))
-        .map(|(k, v)| (k.as_str(), MetaValue::Text(v)))
+        .map(|(k, v)| {
+            let value = match v.parse() {
+                Ok(n) if numeric(k, action) => MetaValue::Number(n),
+                _ => MetaValue::Text(v),
+            };
+            (k.as_str(), value)
+        })
         .collect();
     if msg.timestamp != 0 {
-        out_meta.insert("createdAt", MetaValue::Millis(msg.timestamp));
+        out_meta.insert("createdAt", MetaValue::Number(msg.timestamp));
     }
     if !msg.server_id.is_empty() {
         out_meta.insert("serverId", MetaValue::Text(&msg.server_id));
     }
     if msg.server_timestamp != 0 {
-        out_meta.insert("serverTimestamp", MetaValue::Millis(msg.server_timestamp));
+        out_meta.insert("serverTimestamp", MetaValue::Number(msg.server_timestamp));
     }
 
     let body = json::embeddable(&msg.content);

@@ -2,14 +2,13 @@
 //! database's group commit, so concurrent deliveries share one fsync.
 
 use rusqlite::{OptionalExtension, Transaction, params};
-use samvad_protocol::Message;
 use samvad_sqlite::{Db, DbError};
 
 mod timeline;
 
 use crate::{
-    Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
-    Result, Role, StoreError, now_ms,
+    Device, Group, GroupStore, Member, Profile, ProfileStore, Removal, Result, Role, StoreError,
+    now_ms,
 };
 
 const SCHEMA: &str = "
@@ -26,15 +25,9 @@ CREATE TABLE IF NOT EXISTS group_members (
     group_id TEXT NOT NULL, username TEXT NOT NULL, role TEXT NOT NULL, joined INTEGER NOT NULL,
     PRIMARY KEY (group_id, username)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (username, group_id);
-CREATE TABLE IF NOT EXISTS inbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, recipient TEXT NOT NULL, sender TEXT NOT NULL,
-    id TEXT NOT NULL, message TEXT, acked INTEGER NOT NULL DEFAULT 0);
-CREATE UNIQUE INDEX IF NOT EXISTS inbox_dedupe ON inbox (recipient, sender, id);
-CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (recipient, seq) WHERE acked = 0;
-CREATE INDEX IF NOT EXISTS inbox_pending_id ON inbox (recipient, id) WHERE acked = 0;
 ";
 
-/// Profiles, groups and inboxes in SQLite.
+/// Profiles, groups and timelines in SQLite.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Db,
@@ -325,90 +318,6 @@ impl GroupStore for EmbeddedStore {
                     None
                 };
                 Ok(Some(Removal { promoted }))
-            })
-            .await
-            .map_err(backend)
-    }
-}
-
-#[async_trait::async_trait]
-impl InboxStore for EmbeddedStore {
-    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Kept>> {
-        let rows = items
-            .iter()
-            .map(|(recipient, m)| {
-                let body =
-                    serde_json::to_string(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((recipient.clone(), m.source.clone(), m.id.clone(), body))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.db
-            .write(move |t| {
-                let mut insert = t.prepare_cached(
-                    "INSERT INTO inbox (recipient, sender, id, message) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (recipient, sender, id) DO NOTHING",
-                )?;
-                let mut existing = t.prepare_cached(
-                    "SELECT seq, acked FROM inbox WHERE recipient = ?1 AND sender = ?2 AND id = ?3",
-                )?;
-                rows.iter()
-                    .map(|(recipient, sender, id, body)| {
-                        if insert.execute(params![recipient, sender, id, body])? == 1 {
-                            return Ok(Kept::New(t.last_insert_rowid() as u64));
-                        }
-                        existing.query_row(params![recipient, sender, id], |r| {
-                            Ok(if r.get::<_, bool>(1)? {
-                                Kept::Acked
-                            } else {
-                                Kept::Pending(r.get::<_, i64>(0)? as u64)
-                            })
-                        })
-                    })
-                    .collect()
-            })
-            .await
-            .map_err(backend)
-    }
-
-    async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>> {
-        let recipient = recipient.to_owned();
-        let rows = self
-            .db
-            .read(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT seq, message FROM inbox
-                     WHERE recipient = ?1 AND acked = 0 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )?;
-                stmt.query_map(params![recipient, after as i64, limit as i64], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await
-            .map_err(backend)?;
-        rows.into_iter()
-            .map(|(seq, body)| {
-                let message =
-                    serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok(Pending { seq, message })
-            })
-            .collect()
-    }
-
-    async fn ack(&self, acks: &[(String, String)]) -> Result<usize> {
-        let acks = acks.to_vec();
-        self.db
-            .write(move |t| {
-                // The row stays (without its body) so a late re-send of the id is still dropped.
-                let mut update = t.prepare_cached(
-                    "UPDATE inbox SET acked = 1, message = NULL
-                     WHERE recipient = ?1 AND id = ?2 AND acked = 0",
-                )?;
-                let mut acked = 0;
-                for (recipient, id) in &acks {
-                    acked += update.execute(params![recipient, id])?;
-                }
-                Ok(acked)
             })
             .await
             .map_err(backend)

@@ -1,10 +1,10 @@
-//! Durable state behind narrow traits: profiles and devices, groups, and each recipient's inbox
-//! of messages awaiting a client ack. The embedded backend keeps them in the all-in-one
-//! process's SQLite database; a server backend implements the same traits.
+//! Durable state behind narrow traits: profiles and devices, groups, and conversations as
+//! timelines with a cursor per device. The embedded backend keeps them in the all-in-one
+//! process's SQLite database; the MongoDB backend implements the same traits.
 //!
 //! Correctness rests on idempotent writes keyed by natural ids, so a consumer that handles a
-//! record twice after a crash changes nothing the second time: an inbox entry is unique per
-//! (recipient, sender, message id), which is also how a re-sent id from the same sender is
+//! record twice after a crash changes nothing the second time: a timeline entry is unique per
+//! (conversation, sender, message id), which is also how a re-sent id from the same sender is
 //! dropped.
 
 mod embedded;
@@ -13,13 +13,13 @@ mod timeline;
 
 use std::sync::Arc;
 
-use samvad_protocol::Message;
 use serde::{Deserialize, Serialize};
 
 pub use embedded::EmbeddedStore;
 pub use mongo::MongoStore;
 pub use timeline::{
-    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, SYSTEM_DEVICE,
+    TimelineStore, Window,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -98,24 +98,6 @@ pub struct Removal {
     pub promoted: Option<String>,
 }
 
-/// What keeping a message in an inbox found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kept {
-    /// Newly kept at this place in the recipient's order.
-    New(u64),
-    /// Already kept at this place and not yet acked.
-    Pending(u64),
-    /// Already kept and acked.
-    Acked,
-}
-
-/// A message waiting in a recipient's inbox, with its place in their order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pending {
-    pub seq: u64,
-    pub message: Message,
-}
-
 #[async_trait::async_trait]
 pub trait ProfileStore: Send + Sync + 'static {
     /// Creates the profile if needed and registers the device, taking its notification token
@@ -144,35 +126,21 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn remove_member(&self, group_id: &str, username: &str) -> Result<Option<Removal>>;
 }
 
-#[async_trait::async_trait]
-pub trait InboxStore: Send + Sync + 'static {
-    /// Keeps each message for its recipient until acked, in order, in one durable write, and
-    /// says for each whether it is new. The same sender's id already in that inbox (a re-send,
-    /// or a record redelivered after a crash) is not kept twice.
-    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Kept>>;
-    /// Unacked messages after `after`, oldest first, at most `limit`.
-    async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>>;
-    /// Ends the duty for each (recipient, message id). Returns how many were pending.
-    async fn ack(&self, acks: &[(String, String)]) -> Result<usize>;
-}
-
 /// The stores a service may use, whichever backend holds them.
 #[derive(Clone)]
 pub struct Stores {
     pub profiles: Arc<dyn ProfileStore>,
     pub groups: Arc<dyn GroupStore>,
-    pub inbox: Arc<dyn InboxStore>,
     pub timeline: Arc<dyn TimelineStore>,
 }
 
 impl Stores {
     /// Every store from one backend.
-    pub fn from<S: ProfileStore + GroupStore + InboxStore + TimelineStore>(store: S) -> Self {
+    pub fn from<S: ProfileStore + GroupStore + TimelineStore>(store: S) -> Self {
         let store = Arc::new(store);
         Self {
             profiles: store.clone(),
             groups: store.clone(),
-            inbox: store.clone(),
             timeline: store,
         }
     }

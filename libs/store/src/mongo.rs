@@ -1,24 +1,21 @@
 //! The cluster backend: MongoDB through the official driver.
 //!
 //! Correctness comes from unique indexes and idempotent single-document writes, not from
-//! multi-document transactions: a username is a profile's `_id`; an inbox entry is unique per
-//! (recipient, sender, id); group membership lives in one document, changed atomically.
+//! multi-document transactions: a username is a profile's `_id`; a timeline entry is unique per
+//! (conversation, seq) and per (conversation, sender, id); group membership lives in one
+//! document, changed atomically.
 //! Writes use majority write concern, so an acknowledged write survives a primary failover.
 
-use std::collections::HashMap;
-
 use futures_util::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument, WriteConcern};
+use mongodb::options::{ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
-use samvad_protocol::Message;
 
 mod timeline;
 
 use crate::{
-    Device, Group, GroupStore, InboxStore, Kept, Member, Pending, Profile, ProfileStore, Removal,
-    Result, Role, StoreError,
+    Device, Group, GroupStore, Member, Profile, ProfileStore, Removal, Result, Role, StoreError,
 };
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -51,14 +48,12 @@ async fn all(find: mongodb::action::Find<'_, Document>) -> Result<Vec<Document>>
         .map_err(backend)
 }
 
-/// Profiles, groups and inboxes in MongoDB.
+/// Profiles, groups and timelines in MongoDB.
 #[derive(Clone)]
 pub struct MongoStore {
     profiles: Collection<Document>,
     devices: Collection<Document>,
     groups: Collection<Document>,
-    inbox: Collection<Document>,
-    counters: Collection<Document>,
     conversations: Collection<Document>,
     timeline: Collection<Document>,
     participants: Collection<Document>,
@@ -80,8 +75,6 @@ impl MongoStore {
             profiles: db.collection("profiles"),
             devices: db.collection("devices"),
             groups: db.collection("groups"),
-            inbox: db.collection("inbox"),
-            counters: db.collection("inbox_counters"),
             conversations: db.collection("conversations"),
             timeline: db.collection("timeline"),
             participants: db.collection("participants"),
@@ -93,12 +86,6 @@ impl MongoStore {
     }
 
     async fn create_indexes(&self) -> Result<()> {
-        let unique = |keys: Document| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().unique(true).build())
-                .build()
-        };
         let plain = |keys: Document| IndexModel::builder().keys(keys).build();
         self.devices
             .create_index(plain(doc! { "user": 1 }))
@@ -112,35 +99,7 @@ impl MongoStore {
             .create_index(plain(doc! { "members.username": 1 }))
             .await
             .map_err(backend)?;
-        self.inbox
-            .create_index(unique(doc! { "recipient": 1, "sender": 1, "id": 1 }))
-            .await
-            .map_err(backend)?;
-        self.inbox
-            .create_index(plain(doc! { "recipient": 1, "acked": 1, "seq": 1 }))
-            .await
-            .map_err(backend)?;
         self.create_timeline_indexes().await
-    }
-
-    /// Reserves `n` consecutive inbox sequence numbers for `recipient`; returns the first.
-    async fn reserve(&self, recipient: &str, n: usize) -> Result<u64> {
-        let options = FindOneAndUpdateOptions::builder()
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .build();
-        let counter = self
-            .counters
-            .find_one_and_update(
-                doc! { "_id": recipient },
-                doc! { "$inc": { "seq": n as i64 } },
-            )
-            .with_options(options)
-            .await
-            .map_err(backend)?
-            .ok_or_else(|| corrupt("counter upsert returned nothing"))?;
-        let last = counter.get_i64("seq").map_err(corrupt)?;
-        Ok((last - n as i64 + 1) as u64)
     }
 }
 
@@ -371,117 +330,5 @@ impl GroupStore for MongoStore {
         }
         let promoted = self.ensure_admin(group_id).await?;
         Ok(Some(Removal { promoted }))
-    }
-}
-
-#[async_trait::async_trait]
-impl InboxStore for MongoStore {
-    async fn keep(&self, items: &[(String, Message)]) -> Result<Vec<Kept>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One block of sequence numbers per recipient, in the order of `items`.
-        let mut per_recipient: HashMap<&str, usize> = HashMap::new();
-        for (recipient, _) in items {
-            *per_recipient.entry(recipient).or_default() += 1;
-        }
-        let mut next: HashMap<&str, u64> = HashMap::new();
-        for (recipient, n) in per_recipient {
-            next.insert(recipient, self.reserve(recipient, n).await?);
-        }
-        let mut docs = Vec::with_capacity(items.len());
-        let mut seqs = Vec::with_capacity(items.len());
-        for (recipient, message) in items {
-            let seq = next
-                .get_mut(recipient.as_str())
-                .ok_or_else(|| corrupt("no sequence"))?;
-            seqs.push(*seq);
-            docs.push(doc! {
-                "recipient": recipient,
-                "sender": &message.source,
-                "id": &message.id,
-                "seq": *seq as i64,
-                "acked": false,
-                "message": serde_json::to_string(message).map_err(corrupt)?,
-            });
-            *seq += 1;
-        }
-        // Unordered: one duplicate must not stop the rest; duplicates are looked up after.
-        // Which items were new: all but those the server refused as duplicates.
-        let refused: std::collections::HashSet<usize> =
-            match self.inbox.insert_many(docs).ordered(false).await {
-                Ok(_) => std::collections::HashSet::new(),
-                Err(e) if is_duplicate(&e) => match e.kind.as_ref() {
-                    ErrorKind::InsertMany(failure) => failure
-                        .write_errors
-                        .iter()
-                        .flatten()
-                        .map(|w| w.index)
-                        .collect(),
-                    _ => (0..items.len()).collect(),
-                },
-                Err(e) => return Err(backend(e)),
-            };
-        let mut kept = Vec::with_capacity(items.len());
-        for (i, (recipient, message)) in items.iter().enumerate() {
-            if !refused.contains(&i) {
-                kept.push(Kept::New(seqs[i]));
-                continue;
-            }
-            let existing = self
-                .inbox
-                .find_one(
-                    doc! { "recipient": recipient, "sender": &message.source, "id": &message.id },
-                )
-                .await
-                .map_err(backend)?
-                .ok_or_else(|| corrupt("duplicate inbox entry vanished"))?;
-            kept.push(if existing.get_bool("acked").map_err(corrupt)? {
-                Kept::Acked
-            } else {
-                Kept::Pending(existing.get_i64("seq").map_err(corrupt)? as u64)
-            });
-        }
-        Ok(kept)
-    }
-
-    async fn pending(&self, recipient: &str, after: u64, limit: usize) -> Result<Vec<Pending>> {
-        let found = all(self
-            .inbox
-            .find(doc! { "recipient": recipient, "acked": false, "seq": { "$gt": after as i64 } })
-            .sort(doc! { "seq": 1 })
-            .limit(limit as i64))
-        .await?;
-        found
-            .iter()
-            .map(|d| {
-                let message = serde_json::from_str(d.get_str("message").map_err(corrupt)?)
-                    .map_err(corrupt)?;
-                Ok(Pending {
-                    seq: d.get_i64("seq").map_err(corrupt)? as u64,
-                    message,
-                })
-            })
-            .collect()
-    }
-
-    async fn ack(&self, acks: &[(String, String)]) -> Result<usize> {
-        if acks.is_empty() {
-            return Ok(0);
-        }
-        let any: Vec<Bson> = acks
-            .iter()
-            .map(|(recipient, id)| Bson::Document(doc! { "recipient": recipient, "id": id }))
-            .collect();
-        // The entry stays (without its body) so a late re-send of the id is still dropped.
-        let result = self
-            .inbox
-            .update_many(
-                doc! { "$or": any, "acked": false },
-                doc! { "$set": { "acked": true }, "$unset": { "message": "" } },
-            )
-            .await
-            .map_err(backend)?;
-        Ok(result.modified_count as usize)
     }
 }

@@ -6,13 +6,17 @@
 
 use std::fmt;
 
-use samvad_protocol::Message;
+use samvad_protocol::{Channel, Message};
 
 use crate::Result;
 
 /// Separates the parts of a conversation key: a control character, which no username or
 /// group id may contain.
 const SEP: char = '\u{1f}';
+
+/// The device of entries the server itself writes (membership notices): no login can name
+/// it, since a device id has at least one byte.
+pub const SYSTEM_DEVICE: &str = "";
 
 /// One conversation: a 1:1 chat (the pair, whoever sent first) or a group.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,6 +41,15 @@ impl Conv {
 
     pub fn group(group_id: &str) -> Self {
         Self::Group(group_id.to_owned())
+    }
+
+    /// The conversation a message belongs to: its group, or the pair of sender and recipient.
+    pub fn of(message: &Message) -> Self {
+        if message.channel == Channel::Group {
+            Self::group(&message.destination)
+        } else {
+            Self::direct(&message.source, &message.destination)
+        }
     }
 
     /// The storage key: unique per conversation, the same from both sides.
@@ -176,16 +189,24 @@ pub struct ConvState {
     pub since_seq: u64,
 }
 
-/// A conversation where a device is owed entries.
+/// Where a device stands in one conversation it takes part in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owed {
+pub struct Position {
     pub conv: Conv,
-    /// What the device has acked (or the point its duty started at).
+    /// What the device has acked, or the point its duty started at (its first login, or when
+    /// its user joined), whichever is later.
     pub cursor: u64,
     pub last_seq: u64,
     /// The oldest seq retention has kept (1 when nothing was removed). When it is above
     /// `cursor + 1`, the device missed `cursor + 1 ..= first_seq - 1` for good.
     pub first_seq: u64,
+}
+
+impl Position {
+    /// Whether the device is owed entries here.
+    pub fn owed(&self) -> bool {
+        self.last_seq > self.cursor
+    }
 }
 
 /// A device: one login of a user (PROTOCOL §7).
@@ -234,8 +255,9 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// receives. Returns false (and changes nothing) for a device seen before.
     async fn register(&self, device: &DeviceRef) -> Result<bool>;
 
-    /// The conversations in which `device` is owed entries past its cursor.
-    async fn owed(&self, device: &DeviceRef) -> Result<Vec<Owed>>;
+    /// Where `device` stands in every conversation its user takes part in (or only in `only`),
+    /// ordered by conversation key.
+    async fn positions(&self, device: &DeviceRef, only: Option<&Conv>) -> Result<Vec<Position>>;
 
     /// Moves devices' cursors forward (never back). Acks of what a device takes no part in,
     /// or of ids not stored, change nothing.

@@ -1,32 +1,29 @@
-//! delivery: keeps every message for its recipient before handing it on, so nothing depends on
-//! the recipient being connected. Online recipients get it through their gateways at once;
-//! offline ones get a push, and everything pending is replayed, in order, when a connection
-//! opens. A client ack ends the duty. Ephemeral messages are only ever handed on, never kept.
+//! delivery: stores every message in its conversation's timeline before anyone is told of it,
+//! so nothing depends on a recipient being connected. Then it hands the stored entry to the
+//! gateways where its recipients — and the sender's other devices — are connected; a recipient
+//! with no connection anywhere gets a push. A connection reads whatever it missed from the
+//! timeline itself. A device's `CLIENT_ACK` moves that device's cursor, no other's. Ephemeral
+//! messages are only handed on, never kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use samvad_bus::{
-    Addressed, Bus, ClientAck, ConnectionEvent, GatewayEvent, Outgoing, Record, Topic,
-};
+use samvad_bus::{Addressed, Bus, ClientAck, GatewayEvent, Outgoing, Record, Routed, Topic};
 use samvad_kit::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_presence::Presence;
 use samvad_protocol::MessageType;
-use samvad_store::{InboxStore, Kept};
+use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, TimelineStore};
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "delivery",
     start: |ctx| Box::pin(start(ctx)),
 };
 
-/// Messages per replay chunk.
-const REPLAY_CHUNK: usize = 200;
-
 #[derive(Clone)]
 struct Delivery {
     metrics: Metrics,
     bus: Arc<dyn Bus>,
-    inbox: Arc<dyn InboxStore>,
+    timeline: Arc<dyn TimelineStore>,
     presence: Arc<dyn Presence>,
 }
 
@@ -34,7 +31,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let delivery = Delivery {
         metrics: ctx.metrics.clone(),
         bus: ctx.bus.clone(),
-        inbox: ctx.stores.inbox.clone(),
+        timeline: ctx.stores.timeline.clone(),
         presence: ctx.presence.clone(),
     };
     let d = delivery.clone();
@@ -43,19 +40,30 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
         async move { d.deliver(batch).await }
     })
     .await?;
-    let d = delivery.clone();
+    let d = delivery;
     ctx.consume(Topic::ClientAcks, "delivery", move |batch| {
         let d = d.clone();
         async move { d.acked(batch).await }
     })
     .await?;
-    let d = delivery;
-    ctx.consume(Topic::Connections, "delivery", move |batch| {
-        let d = d.clone();
-        async move { d.connections(batch).await }
-    })
-    .await?;
     Ok(axum::Router::new())
+}
+
+/// What delivery hands each gateway, per user, in order.
+#[derive(Default)]
+struct Handoff(HashMap<String, Vec<GatewayEvent>>);
+
+impl Handoff {
+    fn add(&mut self, gateway: &str, user: &str, item: Outgoing) {
+        let events = self.0.entry(gateway.to_owned()).or_default();
+        match events.last_mut() {
+            Some(event) if event.user == user => event.items.push(item),
+            _ => events.push(GatewayEvent {
+                user: user.to_owned(),
+                items: vec![item],
+            }),
+        }
+    }
 }
 
 impl Delivery {
@@ -66,70 +74,75 @@ impl Delivery {
             .inc();
     }
 
-    async fn deliver(&self, items: Vec<Addressed>) -> anyhow::Result<()> {
-        let to_keep: Vec<(String, samvad_protocol::Message)> = items
+    async fn deliver(&self, batch: Vec<Routed>) -> anyhow::Result<()> {
+        let entries: Vec<NewEntry> = batch
             .iter()
-            .filter(|a| !a.message.ephemeral)
-            .map(|a| (a.recipient.clone(), a.message.clone()))
+            .filter(|r| !r.message.ephemeral)
+            .map(|r| NewEntry {
+                conv: Conv::of(&r.message),
+                device: r.device.clone(),
+                message: r.message.clone(),
+            })
             .collect();
-        let mut seqs = self.inbox.keep(&to_keep).await?.into_iter();
+        let mut appended = self.timeline.append(&entries).await?.into_iter();
 
-        // Per gateway, per recipient, in order.
-        let mut live: HashMap<String, Vec<(String, Vec<Outgoing>)>> = HashMap::new();
+        let mut handoff = Handoff::default();
         let mut offline = Vec::new();
         let mut online: HashMap<String, Vec<String>> = HashMap::new();
-        for a in items {
-            // A message kept before (a re-send, or this batch again after a crash) that is
-            // still pending goes out again, with its first sequence number, so a connection
-            // that already has it drops it; it is not pushed twice.
-            let (seq, new) = if a.message.ephemeral {
-                (None, false)
-            } else {
-                match seqs.next() {
-                    Some(Kept::New(seq)) => (Some(seq), true),
-                    Some(Kept::Pending(seq)) => (Some(seq), false),
-                    Some(Kept::Acked) | None => {
+        for routed in batch {
+            let message = &routed.message;
+            // A repeat (a re-send, or this batch again after a crash) is handed on again with
+            // its first seq: a connection that has it drops it; it is not pushed twice.
+            let (seq, new) = match message.ephemeral {
+                true => (None, false),
+                false => match appended.next() {
+                    Some(Appended::New(seq)) => (Some(seq), true),
+                    Some(Appended::Repeat(seq)) => {
                         self.count("repeat");
-                        continue;
+                        (Some(seq), false)
                     }
-                }
+                    None => anyhow::bail!("the timeline answered fewer appends than asked"),
+                },
             };
-            let gateways = match online.get(&a.recipient) {
-                Some(g) => g.clone(),
-                None => {
-                    let g = self.presence.gateways(&a.recipient).await?;
-                    online.insert(a.recipient.clone(), g.clone());
-                    g
-                }
-            };
-            if gateways.is_empty() {
-                if a.message.ephemeral {
-                    self.count("ephemeral_dropped");
-                } else if new && a.message.kind != MessageType::Notification {
-                    self.count("offline");
-                    offline.push(Record::json(a.recipient.clone(), &a)?);
-                }
-                continue;
-            }
-            self.count("live");
-            let outgoing = Outgoing {
+            let item = Outgoing {
                 seq,
-                message: a.message,
+                device: routed.device.clone(),
+                message: message.clone(),
             };
-            for gateway in gateways {
-                let users = live.entry(gateway).or_default();
-                match users.last_mut() {
-                    Some((user, items)) if *user == a.recipient => items.push(outgoing.clone()),
-                    _ => users.push((a.recipient.clone(), vec![outgoing.clone()])),
+            // The sender's other devices show what it sent (stored messages only).
+            let sender = (seq.is_some() && !routed.recipients.contains(&message.source))
+                .then_some(&message.source);
+            for user in routed.recipients.iter().chain(sender) {
+                if !online.contains_key(user) {
+                    online.insert(user.clone(), self.presence.gateways(user).await?);
+                }
+                let gateways = &online[user];
+                let recipient = *user != message.source;
+                if gateways.is_empty() && recipient {
+                    if message.ephemeral {
+                        self.count("ephemeral_dropped");
+                    } else if new && message.kind != MessageType::Notification {
+                        self.count("offline");
+                        let addressed = Addressed {
+                            recipient: user.clone(),
+                            message: message.clone(),
+                        };
+                        offline.push(Record::json(user.clone(), &addressed)?);
+                    }
+                    continue;
+                }
+                if recipient {
+                    self.count("live");
+                }
+                for gateway in gateways {
+                    handoff.add(gateway, user, item.clone());
                 }
             }
         }
-        for (gateway, users) in live {
-            let records = users
-                .into_iter()
-                .map(|(user, items)| {
-                    Record::json(user.clone(), &GatewayEvent::Live { user, items })
-                })
+        for (gateway, events) in handoff.0 {
+            let records = events
+                .iter()
+                .map(|event| Record::json(event.user.clone(), event))
                 .collect::<Result<Vec<_>, _>>()?;
             self.bus.publish(&Topic::Gateway(gateway), records).await?;
         }
@@ -138,48 +151,21 @@ impl Delivery {
     }
 
     async fn acked(&self, batch: Vec<ClientAck>) -> anyhow::Result<()> {
-        let acks: Vec<(String, String)> = batch.into_iter().map(|a| (a.user, a.id)).collect();
-        self.inbox.ack(&acks).await?;
+        let acks: Vec<(DeviceRef, Ack)> = batch
+            .into_iter()
+            .map(|a| {
+                let upto = a.upto.and_then(|u| {
+                    let conv = Conv::parse_for(&a.user, &u.conv)?;
+                    Some(Ack::Upto { conv, seq: u.seq })
+                });
+                let device = DeviceRef {
+                    user: a.user,
+                    device: a.device,
+                };
+                (device, upto.unwrap_or(Ack::Id(a.id)))
+            })
+            .collect();
+        self.timeline.ack(&acks).await?;
         Ok(())
-    }
-
-    async fn connections(&self, batch: Vec<ConnectionEvent>) -> anyhow::Result<()> {
-        for event in batch {
-            if event.connected {
-                self.replay(&event).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends a new connection everything pending for its user, oldest first, in chunks; the
-    /// last chunk says so, which releases the live messages the gateway held meanwhile.
-    async fn replay(&self, event: &ConnectionEvent) -> anyhow::Result<()> {
-        let topic = Topic::Gateway(event.gateway.clone());
-        let mut after = 0;
-        loop {
-            let pending = self.inbox.pending(&event.user, after, REPLAY_CHUNK).await?;
-            let done = pending.len() < REPLAY_CHUNK;
-            after = pending.last().map_or(after, |p| p.seq);
-            let items = pending
-                .into_iter()
-                .map(|p| Outgoing {
-                    seq: Some(p.seq),
-                    message: p.message,
-                })
-                .collect();
-            let replay = GatewayEvent::Replay {
-                user: event.user.clone(),
-                connection: event.connection,
-                items,
-                done,
-            };
-            self.bus
-                .publish(&topic, vec![Record::json(event.user.clone(), &replay)?])
-                .await?;
-            if done {
-                return Ok(());
-            }
-        }
     }
 }

@@ -1,9 +1,10 @@
-//! group-router: expands a group message into one message per member but the sender, after
-//! checking that the sender is a member.
+//! group-router: checks that the sender of a group message is a member and sends it on to
+//! delivery with the group's other members, who are told it is there. The message is stored
+//! once, in the group's conversation, however many members the group has.
 
-use samvad_bus::{Addressed, Record, Topic};
+use samvad_bus::{Accepted, Record, Routed, Topic};
 use samvad_kit::{Context, ServiceDef};
-use samvad_protocol::Message;
+use samvad_store::Conv;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "group-router",
@@ -13,12 +14,12 @@ pub const SERVICE: ServiceDef = ServiceDef {
 async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let bus = ctx.bus.clone();
     let groups = ctx.stores.groups.clone();
-    ctx.consume(Topic::GroupMessages, "group-router", move |batch: Vec<Message>| {
+    ctx.consume(Topic::GroupMessages, "group-router", move |batch: Vec<Accepted>| {
         let bus = bus.clone();
         let groups = groups.clone();
         async move {
             let mut out = Vec::new();
-            for message in batch {
+            for Accepted { device, message } in batch {
                 let Some(group) = groups.group(&message.destination).await? else {
                     tracing::warn!(group = %message.destination, id = %message.id, "dropping message to a group that no longer exists");
                     continue;
@@ -27,13 +28,19 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                     tracing::warn!(group = %group.group_id, user = %message.source, id = %message.id, "dropping message from a non-member");
                     continue;
                 }
-                for member in group.members.iter().filter(|m| m.username != message.source) {
-                    let addressed = Addressed {
-                        recipient: member.username.clone(),
-                        message: message.clone(),
-                    };
-                    out.push(Record::json(member.username.clone(), &addressed)?);
-                }
+                let recipients = group
+                    .members
+                    .iter()
+                    .filter(|m| m.username != message.source)
+                    .map(|m| m.username.clone())
+                    .collect();
+                let key = Conv::of(&message).key();
+                let routed = Routed {
+                    recipients,
+                    device,
+                    message,
+                };
+                out.push(Record::json(key, &routed)?);
             }
             bus.publish(&Topic::Send, out).await?;
             Ok(())

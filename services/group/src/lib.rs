@@ -5,10 +5,10 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use samvad_bus::{Addressed, Record, Topic};
+use samvad_bus::{Record, Routed, Topic};
 use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
 use samvad_protocol::{Channel, Message, MessageType};
-use samvad_store::{Group, Member, Role};
+use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -255,8 +255,8 @@ enum Change<'a> {
     Removed(&'a [String]),
 }
 
-/// Sends each of `recipients` the system message for `change`, durably, before the request is
-/// answered.
+/// Stores the system message for `change` in the group's conversation and tells `recipients`,
+/// durably, before the request is answered.
 async fn notify(
     ctx: &Context,
     group_id: &str,
@@ -291,18 +291,12 @@ async fn notify(
         server_id: uuid::Uuid::now_v7().to_string(),
         server_timestamp: now,
     };
-    let records = recipients
-        .iter()
-        .map(|r| {
-            Record::json(
-                r.clone(),
-                &Addressed {
-                    recipient: r.clone(),
-                    message: message.clone(),
-                },
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let routed = Routed {
+        recipients: recipients.to_vec(),
+        device: SYSTEM_DEVICE.to_owned(),
+        message,
+    };
+    let records = vec![Record::json(Conv::group(group_id).key(), &routed)?];
     ctx.bus.publish(&Topic::Send, records).await?;
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! message-router: reads every accepted message and sends it on by channel — group messages to
-//! the group-router, everything else to delivery for its one recipient.
+//! the group-router, 1:1 messages to delivery with their one recipient.
 
-use samvad_bus::{Addressed, Record, Topic};
+use samvad_bus::{Accepted, Record, Routed, Topic};
 use samvad_kit::{Context, ServiceDef};
-use samvad_protocol::{Channel, Message};
+use samvad_protocol::Channel;
+use samvad_store::Conv;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "message-router",
@@ -15,20 +16,23 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     ctx.consume(
         Topic::NewMessages,
         "message-router",
-        move |batch: Vec<Message>| {
+        move |batch: Vec<Accepted>| {
             let bus = bus.clone();
             async move {
                 let mut groups = Vec::new();
                 let mut direct = Vec::new();
-                for message in batch {
-                    if message.channel == Channel::Group {
-                        groups.push(Record::json(message.destination.clone(), &message)?);
+                for accepted in batch {
+                    let key = Conv::of(&accepted.message).key();
+                    if accepted.message.channel == Channel::Group {
+                        groups.push(Record::json(key, &accepted)?);
                     } else {
-                        let recipient = message.destination.clone();
-                        direct.push(Record::json(
-                            recipient.clone(),
-                            &Addressed { recipient, message },
-                        )?);
+                        let Accepted { device, message } = accepted;
+                        let routed = Routed {
+                            recipients: vec![message.destination.clone()],
+                            device,
+                            message,
+                        };
+                        direct.push(Record::json(key, &routed)?);
                     }
                 }
                 bus.publish(&Topic::GroupMessages, groups).await?;

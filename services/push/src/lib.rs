@@ -4,8 +4,8 @@
 //! JSON goes to `webpush`, any other token to `fcm` (FCM HTTP v1), and `log` takes what
 //! neither configured provider does. A token a provider reports dead is forgotten.
 //!
-//! Pushes are hints: the message waits in the inbox either way, so a push that cannot be sent
-//! is logged and counted, never retried forever, and never holds up the offline topic.
+//! Pushes are hints: the message waits in its conversation either way, so a push that cannot be
+//! sent is logged and counted, never retried forever, and never holds up the offline topic.
 //!
 //! Also serves `GET /v1.0/push/vapid` (ext): the VAPID public key browsers subscribe with.
 

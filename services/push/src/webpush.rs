@@ -39,7 +39,7 @@ const RECORD_SIZE: u32 = 4096;
 /// 86-octet header, the 16-octet tag and the padding delimiter).
 pub const MAX_PLAINTEXT: usize = 3993;
 /// How long a push service keeps an undelivered push, in seconds. The message itself waits
-/// in the inbox for as long as it takes; the push only wakes the browser.
+/// in its conversation for as long as it takes; the push only wakes the browser.
 pub const TTL_SECS: u64 = 86_400;
 /// Lifetime of a VAPID token (RFC 8292 allows at most 24 hours).
 const VAPID_LIFETIME_SECS: u64 = 12 * 3600;

@@ -49,7 +49,7 @@ async fn send(
     State(ingress): State<Ingress>,
     State(flood): State<PerUser>,
     Query(params): Query<Params>,
-    User { name: user, .. }: User,
+    User { name: user, device }: User,
     JsonBody(frames): JsonBody<Vec<String>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if frames.is_empty() || frames.len() > MAX_BATCH {
@@ -86,7 +86,7 @@ async fn send(
                 .map_err(|e| numbered(i, e))?,
         );
     }
-    ingress.publish(&accepted).await?;
+    ingress.publish(&device, &accepted).await?;
     if params.ack.as_deref() != Some("true") {
         return Ok((StatusCode::CREATED, Json(json!({}))));
     }

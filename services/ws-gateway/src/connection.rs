@@ -1,23 +1,30 @@
 //! One WebSocket connection, from open to close.
+//!
+//! A connection feeds its device each conversation in seq order. It starts from where the
+//! device stands in every conversation (its cursor) and reads what it is owed from the
+//! timeline, a chunk at a time, between everything else it does. Live messages from delivery
+//! are written at once when they are the next seq of their conversation; one that is not (the
+//! conversation is still being caught up, or a live hand-off went missing) only says how far
+//! the timeline reaches, and the connection reads up to it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
 use futures_util::SinkExt;
-use samvad_bus::{ConnectionEvent, Record, Topic};
+use samvad_bus::Outgoing;
 use samvad_ingress::{Rejection, TokenBucket};
-use samvad_protocol::MessageType;
+use samvad_protocol::{Channel, Message, MessageType};
+use samvad_store::{Conv, DeviceRef, Page, SYSTEM_DEVICE};
 use serde_json::json;
 
-use crate::{Format, Gateway, Item, Outbound, Registration, encode};
+use crate::{Gateway, Item, Options, Outbound, Registration, encode};
 
 /// A connection that sends nothing (clients ping every 30 s) for this long is closed.
 const IDLE: Duration = Duration::from_secs(120);
-/// How long a new connection waits for its replay before giving up.
-const REPLAY_WAIT: Duration = Duration::from_secs(30);
-/// Live messages held for a connection while its replay is still coming.
-const HOLD_MAX: usize = 10_000;
+/// Entries read from the timeline at a time.
+const CHUNK: usize = 200;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Refusals for sending too fast after which the connection is closed.
@@ -26,16 +33,23 @@ const FLOOD_CLOSE: u32 = 100;
 struct Conn {
     gateway: Gateway,
     socket: WebSocket,
-    user: String,
-    format: Format,
-    ack: bool,
-    /// Until delivery's replay is complete, live messages wait here.
-    replaying: bool,
-    held: Vec<Arc<Item>>,
-    /// Highest inbox sequence written out; replays and live copies at or below it are dupes.
-    sent_seq: u64,
+    device: DeviceRef,
+    options: Options,
+    /// Per conversation: how far this connection has fed it.
+    feeds: HashMap<Conv, Feed>,
+    /// Conversations with entries to read from the timeline, taken in turn.
+    behind: VecDeque<Conv>,
     bucket: TokenBucket,
     refusals: u32,
+}
+
+/// How far a connection has fed one conversation.
+#[derive(Debug, Clone, Copy)]
+struct Feed {
+    /// The highest seq written out, or skipped as the device's own.
+    sent: u64,
+    /// The highest seq known to be stored.
+    stored: u64,
 }
 
 /// Why the connection ended, for the close frame.
@@ -44,27 +58,28 @@ enum End {
     Close(u16, &'static str),
 }
 
+/// The timeline could not be read: the client comes back later, and its device is owed the
+/// same then.
+const STORE_BUSY: End = End::Close(close_code::AGAIN, "server busy; reconnect");
+
 pub(crate) async fn run(
     gateway: Gateway,
     mut registration: Registration,
     socket: WebSocket,
-    format: Format,
-    ack: bool,
+    options: Options,
 ) {
-    let (id, user, slow) = (
-        registration.id,
-        registration.user.clone(),
-        registration.slow.clone(),
-    );
+    let slow = registration.slow.clone();
+    let user = registration.who.user.clone();
     let mut conn = Conn {
         gateway: gateway.clone(),
         socket,
-        user: user.clone(),
-        format,
-        ack,
-        replaying: true,
-        held: Vec::new(),
-        sent_seq: 0,
+        device: DeviceRef {
+            user: user.clone(),
+            device: registration.who.device.clone(),
+        },
+        options,
+        feeds: HashMap::new(),
+        behind: VecDeque::new(),
         bucket: TokenBucket::new(
             gateway.ctx.settings.rate_limit,
             gateway.ctx.settings.rate_burst,
@@ -72,18 +87,21 @@ pub(crate) async fn run(
         refusals: 0,
     };
     gateway.ctx.metrics.connections.inc();
-    // The rarely run steps are boxed: an idle connection's task then holds only what waiting
-    // needs, not room for their state machines (with the shared Gateway: 4.4 KB → 1.5 KB).
-    let end = match Box::pin(announce(&gateway, &user, id, true)).await {
+    let presence = &gateway.ctx.presence;
+    let gateway_id = &gateway.ctx.settings.instance_id;
+    // Present first, then where the device stands: whatever is stored after that look is
+    // handed to this connection live. The rarely run steps are boxed: an idle connection's
+    // task then holds only what waiting needs, not room for their state machines.
+    let end = match Box::pin(conn.start(presence.connected(&user, gateway_id))).await {
         Ok(()) => conn.serve(&mut registration.queue, &slow).await,
         Err(e) => {
-            tracing::warn!(user = %user, error = %e, "cannot register connection");
-            End::Close(close_code::AGAIN, "server busy; reconnect")
+            tracing::warn!(user = %user, error = %e, "cannot start the connection");
+            STORE_BUSY
         }
     };
     drop(registration);
     gateway.ctx.metrics.connections.dec();
-    if let Err(e) = Box::pin(announce(&gateway, &user, id, false)).await {
+    if let Err(e) = Box::pin(presence.disconnected(&user, gateway_id)).await {
         tracing::warn!(user = %user, error = %e, "cannot record disconnect");
     }
     if let End::ClientClosed = end {
@@ -105,36 +123,28 @@ pub(crate) async fn run(
     }
 }
 
-/// Records the connection in presence, then tells delivery (which replays on connect).
-async fn announce(
-    gateway: &Gateway,
-    user: &str,
-    connection: u64,
-    connected: bool,
-) -> anyhow::Result<()> {
-    let ctx = &gateway.ctx;
-    let gateway_id = &ctx.settings.instance_id;
-    if connected {
-        ctx.presence.connected(user, gateway_id).await?;
-    } else {
-        ctx.presence.disconnected(user, gateway_id).await?;
-    }
-    let event = ConnectionEvent {
-        user: user.to_owned(),
-        gateway: gateway_id.clone(),
-        connection,
-        connected,
-    };
-    ctx.bus
-        .publish(
-            &Topic::Connections,
-            vec![Record::json(user.to_owned(), &event)?],
-        )
-        .await?;
-    Ok(())
-}
-
 impl Conn {
+    /// Records the connection in presence, then learns where its device stands in each of its
+    /// conversations.
+    async fn start(
+        &mut self,
+        present: impl Future<Output = Result<(), samvad_presence::PresenceError>>,
+    ) -> anyhow::Result<()> {
+        present.await?;
+        let timeline = &self.gateway.ctx.stores.timeline;
+        for position in timeline.positions(&self.device, None).await? {
+            let feed = Feed {
+                sent: position.cursor,
+                stored: position.last_seq,
+            };
+            if position.owed() {
+                self.behind.push_back(position.conv.clone());
+            }
+            self.feeds.insert(position.conv, feed);
+        }
+        Ok(())
+    }
+
     async fn serve(
         &mut self,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
@@ -142,9 +152,8 @@ impl Conn {
     ) -> End {
         let shutdown = self.gateway.ctx.shutdown();
         let closing = self.gateway.ctx.closing();
-        // One timer, for whichever comes first: the end of the wait for the replay, then (once
-        // the process drains) this connection's own moment to close within the spread.
-        let deadline = tokio::time::sleep(REPLAY_WAIT);
+        // Once the process drains: this connection's own moment to close within the spread.
+        let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
         let mut draining = false;
         loop {
@@ -157,15 +166,7 @@ impl Conn {
                     deadline.as_mut().reset(tokio::time::Instant::now() + delay);
                     Ok(())
                 }
-                _ = &mut deadline, if self.replaying || draining => {
-                    if draining {
-                        return End::Close(close_code::AWAY, "server restarting");
-                    }
-                    // Delivery never answered the connect: rather than hold live messages
-                    // forever, ask the client to come back (its pending messages are safe in
-                    // the inbox).
-                    return End::Close(close_code::AGAIN, "server busy; reconnect");
-                }
+                _ = &mut deadline, if draining => return End::Close(close_code::AWAY, "server restarting"),
                 _ = slow.cancelled() => return self.too_slow(),
                 frame = tokio::time::timeout(IDLE, self.socket.recv()) => match frame {
                     Err(_) => return End::Close(close_code::AWAY, "idle"),
@@ -173,7 +174,10 @@ impl Conn {
                     Ok(Some(Err(e))) => return read_error(&e),
                     Ok(Some(Ok(frame))) => Box::pin(self.received(frame)).await,
                 },
-                Some(event) = queue.recv() => self.outbound(event).await,
+                Some(items) = queue.recv() => self.live(&items).await,
+                // Always ready while a conversation is behind; select! picks among the ready
+                // branches at random, so catching up and live traffic share the connection.
+                () = std::future::ready(()), if !self.behind.is_empty() => Box::pin(self.catch_up()).await,
             };
             if let Err(end) = result {
                 return end;
@@ -181,30 +185,108 @@ impl Conn {
         }
     }
 
-    async fn outbound(&mut self, event: Outbound) -> Result<(), End> {
-        match event {
-            Outbound::Live(items) if self.replaying => {
-                self.held.extend(items.iter().cloned());
-                if self.held.len() > HOLD_MAX {
-                    return Err(self.too_slow());
-                }
-                Ok(())
+    /// Writes live messages that are next in their conversation; the others mark it behind.
+    async fn live(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let Some((conv, seq)) = &item.place else {
+                out.push(Arc::clone(item)); // ephemeral
+                continue;
+            };
+            if !self.feeds.contains_key(conv) {
+                // A conversation new since the connection opened (a first 1:1 message, a group
+                // joined): where does the device stand in it?
+                let timeline = &self.gateway.ctx.stores.timeline;
+                let found = Box::pin(timeline.positions(&self.device, Some(conv)))
+                    .await
+                    .map_err(|_| STORE_BUSY)?;
+                let Some(position) = found.into_iter().next() else {
+                    // Not a participant (any more): the notice of a removal, which its subject
+                    // still gets while connected.
+                    out.push(Arc::clone(item));
+                    continue;
+                };
+                let feed = Feed {
+                    sent: position.cursor,
+                    stored: position.last_seq,
+                };
+                self.feeds.insert(conv.clone(), feed);
             }
-            Outbound::Live(items) => self.write(&items).await,
-            Outbound::Replay { items, done } => {
-                self.write(&items).await?;
-                if done {
-                    self.replaying = false;
-                    let held = std::mem::take(&mut self.held);
-                    self.write(&held).await?;
+            let feed = self.feeds.get_mut(conv).expect("inserted above");
+            feed.stored = feed.stored.max(*seq);
+            if *seq <= feed.sent {
+                continue; // written before
+            }
+            if *seq == feed.sent + 1 && !self.behind.contains(conv) {
+                feed.sent = *seq;
+                if self.wants(item) {
+                    out.push(Arc::clone(item));
                 }
-                Ok(())
+            } else if !self.behind.contains(conv) {
+                self.behind.push_back(conv.clone());
             }
         }
+        self.write(&out).await
     }
 
-    /// Writes messages in order, skipping stored ones already written, with one flush.
+    /// Reads the next chunk of the first conversation behind from the timeline and writes it
+    /// (with a gap notice first where retention removed what the device still owed).
+    async fn catch_up(&mut self) -> Result<(), End> {
+        let Some(conv) = self.behind.pop_front() else {
+            return Ok(());
+        };
+        let Some(mut feed) = self.feeds.get(&conv).copied() else {
+            return Ok(());
+        };
+        let timeline = &self.gateway.ctx.stores.timeline;
+        let window = timeline
+            .window(&conv, Page::After(feed.sent), 0, CHUNK)
+            .await
+            .map_err(|_| STORE_BUSY)?;
+        let user = &self.device.user;
+        let mut out = Vec::with_capacity(window.entries.len() + 1);
+        let first = window.entries.first().map_or(feed.stored + 1, |e| e.seq);
+        if first > feed.sent + 1 {
+            out.push(Item::new(
+                user,
+                gap_notice(user, &conv, feed.sent + 1, first - 1),
+            ));
+            feed.sent = first - 1;
+        }
+        for entry in window.entries {
+            feed.sent = entry.seq;
+            let outgoing = Outgoing {
+                seq: Some(entry.seq),
+                device: entry.device,
+                message: entry.message,
+            };
+            let item = Item::new(user, outgoing);
+            if self.wants(&item) {
+                out.push(item);
+            }
+        }
+        feed.stored = feed.stored.max(feed.sent);
+        if window.more || feed.sent < feed.stored {
+            self.behind.push_back(conv.clone());
+        }
+        self.feeds.insert(conv, feed);
+        self.write(&out).await
+    }
+
+    /// Whether the client is sent a stored message: never what its own device sent, and what
+    /// its user sent elsewhere only with `sync=true`. The server's notices always.
+    fn wants(&self, item: &Item) -> bool {
+        if item.device == SYSTEM_DEVICE || item.message.source != self.device.user {
+            return true;
+        }
+        item.device != self.device.device && self.options.sync
+    }
+
+    /// Writes messages in order, with one flush.
     async fn write(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
+        if items.is_empty() {
+            return Ok(());
+        }
         let limit = self.gateway.ctx.settings.slow_client;
         match tokio::time::timeout(limit, self.write_unbounded(items)).await {
             Ok(result) => result,
@@ -212,33 +294,22 @@ impl Conn {
         }
     }
 
-    /// A client that falls behind — its queue or held messages overflow, or it has not taken a
-    /// write for `SAMVAD_SLOW_CLIENT_SECS` — is let go, counted: it holds a task and buffers,
-    /// and everything it is owed waits safely for its return.
+    /// A client that falls behind — its queue overflows, or it has not taken a write for
+    /// `SAMVAD_SLOW_CLIENT_SECS` — is let go, counted: it holds a task and buffers, and
+    /// everything it is owed waits safely in the timeline for its return.
     fn too_slow(&self) -> End {
         self.gateway.ctx.metrics.slow_closes.inc();
         End::Close(close_code::AGAIN, "too far behind; reconnect")
     }
 
     async fn write_unbounded(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
-        let mut wrote = false;
         for item in items {
-            if let Some(seq) = item.seq {
-                if seq <= self.sent_seq {
-                    continue;
-                }
-                self.sent_seq = seq;
-            }
             self.socket
-                .feed(item.frame(self.format))
+                .feed(item.frame(self.options.format))
                 .await
                 .map_err(gone)?;
-            wrote = true;
         }
-        if wrote {
-            self.socket.flush().await.map_err(gone)?;
-        }
-        Ok(())
+        self.socket.flush().await.map_err(gone)
     }
 
     async fn received(&mut self, frame: Frame) -> Result<(), End> {
@@ -273,17 +344,22 @@ impl Conn {
             }
         };
         let id = message.id.clone();
-        let accepted = match self.gateway.ingress.accept(&self.user, message).await {
+        let accepted = match self
+            .gateway
+            .ingress
+            .accept(&self.device.user, message)
+            .await
+        {
             Ok(m) => m,
             Err(e) => return self.rejected(Some(&id), e).await,
         };
         if let Err(e) = self
             .gateway
             .ingress
-            .publish(std::slice::from_ref(&accepted))
+            .publish(&self.device.device, std::slice::from_ref(&accepted))
             .await
         {
-            tracing::warn!(user = %self.user, error = %e, "publish failed; message not acked");
+            tracing::warn!(user = %self.device.user, error = %e, "publish failed; message not acked");
             return self
                 .refuse(
                     Some(&id),
@@ -291,9 +367,9 @@ impl Conn {
                 )
                 .await;
         }
-        if self.ack && accepted.kind != MessageType::ClientAck {
+        if self.options.ack && accepted.kind != MessageType::ClientAck {
             let ack = accepted.server_ack();
-            return self.send(encode(&ack, self.format)).await;
+            return self.send(encode(&ack, self.options.format)).await;
         }
         Ok(())
     }
@@ -334,5 +410,46 @@ fn read_error(e: &axum::Error) -> End {
         End::Close(close_code::SIZE, "message too large")
     } else {
         End::ClientClosed
+    }
+}
+
+/// The notice that retention removed seqs `from..=to` of `conv` before this device acked them
+/// (PROTOCOL §7): the client refetches what history still has instead of missing it silently.
+fn gap_notice(user: &str, conv: &Conv, from: u64, to: u64) -> Outgoing {
+    let now = samvad_kit::now_ms();
+    let (channel, peer) = match conv {
+        Conv::Group(id) => (Channel::Group, id.clone()),
+        Conv::Direct { .. } => (Channel::Individual, user.to_owned()),
+    };
+    let name = conv.name_for(user);
+    let message = Message {
+        version: 2.1,
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: MessageType::Notification,
+        channel,
+        ephemeral: true,
+        source: samvad_protocol::SERVER_SOURCE.to_owned(),
+        destination: peer,
+        timestamp: now,
+        content: json!({ "conv": name, "from": from, "to": to })
+            .to_string()
+            .into_bytes(),
+        meta: [
+            ("action", "gap".to_owned()),
+            ("contentType", "notification".to_owned()),
+            ("conv", name),
+            ("from", from.to_string()),
+            ("to", to.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+        server_id: uuid::Uuid::now_v7().to_string(),
+        server_timestamp: now,
+    };
+    Outgoing {
+        seq: None,
+        device: SYSTEM_DEVICE.to_owned(),
+        message,
     }
 }

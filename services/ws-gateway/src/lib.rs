@@ -1,11 +1,12 @@
 //! ws-gateway: holds the WebSocket connections. It authenticates the upgrade, answers `ping`,
 //! decodes each frame in the connection's format, acks a message only once it is durable, and
-//! writes out what delivery hands it — replay first, then live messages, one ordered stream
-//! per connection.
+//! feeds each connection its device's conversations: what the device is owed, read from the
+//! timeline, then what delivery hands it live, in seq order per conversation.
 //!
-//! Every connection of a user receives every message; the first `CLIENT_ACK` from any of them
-//! ends the server's duty for it. A connection that cannot keep up (its bounded queue is full)
-//! is closed rather than allowed to grow memory; what it missed is replayed when it returns.
+//! A connection acts as its access key's device (PROTOCOL §7): it is sent what that device has
+//! not acked, and its `CLIENT_ACK`s end that device's duty only. A connection that cannot keep
+//! up (its bounded queue is full) is closed rather than allowed to grow memory; what it missed
+//! is read from the timeline when it returns.
 
 mod connection;
 
@@ -19,10 +20,12 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use samvad_auth::Identity;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
 use samvad_kit::{ApiError, Context, ServiceDef};
 use samvad_protocol::{Encoding, Message};
+use samvad_store::Conv;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,19 +47,37 @@ pub(crate) enum Format {
     Binary,
 }
 
-/// A message on its way out, encoded at most once per format however many connections get it.
+/// A message on its way to one user's connections, encoded at most once per format however
+/// many of them get it.
 pub(crate) struct Item {
-    seq: Option<u64>,
-    message: Message,
+    /// Its conversation and seq there (`None` for an ephemeral message).
+    pub(crate) place: Option<(Conv, u64)>,
+    /// The device that sent it (empty for the server's own notices).
+    pub(crate) device: String,
+    pub(crate) message: Message,
     /// By `Format as usize`.
     frames: [OnceLock<Frame>; 2],
 }
 
 impl Item {
-    fn new(outgoing: Outgoing) -> Arc<Self> {
+    /// `outgoing` as `viewer` sees it: a stored message names its conversation from the
+    /// viewer's side and its seq (`meta.conv`, `meta.seq`).
+    pub(crate) fn new(viewer: &str, outgoing: Outgoing) -> Arc<Self> {
+        let Outgoing {
+            seq,
+            device,
+            mut message,
+        } = outgoing;
+        let place = seq.map(|seq| {
+            let conv = Conv::of(&message);
+            message.meta.insert("conv".into(), conv.name_for(viewer));
+            message.meta.insert("seq".into(), seq.to_string());
+            (conv, seq)
+        });
         Arc::new(Self {
-            seq: outgoing.seq,
-            message: outgoing.message,
+            place,
+            device,
+            message,
             frames: Default::default(),
         })
     }
@@ -76,13 +97,11 @@ pub(crate) fn encode(message: &Message, format: Format) -> Frame {
     }
 }
 
-/// What the dispatcher hands a connection.
-pub(crate) enum Outbound {
-    Live(Arc<[Arc<Item>]>),
-    Replay { items: Vec<Arc<Item>>, done: bool },
-}
+/// What the dispatcher hands a connection: live messages for its user, in order.
+pub(crate) type Outbound = Arc<[Arc<Item>]>;
 
 struct Conn {
+    /// Tells a user's connections apart.
     id: u64,
     queue: mpsc::Sender<Outbound>,
     /// Cancelled to close a connection that fell behind.
@@ -113,9 +132,7 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         ctx: ctx.clone(),
         ingress: Ingress::new(ctx, "ws"),
         conns: Mutex::default(),
-        // Connection ids never repeat across restarts of a gateway with a fixed id, so a
-        // delivery meant for a connection of a previous run cannot reach a new one.
-        next_id: AtomicU64::new(samvad_kit::now_ms() << 16),
+        next_id: AtomicU64::new(0),
     }));
     let id = &ctx.settings.instance_id;
     let dispatcher = gateway.clone();
@@ -136,10 +153,10 @@ impl Gateway {
     }
 
     /// Takes a place for a new connection of `user`, unless they hold as many as one user may.
-    fn register(&self, user: &str) -> Result<Registration, ApiError> {
+    fn register(&self, who: Identity) -> Result<Registration, ApiError> {
         let max = self.ctx.settings.max_connections_per_user;
         let mut conns = self.lock();
-        if conns.get(user).map_or(0, Vec::len) >= max {
+        if conns.get(&who.user).map_or(0, Vec::len) >= max {
             self.ingress.count_refusal("too_many_connections");
             return Err(ApiError::too_many(format!(
                 "at most {max} connections per user; close one first"
@@ -148,14 +165,14 @@ impl Gateway {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, rx) = mpsc::channel(QUEUE);
         let slow = CancellationToken::new();
-        conns.entry(user.to_owned()).or_default().push(Conn {
+        conns.entry(who.user.clone()).or_default().push(Conn {
             id,
             queue,
             slow: slow.clone(),
         });
         Ok(Registration {
             gateway: self.clone(),
-            user: user.to_owned(),
+            who,
             id,
             queue: rx,
             slow,
@@ -176,31 +193,15 @@ impl Gateway {
     /// closes that connection.
     fn dispatch(&self, batch: Vec<GatewayEvent>) {
         let conns = self.lock();
-        for event in batch {
-            match event {
-                GatewayEvent::Live { user, items } => {
-                    let Some(list) = conns.get(&user) else {
-                        continue; // stale presence: it waits in the inbox for the next connect
-                    };
-                    let items: Arc<[Arc<Item>]> = items.into_iter().map(Item::new).collect();
-                    for conn in list {
-                        offer(conn, Outbound::Live(Arc::clone(&items)));
-                    }
-                }
-                GatewayEvent::Replay {
-                    user,
-                    connection,
-                    items,
-                    done,
-                } => {
-                    if let Some(conn) = conns
-                        .get(&user)
-                        .and_then(|list| list.iter().find(|c| c.id == connection))
-                    {
-                        let items = items.into_iter().map(Item::new).collect();
-                        offer(conn, Outbound::Replay { items, done });
-                    }
-                }
+        for GatewayEvent { user, items } in batch {
+            // Stale presence: the connection has gone, and its device reads the timeline when
+            // it is back.
+            let Some(list) = conns.get(&user) else {
+                continue;
+            };
+            let items: Outbound = items.into_iter().map(|i| Item::new(&user, i)).collect();
+            for conn in list {
+                offer(conn, Arc::clone(&items));
             }
         }
     }
@@ -211,7 +212,7 @@ impl Gateway {
 /// the place back.
 pub(crate) struct Registration {
     gateway: Gateway,
-    pub(crate) user: String,
+    pub(crate) who: Identity,
     pub(crate) id: u64,
     pub(crate) queue: mpsc::Receiver<Outbound>,
     pub(crate) slow: CancellationToken,
@@ -219,7 +220,7 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.gateway.unregister(&self.user, self.id);
+        self.gateway.unregister(&self.who.user, self.id);
     }
 }
 
@@ -233,6 +234,17 @@ fn offer(conn: &Conn, event: Outbound) {
 struct Params {
     ack: Option<String>,
     format: Option<String>,
+    sync: Option<String>,
+}
+
+/// How a connection asked to be served, in its query.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) format: Format,
+    /// Send a `SERVER_ACK` for each message accepted (`ack=true`).
+    pub(crate) ack: bool,
+    /// Also send what the user sent from other devices (`sync=true`).
+    pub(crate) sync: bool,
 }
 
 async fn upgrade(
@@ -244,20 +256,20 @@ async fn upgrade(
     if let Err(e) = check_origin(&headers, &gateway.ctx.settings.allowed_origins) {
         return e.into_response();
     }
-    let (user, subprotocol) = match samvad_auth::credentials(&headers).and_then(|c| {
-        Ok((
-            gateway.ctx.access_keys.authenticate(&c)?.user,
-            c.subprotocol,
-        ))
-    }) {
+    let (who, subprotocol) = match samvad_auth::credentials(&headers)
+        .and_then(|c| Ok((gateway.ctx.access_keys.authenticate(&c)?, c.subprotocol)))
+    {
         Ok(found) => found,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let format = match params.format.as_deref() {
-        Some("binary") => Format::Binary,
-        _ => Format::Text,
+    let options = Options {
+        format: match params.format.as_deref() {
+            Some("binary") => Format::Binary,
+            _ => Format::Text,
+        },
+        ack: params.ack.as_deref() == Some("true"),
+        sync: params.sync.as_deref() == Some("true"),
     };
-    let ack = params.ack.as_deref() == Some("true");
     let max = gateway.ctx.settings.max_message_bytes;
     let mut ws = ws
         .read_buffer_size(1024)
@@ -268,13 +280,13 @@ async fn upgrade(
     if let Some(sub) = subprotocol {
         ws = ws.protocols([sub]);
     }
-    let registration = match gateway.register(&user) {
+    let registration = match gateway.register(who) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let ctx = gateway.ctx.clone();
     ws.on_upgrade(move |socket| async move {
-        ctx.spawn_detached(connection::run(gateway, registration, socket, format, ack));
+        ctx.spawn_detached(connection::run(gateway, registration, socket, options));
     })
 }
 

@@ -6,7 +6,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{EmbeddedStore, backend};
 use crate::timeline::{
-    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, TimelineStore,
+    Window,
 };
 use crate::{Result, StoreError, now_ms};
 
@@ -301,8 +302,9 @@ impl TimelineStore for EmbeddedStore {
             .map_err(backend)
     }
 
-    async fn owed(&self, device: &DeviceRef) -> Result<Vec<Owed>> {
+    async fn positions(&self, device: &DeviceRef, only: Option<&Conv>) -> Result<Vec<Position>> {
         let device = device.clone();
+        let only = only.map(Conv::key);
         self.db
             .read(move |c| {
                 c.prepare_cached(
@@ -311,12 +313,11 @@ impl TimelineStore for EmbeddedStore {
                      JOIN conversations c ON c.conv = p.conv
                      LEFT JOIN cursors k
                        ON k.username = p.username AND k.device = ?2 AND k.conv = p.conv
-                     WHERE p.username = ?1
-                       AND c.last_seq > max(p.since_seq, coalesce(k.seq, 0))
+                     WHERE p.username = ?1 AND (?3 IS NULL OR p.conv = ?3)
                      ORDER BY p.conv",
                 )?
-                .query_map(params![device.user, device.device], |r| {
-                    Ok(Owed {
+                .query_map(params![device.user, device.device, only], |r| {
+                    Ok(Position {
                         conv: conv_of(&r.get::<_, String>(0)?)?,
                         cursor: r.get::<_, i64>(1)? as u64,
                         last_seq: r.get::<_, i64>(2)? as u64,

@@ -16,7 +16,8 @@ use mongodb::options::ReturnDocument;
 
 use super::{MongoStore, all, backend, corrupt, is_duplicate};
 use crate::timeline::{
-    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Owed, Page, TimelineStore, Window,
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, TimelineStore,
+    Window,
 };
 use crate::{Result, now_ms};
 
@@ -347,8 +348,12 @@ impl TimelineStore for MongoStore {
         }
     }
 
-    async fn owed(&self, device: &DeviceRef) -> Result<Vec<Owed>> {
-        let parts = all(self.participants.find(doc! { "user": &device.user })).await?;
+    async fn positions(&self, device: &DeviceRef, only: Option<&Conv>) -> Result<Vec<Position>> {
+        let mut filter = doc! { "user": &device.user };
+        if let Some(conv) = only {
+            filter.insert("conv", conv.key());
+        }
+        let parts = all(self.participants.find(filter)).await?;
         if parts.is_empty() {
             return Ok(Vec::new());
         }
@@ -379,24 +384,22 @@ impl TimelineStore for MongoStore {
                     ))
                 })
                 .collect::<Result<_>>()?;
-        let mut owed = Vec::new();
+        let mut positions = Vec::new();
         for part in &parts {
             let key = part.get_str("conv").map_err(corrupt)?;
             let Some(&(last_seq, first_seq)) = convs.get(key) else {
                 continue;
             };
             let cursor = int(part, "since")?.max(cursors.get(key).copied().unwrap_or(0));
-            if last_seq > cursor {
-                owed.push(Owed {
-                    conv: conv_of(part)?,
-                    cursor,
-                    last_seq,
-                    first_seq,
-                });
-            }
+            positions.push(Position {
+                conv: conv_of(part)?,
+                cursor,
+                last_seq,
+                first_seq,
+            });
         }
-        owed.sort_by_key(|o| o.conv.key());
-        Ok(owed)
+        positions.sort_by_key(|p| p.conv.key());
+        Ok(positions)
     }
 
     async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()> {

@@ -6,64 +6,13 @@ mod timeline;
 
 use std::time::Duration;
 
-use samvad_protocol::Message;
 use samvad_store::{
-    Device, EmbeddedStore, Group, GroupStore, InboxStore, Kept, Member, MongoStore, ProfileStore,
-    Removal, Role, TimelineStore,
+    Device, EmbeddedStore, Group, GroupStore, Member, MongoStore, ProfileStore, Removal, Role,
+    TimelineStore,
 };
 
-trait Store: ProfileStore + GroupStore + InboxStore + TimelineStore {}
-impl<T: ProfileStore + GroupStore + InboxStore + TimelineStore> Store for T {}
-
-fn msg(id: &str, from: &str) -> Message {
-    Message {
-        id: id.into(),
-        source: from.into(),
-        destination: "bob".into(),
-        content: br#"{"text":"x"}"#.to_vec(),
-        ..Message::default()
-    }
-}
-
-async fn inbox_contract(s: &dyn Store) {
-    let bob = || "bob".to_owned();
-    let kept = s
-        .keep(&[
-            (bob(), msg("1", "alice")),
-            (bob(), msg("2", "alice")),
-            (bob(), msg("1", "carol")),
-        ])
-        .await
-        .unwrap();
-    let [Kept::New(a), Kept::New(b), Kept::New(c)] = kept[..] else {
-        panic!("{kept:?}");
-    };
-    assert!(a < b && b < c, "kept in order");
-    assert_eq!(
-        s.keep(&[(bob(), msg("1", "alice")), (bob(), msg("3", "alice"))])
-            .await
-            .unwrap()[0],
-        Kept::Pending(a),
-        "a repeat is not kept twice, and does not stop the rest"
-    );
-    assert_eq!(
-        InboxStore::ack(s, &[(bob(), "1".into())]).await.unwrap(),
-        2,
-        "both senders' id 1"
-    );
-    assert_eq!(
-        s.keep(&[(bob(), msg("1", "alice"))]).await.unwrap(),
-        vec![Kept::Acked]
-    );
-    let pending = s.pending("bob", 0, 10).await.unwrap();
-    let ids: Vec<&str> = pending.iter().map(|p| p.message.id.as_str()).collect();
-    assert_eq!(ids, ["2", "3"]);
-    assert_eq!(pending[0].seq, b);
-    assert_eq!(pending[0].message, msg("2", "alice"));
-    assert_eq!(s.pending("bob", b, 10).await.unwrap().len(), 1);
-    assert_eq!(s.pending("bob", 0, 1).await.unwrap().len(), 1, "limit");
-    assert!(s.pending("alice", 0, 10).await.unwrap().is_empty());
-}
+trait Store: ProfileStore + GroupStore + TimelineStore {}
+impl<T: ProfileStore + GroupStore + TimelineStore> Store for T {}
 
 async fn group_contract(s: &dyn Store) {
     let member = |u: &str, role| Member {
@@ -135,7 +84,6 @@ async fn profile_contract(s: &dyn Store) {
 }
 
 async fn contract(s: &dyn Store) {
-    inbox_contract(s).await;
     group_contract(s).await;
     profile_contract(s).await;
     timeline::contract(s).await;

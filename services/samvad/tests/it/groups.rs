@@ -6,7 +6,12 @@ use serde_json::{Value, json};
 
 use crate::support::{Seen, TestApp, User, call, group_chat, text_of};
 
-async fn create_group(app: &TestApp, admin: &User, name: &str, members: &[&str]) -> String {
+pub(crate) async fn create_group(
+    app: &TestApp,
+    admin: &User,
+    name: &str,
+    members: &[&str],
+) -> String {
     let (status, body) = call(
         app.as_user(Method::POST, "/v1.0/groups/", admin)
             .json(&json!({ "name": name, "members": members })),

@@ -9,6 +9,7 @@ mod backends;
 mod bad_input;
 mod chat;
 mod cluster;
+mod devices;
 mod durability;
 mod groups;
 mod login;

@@ -83,10 +83,15 @@ impl TestApp {
 
     /// Logs `username` in and returns their access key.
     pub async fn login(&self, username: &str) -> String {
+        self.login_device(username, "default").await
+    }
+
+    /// Logs `username` in on device `device` and returns the device's access key.
+    pub async fn login_device(&self, username: &str, device: &str) -> String {
         let res = self
             .http
             .post(self.url("/v1.0/login"))
-            .json(&json!({"username": username, "authToken": "dev", "notificationToken": format!("token-{username}")}))
+            .json(&json!({"username": username, "authToken": "dev", "deviceId": device, "notificationToken": format!("token-{username}")}))
             .send()
             .await
             .unwrap();
@@ -102,8 +107,23 @@ impl TestApp {
         }
     }
 
+    /// `username` logged in on device `device`.
+    pub async fn device(&self, username: &str, device: &str) -> User {
+        User {
+            name: username.into(),
+            key: self.login_device(username, device).await,
+        }
+    }
+
     pub async fn connect(&self, user: &User, format: &str, ack: bool) -> Client {
         self.try_connect(user, format, ack).await.unwrap()
+    }
+
+    /// A text connection that also receives what its user sent from other devices.
+    pub async fn connect_synced(&self, user: &User) -> Client {
+        self.open(user, "ack=false&format=text&sync=true")
+            .await
+            .unwrap()
     }
 
     /// Opens a WebSocket as `user`, or says why the server refused it.
@@ -113,7 +133,15 @@ impl TestApp {
         format: &str,
         ack: bool,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{}/v1.0/wss/?ack={ack}&format={format}", self.addr)
+        self.open(user, &format!("ack={ack}&format={format}")).await
+    }
+
+    async fn open(
+        &self,
+        user: &User,
+        query: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = format!("ws://{}/v1.0/wss/?{query}", self.addr)
             .into_client_request()
             .unwrap();
         request
@@ -125,7 +153,7 @@ impl TestApp {
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Client {
             ws,
-            binary: format == "binary",
+            binary: query.contains("format=binary"),
             name: user.name.clone(),
         })
     }
@@ -299,6 +327,21 @@ impl Client {
             destination: "server".into(),
             ..Message::default()
         };
+        self.send(&ack).await;
+    }
+
+    /// Acknowledges everything in conversation `conv` up to `seq` (PROTOCOL §7).
+    pub async fn ack_upto(&mut self, conv: &str, seq: u64) {
+        let mut ack = Message {
+            version: 2.1,
+            id: format!("upto-{seq}"),
+            kind: MessageType::ClientAck,
+            channel: Channel::Individual,
+            destination: "server".into(),
+            ..Message::default()
+        };
+        ack.meta.insert("conv".into(), conv.into());
+        ack.meta.insert("seq".into(), seq.to_string());
         self.send(&ack).await;
     }
 
