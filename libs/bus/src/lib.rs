@@ -19,8 +19,9 @@ pub use event::{
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use memory::MemoryBus;
 
-/// Every topic the services exchange. Names are `{prefix}{name}`; the `.v1` suffix versions the
-/// payload schema so a future change can run beside the old one during a rolling upgrade.
+/// Every topic the services exchange. Names are `{prefix}{name}`; the `.vN` suffix versions the
+/// payload schema so a change can run beside the old one during a rolling upgrade (`.v2`: the
+/// events carry the sending device and are keyed by conversation).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
     /// Messages accepted from clients, keyed by conversation. gateways → message-router.
@@ -58,14 +59,14 @@ impl Topic {
 
     pub fn name(&self) -> String {
         match self {
-            Self::NewMessages => "new-messages.v1".into(),
-            Self::GroupMessages => "group-messages.v1".into(),
-            Self::Send => "send.v1".into(),
-            Self::ClientAcks => "client-acks.v1".into(),
+            Self::NewMessages => "new-messages.v2".into(),
+            Self::GroupMessages => "group-messages.v2".into(),
+            Self::Send => "send.v2".into(),
+            Self::ClientAcks => "client-acks.v2".into(),
             Self::Offline => "offline.v1".into(),
             Self::Logins => "logins.v1".into(),
             Self::Parked => "parked.v1".into(),
-            Self::Gateway(id) => format!("gateway.{id}.v1"),
+            Self::Gateway(id) => format!("gateway.{id}.v2"),
         }
     }
 

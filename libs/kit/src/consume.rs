@@ -204,7 +204,7 @@ mod tests {
         let record: ParkedRecord = batch[0].json().unwrap();
         assert_eq!(
             (record.topic.as_str(), record.offset, record.group.as_str()),
-            ("client-acks.v1", 1, "recorder.client-acks.v1")
+            ("client-acks.v2", 1, "recorder.client-acks.v2")
         );
         assert_eq!(record.value, "{\"user\": \"bob\"");
         assert!(record.error.contains("EOF"), "{}", record.error);
@@ -216,7 +216,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            metrics.contains("samvad_records_parked_total{topic=\"client-acks.v1\"} 1"),
+            metrics.contains("samvad_records_parked_total{topic=\"client-acks.v2\"} 1"),
             "{metrics}"
         );
         node.stop();

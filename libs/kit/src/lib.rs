@@ -32,3 +32,37 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// A notice the server writes (PROTOCOL §2, §7): a v2.1 `NOTIFICATION` with fresh ids, stamped
+/// now, whose meta holds `action`, `contentType` `notification` and `meta`.
+pub fn notice(
+    action: &str,
+    channel: samvad_protocol::Channel,
+    source: &str,
+    destination: &str,
+    ephemeral: bool,
+    content: &serde_json::Value,
+    meta: &[(&str, String)],
+) -> samvad_protocol::Message {
+    let now = now_ms();
+    let mut all: std::collections::BTreeMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    all.insert("action".into(), action.into());
+    all.insert("contentType".into(), "notification".into());
+    samvad_protocol::Message {
+        version: 2.1,
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: samvad_protocol::MessageType::Notification,
+        channel,
+        ephemeral,
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+        timestamp: now,
+        content: content.to_string().into_bytes(),
+        meta: all,
+        server_id: uuid::Uuid::now_v7().to_string(),
+        server_timestamp: now,
+    }
+}

@@ -19,7 +19,7 @@ pub use embedded::EmbeddedStore;
 pub use mongo::MongoStore;
 pub use timeline::{
     Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, SYSTEM_DEVICE,
-    TimelineStore, Window,
+    TimelineStore, Window, stamp,
 };
 
 #[derive(Debug, thiserror::Error)]

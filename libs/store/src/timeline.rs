@@ -116,6 +116,15 @@ impl fmt::Display for Conv {
     }
 }
 
+/// Writes on a stored message its place as `viewer` is sent it (PROTOCOL §7): `meta.conv`, the
+/// conversation as the viewer names it, and `meta.seq`. Returns the conversation.
+pub fn stamp(message: &mut Message, viewer: &str, seq: u64) -> Conv {
+    let conv = Conv::of(message);
+    message.meta.insert("conv".into(), conv.name_for(viewer));
+    message.meta.insert("seq".into(), seq.to_string());
+    conv
+}
+
 /// A message to store in its conversation, with the device that sent it (which is never
 /// sent its own message back).
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +271,9 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// Moves devices' cursors forward (never back). Acks of what a device takes no part in,
     /// or of ids not stored, change nothing.
     async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()>;
+
+    /// The highest seq in `conv` among the messages with these ids (`None`: none stored).
+    async fn last_of(&self, conv: &Conv, ids: &[String]) -> Result<Option<u64>>;
 
     /// Moves `user`'s read position in `conv` forward to `seq` (never back). Returns the
     /// position after the move, or `None` when they take no part in `conv`.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use samvad_bus::{Addressed, Bus, ClientAck, GatewayEvent, Outgoing, Record, Routed, Topic};
 use samvad_kit::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_presence::Presence;
-use samvad_protocol::MessageType;
+use samvad_protocol::{Channel, Message, MessageType};
 use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, TimelineStore};
 
 pub const SERVICE: ServiceDef = ServiceDef {
@@ -40,13 +40,52 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
         async move { d.deliver(batch).await }
     })
     .await?;
-    let d = delivery;
+    let d = delivery.clone();
     ctx.consume(Topic::ClientAcks, "delivery", move |batch| {
         let d = d.clone();
         async move { d.acked(batch).await }
     })
     .await?;
+    if let Some(keep) = ctx.settings.retention {
+        ctx.spawn("retention", retain(delivery.timeline, keep, ctx.shutdown()));
+    }
     Ok(axum::Router::new())
+}
+
+/// Entries removed per store call, so that no call holds the store for long.
+const TRIM_CHUNK: usize = 1_000;
+
+/// Removes what is older than `keep` from every timeline, in bounded chunks, then again after a
+/// while (a twentieth of `keep`, at least a second, at most a minute). A device that had not
+/// acked what went gets a gap notice from its connection. Several delivery processes may run
+/// this at once: each removal is a plain delete of what is old.
+async fn retain(
+    timeline: Arc<dyn TimelineStore>,
+    keep: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let pause = (keep / 20).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        let before = samvad_kit::now_ms().saturating_sub(keep.as_millis() as u64);
+        loop {
+            match timeline.trim(before, TRIM_CHUNK).await {
+                Ok(n) if n == TRIM_CHUNK as u64 && !shutdown.is_cancelled() => continue,
+                Ok(_) => break,
+                // The store is down for a moment: try again at the next round.
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention could not remove old messages");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 /// What delivery hands each gateway, per user, in order.
@@ -104,6 +143,9 @@ impl Delivery {
                     None => anyhow::bail!("the timeline answered fewer appends than asked"),
                 },
             };
+            if let Some(ids) = read_receipt(message) {
+                self.read(&routed, ids, &mut handoff, &mut online).await?;
+            }
             let item = Outgoing {
                 seq,
                 device: routed.device.clone(),
@@ -150,6 +192,37 @@ impl Delivery {
         Ok(())
     }
 
+    /// Moves the reader's read position to the last of the messages a READ receipt names, and
+    /// tells the reader's other devices (PROTOCOL §7), so unread counts agree everywhere.
+    async fn read(
+        &self,
+        receipt: &Routed,
+        ids: Vec<String>,
+        handoff: &mut Handoff,
+        online: &mut HashMap<String, Vec<String>>,
+    ) -> anyhow::Result<()> {
+        let reader = &receipt.message.source;
+        let conv = Conv::of(&receipt.message);
+        let Some(seq) = self.timeline.last_of(&conv, &ids).await? else {
+            return Ok(());
+        };
+        let Some(read) = self.timeline.read(reader, &conv, seq).await? else {
+            return Ok(()); // no part in it
+        };
+        if !online.contains_key(reader) {
+            online.insert(reader.clone(), self.presence.gateways(reader).await?);
+        }
+        let notice = Outgoing {
+            seq: None,
+            device: receipt.device.clone(),
+            message: read_notice(reader, &conv, read, receipt.message.channel),
+        };
+        for gateway in &online[reader] {
+            handoff.add(gateway, reader, notice.clone());
+        }
+        Ok(())
+    }
+
     async fn acked(&self, batch: Vec<ClientAck>) -> anyhow::Result<()> {
         let acks: Vec<(DeviceRef, Ack)> = batch
             .into_iter()
@@ -168,4 +241,37 @@ impl Delivery {
         self.timeline.ack(&acks).await?;
         Ok(())
     }
+}
+
+/// The ids a READ receipt (a message with `meta.action` `state`, content `{"ids": [...],
+/// "state": "READ"}`) marks read; `None` for anything else.
+fn read_receipt(message: &Message) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Receipt {
+        ids: Vec<String>,
+        state: String,
+    }
+    if message.meta.get("action").map(String::as_str) != Some("state") {
+        return None;
+    }
+    let receipt: Receipt = serde_json::from_slice(&message.content).ok()?;
+    receipt
+        .state
+        .eq_ignore_ascii_case("read")
+        .then_some(receipt.ids)
+}
+
+/// What the reader's other devices are told: `conv` is read up to `seq`. Ephemeral: a device
+/// that is offline learns it from the conversation list.
+fn read_notice(reader: &str, conv: &Conv, seq: u64, channel: Channel) -> Message {
+    let name = conv.name_for(reader);
+    samvad_kit::notice(
+        "read",
+        channel,
+        reader,
+        reader,
+        true,
+        &serde_json::json!({ "conv": name, "seq": seq }),
+        &[("conv", name.clone()), ("seq", seq.to_string())],
+    )
 }

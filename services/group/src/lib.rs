@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use samvad_bus::{Record, Routed, Topic};
 use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
-use samvad_protocol::{Channel, Message, MessageType};
+use samvad_protocol::Channel;
 use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -268,29 +268,18 @@ async fn notify(
         Change::Added(users) => ("add", json!({ "added": users })),
         Change::Removed(users) => ("remove", json!({ "removed": users })),
     };
-    let now = samvad_kit::now_ms();
-    let message = Message {
-        version: 2.1,
-        id: uuid::Uuid::now_v7().to_string(),
-        kind: MessageType::Notification,
-        channel: Channel::Group,
-        ephemeral: false,
-        source: actor.to_owned(),
-        destination: group_id.to_owned(),
-        timestamp: now,
-        content: content.to_string().into_bytes(),
-        meta: [
-            ("action", action),
-            ("chatId", group_id),
-            ("chatid", group_id),
-            ("contentType", "notification"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
-        server_id: uuid::Uuid::now_v7().to_string(),
-        server_timestamp: now,
-    };
+    let message = samvad_kit::notice(
+        action,
+        Channel::Group,
+        actor,
+        group_id,
+        false,
+        &content,
+        &[
+            ("chatId", group_id.to_owned()),
+            ("chatid", group_id.to_owned()),
+        ],
+    );
     let routed = Routed {
         recipients: recipients.to_vec(),
         device: SYSTEM_DEVICE.to_owned(),

@@ -1,9 +1,13 @@
-//! rest-gateway: `POST /v1.0/messages` — a batch of encoded messages sent over HTTP, checked and
-//! made durable exactly as the WebSocket gateway does, answered with their acks.
+//! rest-gateway: messages over HTTP. `POST /v1.0/messages` — a batch of encoded messages,
+//! checked and made durable exactly as the WebSocket gateway does, answered with their acks;
+//! and the history routes, `GET /v1.0/conversations` and
+//! `GET /v1.0/conversations/{conv}/messages`.
+
+mod history;
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -32,6 +36,11 @@ struct Rest {
 fn routes(ctx: &Context) -> Router {
     Router::new()
         .route("/v1.0/messages", post(send))
+        .route("/v1.0/conversations", get(history::conversations))
+        .route(
+            "/v1.0/conversations/{conv}/messages",
+            get(history::messages),
+        )
         .with_state(Rest {
             ctx: ctx.clone(),
             ingress: Ingress::new(ctx, "rest"),

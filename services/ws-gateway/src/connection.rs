@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
 use futures_util::SinkExt;
 use samvad_bus::Outgoing;
 use samvad_ingress::{Rejection, TokenBucket};
-use samvad_protocol::{Channel, Message, MessageType};
+use samvad_protocol::{Channel, MessageType};
 use samvad_store::{Conv, DeviceRef, Page, SYSTEM_DEVICE};
 use serde_json::json;
 
@@ -29,6 +29,8 @@ const CHUNK: usize = 200;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Refusals for sending too fast after which the connection is closed.
 const FLOOD_CLOSE: u32 = 100;
+/// Ids of messages written and not yet acked that a connection remembers the place of.
+const UNACKED_IDS: usize = 256;
 
 struct Conn {
     gateway: Gateway,
@@ -39,6 +41,9 @@ struct Conn {
     feeds: HashMap<Conv, Feed>,
     /// Conversations with entries to read from the timeline, taken in turn.
     behind: VecDeque<Conv>,
+    /// Where the messages written and not yet acked are, by id, the oldest first: a
+    /// `CLIENT_ACK` by id then acks that place, whoever else used the same id elsewhere.
+    unacked: VecDeque<(String, Conv, u64)>,
     bucket: TokenBucket,
     refusals: u32,
 }
@@ -80,6 +85,7 @@ pub(crate) async fn run(
         options,
         feeds: HashMap::new(),
         behind: VecDeque::new(),
+        unacked: VecDeque::new(),
         bucket: TokenBucket::new(
             gateway.ctx.settings.rate_limit,
             gateway.ctx.settings.rate_burst,
@@ -131,16 +137,24 @@ impl Conn {
         present: impl Future<Output = Result<(), samvad_presence::PresenceError>>,
     ) -> anyhow::Result<()> {
         present.await?;
+        self.look().await
+    }
+
+    /// Learns where the device stands in each of its conversations, and marks behind those
+    /// where the timeline holds more than this connection wrote. Run at the start and at each
+    /// client ping, so that a live hand-off that went missing (a presence entry lost in a
+    /// failover) delays a message by one ping at most.
+    async fn look(&mut self) -> anyhow::Result<()> {
         let timeline = &self.gateway.ctx.stores.timeline;
         for position in timeline.positions(&self.device, None).await? {
-            let feed = Feed {
+            let feed = self.feeds.entry(position.conv.clone()).or_insert(Feed {
                 sent: position.cursor,
-                stored: position.last_seq,
-            };
-            if position.owed() {
-                self.behind.push_back(position.conv.clone());
+                stored: 0,
+            });
+            feed.stored = feed.stored.max(position.last_seq);
+            if feed.stored > feed.sent && !self.behind.contains(&position.conv) {
+                self.behind.push_back(position.conv);
             }
-            self.feeds.insert(position.conv, feed);
         }
         Ok(())
     }
@@ -190,7 +204,9 @@ impl Conn {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let Some((conv, seq)) = &item.place else {
-                out.push(Arc::clone(item)); // ephemeral
+                if self.wants(item) {
+                    out.push(Arc::clone(item)); // ephemeral
+                }
                 continue;
             };
             if !self.feeds.contains_key(conv) {
@@ -201,9 +217,17 @@ impl Conn {
                     .await
                     .map_err(|_| STORE_BUSY)?;
                 let Some(position) = found.into_iter().next() else {
-                    // Not a participant (any more): the notice of a removal, which its subject
-                    // still gets while connected.
-                    out.push(Arc::clone(item));
+                    // Not a participant (any more). Only the notice of a removal, which its
+                    // subject still gets while connected, is theirs to see.
+                    let removal = item.device == SYSTEM_DEVICE
+                        && item
+                            .message
+                            .meta
+                            .get("action")
+                            .is_some_and(|a| a == "remove");
+                    if removal {
+                        out.push(Arc::clone(item));
+                    }
                     continue;
                 };
                 let feed = Feed {
@@ -273,13 +297,14 @@ impl Conn {
         self.write(&out).await
     }
 
-    /// Whether the client is sent a stored message: never what its own device sent, and what
-    /// its user sent elsewhere only with `sync=true`. The server's notices always.
+    /// Whether the client is sent a message: never what its own device sent; a stored message
+    /// its user sent from another device only with `sync=true` (what the user's other devices
+    /// did, such as reading, always). The server's notices always.
     fn wants(&self, item: &Item) -> bool {
         if item.device == SYSTEM_DEVICE || item.message.source != self.device.user {
             return true;
         }
-        item.device != self.device.device && self.options.sync
+        item.device != self.device.device && (item.place.is_none() || self.options.sync)
     }
 
     /// Writes messages in order, with one flush.
@@ -304,6 +329,13 @@ impl Conn {
 
     async fn write_unbounded(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
         for item in items {
+            if let Some((conv, seq)) = &item.place {
+                if self.unacked.len() == UNACKED_IDS {
+                    self.unacked.pop_front();
+                }
+                self.unacked
+                    .push_back((item.message.id.clone(), conv.clone(), *seq));
+            }
             self.socket
                 .feed(item.frame(self.options.format))
                 .await
@@ -316,7 +348,11 @@ impl Conn {
         let limits = *self.gateway.ingress.limits();
         let decoded = match &frame {
             Frame::Text(text) if text.as_str() == "ping" => {
-                return self.send(Frame::Text("pong".into())).await;
+                self.send(Frame::Text("pong".into())).await?;
+                if let Err(e) = Box::pin(self.look()).await {
+                    tracing::warn!(user = %self.device.user, error = %e, "cannot read where the device stands");
+                }
+                return Ok(());
             }
             Frame::Text(text) => samvad_protocol::decode_text(text.as_str(), &limits),
             Frame::Binary(bytes) => samvad_protocol::decode_binary(bytes, &limits),
@@ -344,7 +380,7 @@ impl Conn {
             }
         };
         let id = message.id.clone();
-        let accepted = match self
+        let mut accepted = match self
             .gateway
             .ingress
             .accept(&self.device.user, message)
@@ -353,6 +389,9 @@ impl Conn {
             Ok(m) => m,
             Err(e) => return self.rejected(Some(&id), e).await,
         };
+        if accepted.kind == MessageType::ClientAck {
+            self.place_ack(&mut accepted);
+        }
         if let Err(e) = self
             .gateway
             .ingress
@@ -372,6 +411,21 @@ impl Conn {
             return self.send(encode(&ack, self.options.format)).await;
         }
         Ok(())
+    }
+
+    /// A `CLIENT_ACK` by id of a message this connection wrote acks up to its place (and what
+    /// the connection wrote before it there).
+    fn place_ack(&mut self, ack: &mut samvad_protocol::Message) {
+        if ack.meta.contains_key("seq") {
+            return;
+        }
+        let Some(at) = self.unacked.iter().rposition(|(id, ..)| *id == ack.id) else {
+            return;
+        };
+        let (_, conv, seq) = self.unacked.remove(at).expect("found above");
+        ack.meta
+            .insert("conv".into(), conv.name_for(&self.device.user));
+        ack.meta.insert("seq".into(), seq.to_string());
     }
 
     async fn rejected(&mut self, id: Option<&str>, rejection: Rejection) -> Result<(), End> {
@@ -416,37 +470,24 @@ fn read_error(e: &axum::Error) -> End {
 /// The notice that retention removed seqs `from..=to` of `conv` before this device acked them
 /// (PROTOCOL §7): the client refetches what history still has instead of missing it silently.
 fn gap_notice(user: &str, conv: &Conv, from: u64, to: u64) -> Outgoing {
-    let now = samvad_kit::now_ms();
-    let (channel, peer) = match conv {
-        Conv::Group(id) => (Channel::Group, id.clone()),
-        Conv::Direct { .. } => (Channel::Individual, user.to_owned()),
+    let (channel, destination) = match conv {
+        Conv::Group(id) => (Channel::Group, id.as_str()),
+        Conv::Direct { .. } => (Channel::Individual, user),
     };
     let name = conv.name_for(user);
-    let message = Message {
-        version: 2.1,
-        id: uuid::Uuid::now_v7().to_string(),
-        kind: MessageType::Notification,
+    let message = samvad_kit::notice(
+        "gap",
         channel,
-        ephemeral: true,
-        source: samvad_protocol::SERVER_SOURCE.to_owned(),
-        destination: peer,
-        timestamp: now,
-        content: json!({ "conv": name, "from": from, "to": to })
-            .to_string()
-            .into_bytes(),
-        meta: [
-            ("action", "gap".to_owned()),
-            ("contentType", "notification".to_owned()),
-            ("conv", name),
+        samvad_protocol::SERVER_SOURCE,
+        destination,
+        true,
+        &json!({ "conv": name, "from": from, "to": to }),
+        &[
+            ("conv", name.clone()),
             ("from", from.to_string()),
             ("to", to.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect(),
-        server_id: uuid::Uuid::now_v7().to_string(),
-        server_timestamp: now,
-    };
+        ],
+    );
     Outgoing {
         seq: None,
         device: SYSTEM_DEVICE.to_owned(),

@@ -68,12 +68,7 @@ impl Item {
             device,
             mut message,
         } = outgoing;
-        let place = seq.map(|seq| {
-            let conv = Conv::of(&message);
-            message.meta.insert("conv".into(), conv.name_for(viewer));
-            message.meta.insert("seq".into(), seq.to_string());
-            (conv, seq)
-        });
+        let place = seq.map(|seq| (samvad_store::stamp(&mut message, viewer, seq), seq));
         Arc::new(Self {
             place,
             device,

@@ -139,6 +139,10 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_CLOSE_SPREAD_SECS", default_value = "5")]
     pub close_spread_secs: String,
 
+    /// Seconds a stored message is kept in its conversation's history (0: for ever).
+    #[arg(long, env = "SAMVAD_RETENTION_SECS", default_value = "0")]
+    pub retention_secs: String,
+
     /// Most members a group may have, its creator included.
     #[arg(long, env = "SAMVAD_MAX_GROUP_MEMBERS", default_value = "1024")]
     pub max_group_members: String,
@@ -180,6 +184,8 @@ pub struct Settings {
     pub max_connections_per_user: usize,
     pub drain: Duration,
     pub close_spread: Duration,
+    /// How long history is kept; `None`: for ever.
+    pub retention: Option<Duration>,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
     pub bus: BusSettings,
@@ -311,6 +317,12 @@ impl Config {
             &self.limits.close_spread_secs,
             0..=600,
         );
+        let retention_secs = number(
+            &mut problems,
+            "SAMVAD_RETENTION_SECS",
+            &self.limits.retention_secs,
+            0..=100 * 365 * 86_400,
+        );
         let max_group_members = number(
             &mut problems,
             "SAMVAD_MAX_GROUP_MEMBERS",
@@ -338,6 +350,7 @@ impl Config {
                 max_connections_per_user: max_connections_per_user as usize,
                 drain: Duration::from_secs(drain_secs),
                 close_spread: Duration::from_secs(close_spread_secs),
+                retention: (retention_secs > 0).then(|| Duration::from_secs(retention_secs)),
                 allowed_origins: self
                     .limits
                     .allowed_origins

@@ -286,13 +286,14 @@ impl TimelineStore for EmbeddedStore {
                     params![device.user, device.device, now_ms()],
                 )? == 1;
                 if new {
-                    // What each conversation already holds is history to this device.
+                    // What each conversation already holds is history to this device; a cursor
+                    // it already has (it acked as `default` before it ever logged in) stays.
                     t.execute(
                         "INSERT INTO cursors (username, device, conv, seq)
                          SELECT ?1, ?2, p.conv, coalesce(c.last_seq, 0)
                          FROM participants p LEFT JOIN conversations c ON c.conv = p.conv
                          WHERE p.username = ?1
-                         ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
+                         ON CONFLICT DO NOTHING",
                         params![device.user, device.device],
                     )?;
                 }
@@ -335,15 +336,17 @@ impl TimelineStore for EmbeddedStore {
         self.db
             .write(move |t| {
                 let mut by_id = t.prepare_cached(
-                    "SELECT t.conv, max(t.seq) FROM timeline t
+                    "SELECT t.conv, t.seq FROM timeline t
                      JOIN participants p ON p.conv = t.conv AND p.username = ?1
-                     WHERE t.id = ?2 GROUP BY t.conv",
+                     WHERE t.id = ?2 LIMIT 2",
                 )?;
                 let mut known = t.prepare_cached(
                     "SELECT 1 FROM participants WHERE username = ?1 AND conv = ?2",
                 )?;
+                // Never past what is stored: that would skip what comes next.
                 let mut advance = t.prepare_cached(
-                    "INSERT INTO cursors (username, device, conv, seq) VALUES (?1, ?2, ?3, ?4)
+                    "INSERT INTO cursors (username, device, conv, seq)
+                     SELECT ?1, ?2, ?3, min(?4, last_seq) FROM conversations WHERE conv = ?3
                      ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
                 )?;
                 for (device, ack) in &acks {
@@ -356,15 +359,39 @@ impl TimelineStore for EmbeddedStore {
                                 Vec::new()
                             }
                         }
-                        Ack::Id(id) => by_id
-                            .query_map(params![device.user, id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                            .collect::<rusqlite::Result<_>>()?,
+                        // Only an id that names one message: another sender may reuse an id in
+                        // another conversation, and must not move this cursor.
+                        Ack::Id(id) => {
+                            let found: Vec<(String, i64)> = by_id
+                                .query_map(params![device.user, id], |r| {
+                                    Ok((r.get(0)?, r.get(1)?))
+                                })?
+                                .collect::<rusqlite::Result<_>>()?;
+                            if found.len() == 1 { found } else { Vec::new() }
+                        }
                     };
                     for (key, seq) in targets {
                         advance.execute(params![device.user, device.device, key, seq])?;
                     }
                 }
                 Ok(())
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn last_of(&self, conv: &Conv, ids: &[String]) -> Result<Option<u64>> {
+        let (key, ids) = (conv.key(), ids.to_vec());
+        self.db
+            .read(move |c| {
+                let mut find =
+                    c.prepare_cached("SELECT max(seq) FROM timeline WHERE conv = ?1 AND id = ?2")?;
+                let mut last = None;
+                for id in &ids {
+                    let seq: Option<i64> = find.query_row(params![key, id], |r| r.get(0))?;
+                    last = last.max(seq.map(|s| s as u64));
+                }
+                Ok(last)
             })
             .await
             .map_err(backend)

@@ -330,12 +330,26 @@ impl TimelineStore for MongoStore {
             return Ok(false);
         }
         // Cursors first, then the registration: a crash in between leaves the device
-        // unregistered, and the next login sets the same cursors again.
+        // unregistered, and the next login sets the same cursors again. A cursor the device
+        // already has (it acked as `default` before it ever logged in) stays as it is.
         let parts = all(self.participants.find(doc! { "user": &device.user })).await?;
         for part in &parts {
             let key = part.get_str("conv").map_err(corrupt)?;
             let last = self.last_seq(key).await?;
-            self.advance(device, key, last).await?;
+            let start = || {
+                self.cursors
+                    .update_one(
+                        doc! { "user": &device.user, "device": &device.device, "conv": key },
+                        doc! { "$setOnInsert": { "seq": last as i64 } },
+                    )
+                    .upsert(true)
+            };
+            match start().await {
+                Err(e) if is_duplicate(&e) => {} // created meanwhile: it stays
+                other => {
+                    other.map_err(backend)?;
+                }
+            }
         }
         match self
             .registered
@@ -408,26 +422,44 @@ impl TimelineStore for MongoStore {
                 Ack::Upto { conv, seq } => {
                     let key = conv.key();
                     if self.takes_part(&device.user, &key).await? {
-                        self.advance(device, &key, *seq).await?;
+                        // Never past what is stored: that would skip what comes next.
+                        let seq = (*seq).min(self.last_seq(&key).await?);
+                        self.advance(device, &key, seq).await?;
                     }
                 }
                 Ack::Id(id) => {
-                    let mut highest: HashMap<String, u64> = HashMap::new();
-                    for d in all(self.timeline.find(doc! { "id": id })).await? {
-                        let key = d.get_str("conv").map_err(corrupt)?.to_owned();
-                        let seq = int(&d, "seq")?;
-                        let top = highest.entry(key).or_default();
-                        *top = (*top).max(seq);
-                    }
-                    for (key, seq) in highest {
-                        if self.takes_part(&device.user, &key).await? {
-                            self.advance(device, &key, seq).await?;
+                    let found = all(self
+                        .timeline
+                        .find(doc! { "id": id })
+                        .projection(doc! { "conv": 1, "seq": 1 }))
+                    .await?;
+                    let mut mine = Vec::new();
+                    for d in &found {
+                        let key = d.get_str("conv").map_err(corrupt)?;
+                        if self.takes_part(&device.user, key).await? {
+                            mine.push((key.to_owned(), int(d, "seq")?));
                         }
+                    }
+                    // Only an id that names one message: another sender may reuse an id in
+                    // another conversation, and must not move this cursor.
+                    if let [(key, seq)] = &mine[..] {
+                        self.advance(device, key, *seq).await?;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    async fn last_of(&self, conv: &Conv, ids: &[String]) -> Result<Option<u64>> {
+        self.timeline
+            .find_one(doc! { "conv": conv.key(), "id": { "$in": ids } })
+            .sort(doc! { "seq": -1 })
+            .projection(doc! { "seq": 1 })
+            .await
+            .map_err(backend)?
+            .map(|d| int(&d, "seq"))
+            .transpose()
     }
 
     async fn read(&self, user: &str, conv: &Conv, seq: u64) -> Result<Option<u64>> {

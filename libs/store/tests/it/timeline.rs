@@ -161,9 +161,32 @@ pub async fn contract(s: &dyn TimelineStore) {
     .unwrap();
     assert_eq!(owed_in(s, &phone).await, [], "acked through 5");
     assert_eq!(owed_in(s, &laptop).await.len(), 1, "laptop still owed");
+    s.ack(&[(
+        laptop.clone(),
+        Ack::Upto {
+            conv: chat.clone(),
+            seq: 1_000_000,
+        },
+    )])
+    .await
+    .unwrap();
+    let at = s.positions(&laptop, Some(&chat)).await.unwrap();
+    assert_eq!(
+        (at[0].cursor, at[0].last_seq),
+        (5, 5),
+        "never past what is stored"
+    );
+    assert!(!s.register(&laptop).await.unwrap());
     assert_eq!(owed_in(s, &device("cat", "default")).await, []);
 
     // Read positions per user, and unread counts from others.
+    assert_eq!(
+        s.last_of(&chat, &["a1".into(), "a3".into(), "nope".into()])
+            .await
+            .unwrap(),
+        Some(5)
+    );
+    assert_eq!(s.last_of(&chat, &["nope".into()]).await.unwrap(), None);
     let bob_view = s.conversation("bob", &chat).await.unwrap().unwrap();
     assert_eq!(
         (bob_view.last_seq, bob_view.read_seq, bob_view.unread),

@@ -12,6 +12,7 @@ mod cluster;
 mod devices;
 mod durability;
 mod groups;
+mod history;
 mod login;
 mod push;
 mod rest;
