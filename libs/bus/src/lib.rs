@@ -8,16 +8,16 @@
 //! lets a gateway promise a client that an acknowledged message survives any crash.
 
 mod event;
+mod inline;
 mod kafka;
-mod memory;
 
 use std::fmt;
 
 pub use event::{
     Accepted, Addressed, ClientAck, DeviceLogin, GatewayEvent, Outgoing, ParkedRecord, Routed, Upto,
 };
+pub use inline::{Handler, InlineBus};
 pub use kafka::{KafkaBus, KafkaConfig};
-pub use memory::MemoryBus;
 
 /// Every topic the services exchange. Names are `{prefix}{name}`; the `.vN` suffix versions the
 /// payload schema so a change can run beside the old one during a rolling upgrade (`.v2`: the
@@ -130,6 +130,8 @@ pub enum BusError {
     Encode(String),
     #[error("decoding an event: {0}")]
     Decode(String),
+    #[error("a consumer failed: {0}")]
+    Handler(String),
 }
 
 /// Publishes records and opens consumer-group subscriptions.

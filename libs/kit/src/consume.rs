@@ -5,7 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use samvad_bus::{ParkedRecord, Received, Record, Topic};
+use std::sync::Arc;
+
+use samvad_bus::{Bus, BusError, ParkedRecord, Received, Record, Topic};
 use serde::de::DeserializeOwned;
 
 use crate::metrics::TopicLabel;
@@ -18,7 +20,9 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 impl Context {
     /// Joins consumer group `{service}.{topic}` and runs `handler` on each batch of decoded
-    /// events until shutdown, committing a batch only after its handler succeeded.
+    /// events until shutdown, committing a batch only after its handler succeeded. On the
+    /// all-in-one in-line bus, the handler runs as the records are published instead (see
+    /// `samvad_bus::InlineBus`), its failure the publisher's.
     ///
     /// A record that does not decode as `T` is a poison record: it is logged, counted
     /// (`samvad_records_parked`) and published to [`Topic::Parked`], and the batch goes on
@@ -32,25 +36,47 @@ impl Context {
         &self,
         topic: Topic,
         service: &str,
-        mut handler: H,
+        handler: H,
     ) -> anyhow::Result<()>
     where
         T: DeserializeOwned + Send + 'static,
-        H: FnMut(Vec<T>) -> F + Send + 'static,
-        F: Future<Output = anyhow::Result<()>> + Send,
+        H: Fn(Vec<T>) -> F + Send + Sync + 'static,
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let group = format!("{service}.{}", topic.name());
+        let label = TopicLabel {
+            topic: topic.name(),
+        };
+        let parker = Parker {
+            bus: self.bus.clone(),
+            topic: topic.clone(),
+            group: group.clone(),
+            parked: self.metrics.parked.get_or_create(&label).clone(),
+        };
+        if let Some(inline) = &self.shared.inline {
+            let handler: samvad_bus::Handler = Arc::new(move |batch: Vec<Received>| {
+                let (items, poison) = decode::<T>(&batch);
+                let poison = parker.records(poison);
+                let handled = handler(items);
+                let parker = parker.clone();
+                Box::pin(async move {
+                    parker.publish(poison?).await?;
+                    handled
+                        .await
+                        .map_err(|e| BusError::Handler(format!("{e:#}")))
+                })
+            });
+            inline
+                .attach(&topic, &group, handler)
+                .with_context(|| format!("attaching to {topic}"))?;
+            return Ok(());
+        }
         let mut subscription = self
             .bus
             .subscribe(&topic, &group)
             .await
             .with_context(|| format!("subscribing to {topic}"))?;
-        let label = TopicLabel {
-            topic: topic.name(),
-        };
         let retries = self.metrics.retries.get_or_create(&label).clone();
-        let parked = self.metrics.parked.get_or_create(&label).clone();
-        let bus = self.bus.clone();
         let shutdown = self.shutdown();
         self.spawn("consumer", async move {
             loop {
@@ -59,29 +85,13 @@ impl Context {
                     batch = subscription.next_batch(BATCH) => batch?,
                 };
                 let (mut items, poison) = decode::<T>(&batch);
-                let poison = poison
-                    .into_iter()
-                    .map(|(record, error)| {
-                        tracing::error!(%topic, partition = record.partition, offset = record.offset, %error, "parking a record that does not decode");
-                        let parked = ParkedRecord {
-                            topic: topic.name(),
-                            partition: record.partition,
-                            offset: record.offset,
-                            group: group.clone(),
-                            error,
-                            value: String::from_utf8_lossy(&record.value).into_owned(),
-                        };
-                        Record::json(record.key.clone(), &parked)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut poison = Some(parker.records(poison)?);
                 let mut pause = Duration::from_millis(50);
-                let mut to_park = poison.len() as u64;
                 loop {
                     let attempt = async {
-                        if to_park > 0 {
-                            bus.publish(&Topic::Parked, poison.clone()).await?;
-                            parked.inc_by(to_park);
-                            to_park = 0;
+                        if let Some(records) = &poison {
+                            parker.publish(records.clone()).await?;
+                            poison = None;
                         }
                         handler(items).await
                     };
@@ -103,6 +113,45 @@ impl Context {
                 subscription.commit(&batch).await?;
             }
         });
+        Ok(())
+    }
+}
+
+/// Sets poison records aside on the parked topic, with where they came from and why.
+#[derive(Clone)]
+struct Parker {
+    bus: Arc<dyn Bus>,
+    topic: Topic,
+    group: String,
+    parked: prometheus_client::metrics::counter::Counter,
+}
+
+impl Parker {
+    fn records(&self, poison: Vec<(&Received, String)>) -> Result<Vec<Record>, BusError> {
+        poison
+            .into_iter()
+            .map(|(record, error)| {
+                tracing::error!(topic = %self.topic, partition = record.partition, offset = record.offset, %error, "parking a record that does not decode");
+                let parked = ParkedRecord {
+                    topic: self.topic.name(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    group: self.group.clone(),
+                    error,
+                    value: String::from_utf8_lossy(&record.value).into_owned(),
+                };
+                Record::json(record.key.clone(), &parked)
+            })
+            .collect()
+    }
+
+    async fn publish(&self, records: Vec<Record>) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let count = records.len() as u64;
+        self.bus.publish(&Topic::Parked, records).await?;
+        self.parked.inc_by(count);
         Ok(())
     }
 }
@@ -134,6 +183,7 @@ mod tests {
 
     static BUS: OnceLock<Arc<dyn Bus>> = OnceLock::new();
     static SEEN: Mutex<Vec<ClientAck>> = Mutex::new(Vec::new());
+    static PARKED: Mutex<Vec<ParkedRecord>> = Mutex::new(Vec::new());
 
     /// A service that records the client acks it reads.
     const RECORDER: ServiceDef = ServiceDef {
@@ -143,6 +193,12 @@ mod tests {
                 let _ = BUS.set(ctx.bus.clone());
                 ctx.consume(Topic::ClientAcks, "recorder", |acks: Vec<ClientAck>| {
                     SEEN.lock().unwrap().extend(acks);
+                    async { Ok(()) }
+                })
+                .await?;
+                // An operator's consumer of what was set aside.
+                ctx.consume(Topic::Parked, "operator", |parked: Vec<ParkedRecord>| {
+                    PARKED.lock().unwrap().extend(parked);
                     async { Ok(()) }
                 })
                 .await?;
@@ -193,15 +249,15 @@ mod tests {
         .expect("both good records handled");
         assert_eq!(*SEEN.lock().unwrap(), vec![ack("m-1"), ack("m-2")]);
 
-        // The bad one waits on the parked topic, with where it came from and why.
-        let mut parked = bus.subscribe(&Topic::Parked, "operator").await.unwrap();
-        let batch = tokio::time::timeout(Duration::from_secs(10), parked.next_batch(10))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(batch.len(), 1);
-        assert_eq!(batch[0].key, "bob");
-        let record: ParkedRecord = batch[0].json().unwrap();
+        // The bad one is set aside on the parked topic, with where it came from and why.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while PARKED.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the bad record parked");
+        let record = PARKED.lock().unwrap()[0].clone();
         assert_eq!(
             (record.topic.as_str(), record.offset, record.group.as_str()),
             ("client-acks.v2", 1, "recorder.client-acks.v2")

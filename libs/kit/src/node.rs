@@ -15,7 +15,7 @@ use axum::Router;
 use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
-use samvad_bus::{Bus, KafkaBus, MemoryBus};
+use samvad_bus::{Bus, InlineBus, KafkaBus};
 use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
 use samvad_store::{EmbeddedStore, MongoStore, Stores};
@@ -46,7 +46,7 @@ pub struct Context {
     pub access_keys: Arc<AccessKeys>,
     pub login: Arc<LoginProvider>,
     pub metrics: Metrics,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 pub(crate) struct Shared {
@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     /// The Kafka bus, if this node reads one, asked at `/readyz` whether every consumer holds
     /// its partitions: until it does, what is sent to this service waits.
     pub(crate) kafka: Option<KafkaBus>,
+    /// The in-line bus, if this node runs one: consumers attach to it.
+    pub(crate) inline: Option<InlineBus>,
     tasks: TaskTracker,
     failed: AtomicBool,
 }
@@ -154,8 +156,7 @@ pub async fn start(
 ) -> anyhow::Result<Node> {
     // reqwest is built without a TLS crypto provider of its own; this process uses ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let embedded = settings.bus == BusSettings::Memory || settings.store == StoreSettings::Embedded;
-    let db = if embedded {
+    let db = if settings.store == StoreSettings::Embedded {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
         Some(Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?)
@@ -163,13 +164,13 @@ pub async fn start(
         None
     };
     let embedded_db = || db.clone().context("the embedded database is not open");
-    let mut kafka = None;
+    let (mut kafka, mut inline) = (None, None);
     let bus: Arc<dyn Bus> = match &settings.bus {
-        BusSettings::Memory => Arc::new(
-            MemoryBus::open(embedded_db()?)
-                .await
-                .context("opening the bus")?,
-        ),
+        BusSettings::Memory => {
+            let bus = InlineBus::new();
+            inline = Some(bus.clone());
+            Arc::new(bus)
+        }
         BusSettings::Kafka(config) => {
             let bus = KafkaBus::connect(config.clone())
                 .await
@@ -249,6 +250,7 @@ pub async fn start(
         registry: Mutex::new(registry),
         db,
         kafka,
+        inline,
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });

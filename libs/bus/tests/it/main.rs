@@ -1,11 +1,12 @@
-//! One contract, every bus: the in-process log, Kafka as librdkafka's own mock cluster, and a
-//! real Kafka-protocol broker (tansu) started for the test.
+//! One contract, every subscription bus: Kafka as librdkafka's own mock cluster, and a real
+//! Kafka-protocol broker (tansu) started for the test. (The all-in-one in-line bus has no
+//! subscriptions; its tests are beside it.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
-use samvad_bus::{Bus, KafkaBus, KafkaConfig, MemoryBus, Received, Record, Subscription, Topic};
+use samvad_bus::{Bus, KafkaBus, KafkaConfig, Received, Record, Subscription, Topic};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -89,16 +90,6 @@ async fn gateway_contract(bus: &dyn Bus, fresh: &str) {
     let mut sub = bus.subscribe(&topic, fresh).await.unwrap();
     bus.publish(&topic, vec![record("bob", 7)]).await.unwrap();
     assert_eq!(value(&read(&mut sub, 1, "gateway").await[0]), 7);
-}
-
-#[tokio::test]
-async fn the_in_process_bus_keeps_the_contract() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = MemoryBus::open(samvad_sqlite::Db::open(&dir.path().join("bus.db")).unwrap())
-        .await
-        .unwrap();
-    contract(&bus, "m").await;
-    gateway_contract(&bus, "g1").await;
 }
 
 fn kafka_config(brokers: String, prefix: &str) -> KafkaConfig {

@@ -1,0 +1,232 @@
+//! The all-in-one bus: a publish runs the consumers of its topic in line and returns once they
+//! have, so a message's one durable write — its timeline append, at the end of the chain
+//! gateway → message-router → (group-router) → delivery — is done before `publish` returns
+//! to the gateway, which then acks. Nothing in between touches a disk, and a failure anywhere
+//! in the chain comes back to that one publisher: its client gets an error, never an ack.
+//!
+//! Topics whose loss in a crash costs only redundant work — client acks (the device is sent the
+//! message again), offline pushes (a nudge), logins — are queued instead: `publish` returns at
+//! once, and one worker per consumer hands them on in order, in batches (so acks become
+//! batched cursor updates), retrying a failed batch with a growing pause.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::{Bus, BusError, Received, Record, Subscription, Topic};
+
+/// A consumer run in line: it gets the records of one publish (or, for a queued topic, of
+/// several) and returns once their effects are durable.
+pub type Handler =
+    Arc<dyn Fn(Vec<Received>) -> BoxFuture<'static, Result<(), BusError>> + Send + Sync>;
+
+/// Batches a queued consumer may have waiting before a publisher waits for room.
+const QUEUE: usize = 1024;
+/// Most records a queued consumer handles at once.
+const BATCH: usize = 512;
+/// The longest pause between retries of a failing queued batch.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+enum Consumer {
+    Inline(Handler),
+    Queued(mpsc::Sender<Vec<Received>>),
+}
+
+/// A topic's consumers, and the offset its next record gets (for logs and parked records).
+#[derive(Default)]
+struct TopicState {
+    next: AtomicU64,
+    consumers: Vec<(String, Arc<Consumer>)>,
+}
+
+/// See the module documentation. Cheap to clone: clones share the consumers.
+#[derive(Clone, Default)]
+pub struct InlineBus {
+    topics: Arc<RwLock<HashMap<String, TopicState>>>,
+}
+
+/// Whether a topic's consumers run in line with the publisher.
+fn in_line(topic: &Topic) -> bool {
+    matches!(
+        topic,
+        Topic::NewMessages | Topic::GroupMessages | Topic::Send | Topic::Gateway(_)
+    )
+}
+
+impl InlineBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `handler` consumer group `group` of `topic`. Call from within a Tokio runtime: a
+    /// queued topic's worker is spawned on it.
+    pub fn attach(&self, topic: &Topic, group: &str, handler: Handler) -> Result<(), BusError> {
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let list = &mut topics.entry(topic.name()).or_default().consumers;
+        if list.iter().any(|(g, _)| g == group) {
+            return Err(BusError::GroupTaken {
+                group: group.to_owned(),
+                topic: topic.name(),
+            });
+        }
+        let consumer = if in_line(topic) {
+            Consumer::Inline(handler)
+        } else {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(work(topic.name(), rx, handler));
+            Consumer::Queued(tx)
+        };
+        list.push((group.to_owned(), Arc::new(consumer)));
+        Ok(())
+    }
+}
+
+/// A queued consumer's worker: in order, in batches, each retried until it succeeds.
+async fn work(topic: String, mut rx: mpsc::Receiver<Vec<Received>>, handler: Handler) {
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut pause = Duration::from_millis(50);
+        while let Err(error) = handler(batch.clone()).await {
+            tracing::warn!(%topic, %error, "queued handler failed; retrying the batch");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for InlineBus {
+    async fn publish(&self, topic: &Topic, records: Vec<Record>) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (first, consumers): (u64, Vec<Arc<Consumer>>) = {
+            let topics = self.topics.read().unwrap_or_else(|p| p.into_inner());
+            match topics.get(&topic.name()) {
+                Some(state) => (
+                    state
+                        .next
+                        .fetch_add(records.len() as u64, Ordering::Relaxed),
+                    state.consumers.iter().map(|(_, c)| Arc::clone(c)).collect(),
+                ),
+                None => return Ok(()), // no consumer: nothing to hand it to
+            }
+        };
+        let received: Vec<Received> = records
+            .into_iter()
+            .zip(first..)
+            .map(|(r, offset)| Received {
+                partition: 0,
+                offset,
+                key: r.key,
+                value: r.value,
+            })
+            .collect();
+        for consumer in consumers {
+            match &*consumer {
+                Consumer::Inline(handler) => handler(received.clone()).await?,
+                Consumer::Queued(queue) => queue
+                    .send(received.clone())
+                    .await
+                    .map_err(|_| BusError::Closed)?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        _group: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        Err(BusError::Storage(format!(
+            "the in-line bus runs consumers of {topic} as they are published to; attach them"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn recorder(seen: &Arc<Mutex<Vec<String>>>, fail: bool) -> Handler {
+        let seen = Arc::clone(seen);
+        Arc::new(move |records: Vec<Received>| {
+            let seen = Arc::clone(&seen);
+            Box::pin(async move {
+                if fail {
+                    return Err(BusError::Storage("disk full".into()));
+                }
+                let mut seen = seen.lock().unwrap();
+                seen.extend(records.into_iter().map(|r| r.key));
+                Ok(())
+            })
+        })
+    }
+
+    fn record(key: &str) -> Record {
+        Record {
+            key: key.into(),
+            value: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_returns_after_its_in_line_consumers_and_shares_their_failure() {
+        let bus = InlineBus::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        bus.attach(&Topic::Send, "delivery", recorder(&seen, false))
+            .unwrap();
+        bus.publish(&Topic::Send, vec![record("a"), record("b")])
+            .await
+            .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["a", "b"],
+            "done before publish returned"
+        );
+        assert!(matches!(
+            bus.attach(&Topic::Send, "delivery", recorder(&seen, false)),
+            Err(BusError::GroupTaken { .. })
+        ));
+        bus.attach(&Topic::NewMessages, "router", recorder(&seen, true))
+            .unwrap();
+        assert!(
+            bus.publish(&Topic::NewMessages, vec![record("c")])
+                .await
+                .is_err(),
+            "the publisher learns of the failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queued_topic_hands_on_in_order_later() {
+        let bus = InlineBus::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        bus.attach(&Topic::ClientAcks, "delivery", recorder(&seen, false))
+            .unwrap();
+        for key in ["a", "b", "c"] {
+            bus.publish(&Topic::ClientAcks, vec![record(key)])
+                .await
+                .unwrap();
+        }
+        for _ in 0..100 {
+            if seen.lock().unwrap().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
+    }
+}
