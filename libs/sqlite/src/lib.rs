@@ -271,7 +271,10 @@ fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
 ) -> rusqlite::Result<Vec<Box<dyn FnOnce() + Send>>> {
-    let txn = conn.transaction()?;
+    // IMMEDIATE: the write lock from the start. A deferred transaction that reads before it
+    // writes (an append reads the conversation's last seq) cannot always be upgraded once the
+    // checkpointer has moved the WAL on, and fails at once with "database is locked".
+    let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let replies = batch.into_iter().map(|job| job(&txn)).collect();
     txn.commit()?;
     Ok(replies)
