@@ -66,11 +66,11 @@ pub struct Outgoing {
     pub message: Message,
 }
 
-/// What delivery hands one gateway instance for the connections `user` has there:
-/// `Gateway(id)` topic.
+/// What delivery hands one gateway instance: `items`, in order, for the connections each of
+/// `users` has there. `Gateway(id)` topic, keyed by conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatewayEvent {
-    pub user: String,
+    pub users: Vec<String>,
     pub items: Vec<Outgoing>,
 }
 
@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn events_round_trip_through_json() {
         let live = GatewayEvent {
-            user: "bob".into(),
+            users: vec!["bob".into(), "alice".into()],
             items: vec![Outgoing {
                 seq: Some(7),
                 device: "phone".into(),

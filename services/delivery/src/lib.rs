@@ -88,21 +88,31 @@ async fn retain(
     }
 }
 
-/// What delivery hands each gateway, per user, in order.
+/// What delivery hands each gateway, in order: each message once, with every user there who
+/// gets it (a group message to 1,000 members is one event, not 1,000).
 #[derive(Default)]
 struct Handoff(HashMap<String, Vec<GatewayEvent>>);
 
 impl Handoff {
-    fn add(&mut self, gateway: &str, user: &str, item: Outgoing) {
+    /// Adds `user` to the gateway's last event if it carries `item` (the caller adds one
+    /// message's users in a row), else starts an event.
+    fn add(&mut self, gateway: &str, user: &str, item: &Outgoing) {
         let events = self.0.entry(gateway.to_owned()).or_default();
         match events.last_mut() {
-            Some(event) if event.user == user => event.items.push(item),
+            Some(event) if event.items.len() == 1 && same(&event.items[0], item) => {
+                event.users.push(user.to_owned());
+            }
             _ => events.push(GatewayEvent {
-                user: user.to_owned(),
-                items: vec![item],
+                users: vec![user.to_owned()],
+                items: vec![item.clone()],
             }),
         }
     }
+}
+
+/// Whether two hand-offs carry the same message (the same seq of the same sender's id).
+fn same(a: &Outgoing, b: &Outgoing) -> bool {
+    a.seq == b.seq && a.message.id == b.message.id && a.message.source == b.message.source
 }
 
 impl Delivery {
@@ -177,14 +187,14 @@ impl Delivery {
                     self.count("live");
                 }
                 for gateway in gateways {
-                    handoff.add(gateway, user, item.clone());
+                    handoff.add(gateway, user, &item);
                 }
             }
         }
         for (gateway, events) in handoff.0 {
             let records = events
                 .iter()
-                .map(|event| Record::json(event.user.clone(), event))
+                .map(|event| Record::json(Conv::of(&event.items[0].message).key(), event))
                 .collect::<Result<Vec<_>, _>>()?;
             self.bus.publish(&Topic::Gateway(gateway), records).await?;
         }
@@ -218,7 +228,7 @@ impl Delivery {
             message: read_notice(reader, &conv, read, receipt.message.channel),
         };
         for gateway in &online[reader] {
-            handoff.add(gateway, reader, notice.clone());
+            handoff.add(gateway, reader, &notice);
         }
         Ok(())
     }

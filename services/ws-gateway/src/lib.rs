@@ -188,15 +188,32 @@ impl Gateway {
     /// closes that connection.
     fn dispatch(&self, batch: Vec<GatewayEvent>) {
         let conns = self.lock();
-        for GatewayEvent { user, items } in batch {
-            // Stale presence: the connection has gone, and its device reads the timeline when
-            // it is back.
-            let Some(list) = conns.get(&user) else {
-                continue;
-            };
-            let items: Outbound = items.into_iter().map(|i| Item::new(&user, i)).collect();
-            for conn in list {
-                offer(conn, Arc::clone(&items));
+        for GatewayEvent { users, items } in batch {
+            // Made once per way of naming the conversations in it: the same for every member
+            // of a group, one per side of a 1:1 chat. So encoded once per format.
+            let mut made: Vec<(Vec<String>, Outbound)> = Vec::new();
+            for user in users {
+                // Stale presence: the connection has gone, and its device reads the timeline
+                // when it is back.
+                let Some(list) = conns.get(&user) else {
+                    continue;
+                };
+                let names: Vec<String> = items
+                    .iter()
+                    .map(|i| Conv::of(&i.message).name_for(&user))
+                    .collect();
+                let outbound = match made.iter().find(|(n, _)| *n == names) {
+                    Some((_, outbound)) => Arc::clone(outbound),
+                    None => {
+                        let outbound: Outbound =
+                            items.iter().map(|i| Item::new(&user, i.clone())).collect();
+                        made.push((names, Arc::clone(&outbound)));
+                        outbound
+                    }
+                };
+                for conn in list {
+                    offer(conn, Arc::clone(&outbound));
+                }
             }
         }
     }
