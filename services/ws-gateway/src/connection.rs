@@ -209,9 +209,15 @@ impl Conn {
                 }
                 continue;
             };
+            if !self.feeds.contains_key(conv) && matches!(conv, Conv::Direct { .. }) {
+                // A 1:1 chat unknown at the start began since: both sides take part from its
+                // first entry on, and no device has acked any of it yet. No need to ask.
+                let feed = Feed { sent: 0, stored: 0 };
+                self.feeds.insert(conv.clone(), feed);
+            }
             if !self.feeds.contains_key(conv) {
-                // A conversation new since the connection opened (a first 1:1 message, a group
-                // joined): where does the device stand in it?
+                // A group joined since the connection opened: where does the device stand in
+                // it?
                 let timeline = &self.gateway.ctx.stores.timeline;
                 let found = Box::pin(timeline.positions(&self.device, Some(conv)))
                     .await
