@@ -88,6 +88,22 @@ async fn retain(
     }
 }
 
+/// The gateways where users are connected, each user looked up once per batch.
+struct Online<'a> {
+    presence: &'a dyn Presence,
+    known: HashMap<String, Vec<String>>,
+}
+
+impl Online<'_> {
+    async fn gateways(&mut self, user: &str) -> anyhow::Result<&[String]> {
+        if !self.known.contains_key(user) {
+            let gateways = self.presence.gateways(user).await?;
+            self.known.insert(user.to_owned(), gateways);
+        }
+        Ok(&self.known[user])
+    }
+}
+
 /// What delivery hands each gateway, in order: each message once, with every user there who
 /// gets it (a group message to 1,000 members is one event, not 1,000).
 #[derive(Default)]
@@ -137,7 +153,10 @@ impl Delivery {
 
         let mut handoff = Handoff::default();
         let mut offline = Vec::new();
-        let mut online: HashMap<String, Vec<String>> = HashMap::new();
+        let mut online = Online {
+            presence: self.presence.as_ref(),
+            known: HashMap::new(),
+        };
         for routed in batch {
             let message = &routed.message;
             // A repeat (a re-send, or this batch again after a crash) is handed on again with
@@ -165,10 +184,7 @@ impl Delivery {
             let sender = (seq.is_some() && !routed.recipients.contains(&message.source))
                 .then_some(&message.source);
             for user in routed.recipients.iter().chain(sender) {
-                if !online.contains_key(user) {
-                    online.insert(user.clone(), self.presence.gateways(user).await?);
-                }
-                let gateways = &online[user];
+                let gateways = online.gateways(user).await?;
                 let recipient = *user != message.source;
                 if gateways.is_empty() && recipient {
                     if message.ephemeral {
@@ -209,7 +225,7 @@ impl Delivery {
         receipt: &Routed,
         ids: Vec<String>,
         handoff: &mut Handoff,
-        online: &mut HashMap<String, Vec<String>>,
+        online: &mut Online<'_>,
     ) -> anyhow::Result<()> {
         let reader = &receipt.message.source;
         let conv = Conv::of(&receipt.message);
@@ -219,15 +235,12 @@ impl Delivery {
         let Some(read) = self.timeline.read(reader, &conv, seq).await? else {
             return Ok(()); // no part in it
         };
-        if !online.contains_key(reader) {
-            online.insert(reader.clone(), self.presence.gateways(reader).await?);
-        }
         let notice = Outgoing {
             seq: None,
             device: receipt.device.clone(),
             message: read_notice(reader, &conv, read, receipt.message.channel),
         };
-        for gateway in &online[reader] {
+        for gateway in online.gateways(reader).await? {
             handoff.add(gateway, reader, &notice);
         }
         Ok(())

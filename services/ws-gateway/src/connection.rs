@@ -55,6 +55,18 @@ struct Feed {
     sent: u64,
     /// The highest seq known to be stored.
     stored: u64,
+    /// Whether it waits in `behind` (so that marking it is not a scan of the queue).
+    queued: bool,
+}
+
+impl Feed {
+    fn at(sent: u64, stored: u64) -> Self {
+        Self {
+            sent,
+            stored,
+            queued: false,
+        }
+    }
 }
 
 /// Why the connection ended, for the close frame.
@@ -147,16 +159,51 @@ impl Conn {
     async fn look(&mut self) -> anyhow::Result<()> {
         let timeline = &self.gateway.ctx.stores.timeline;
         for position in timeline.positions(&self.device, None).await? {
-            let feed = self.feeds.entry(position.conv.clone()).or_insert(Feed {
-                sent: position.cursor,
-                stored: 0,
-            });
+            let feed = self
+                .feeds
+                .entry(position.conv.clone())
+                .or_insert(Feed::at(position.cursor, 0));
             feed.stored = feed.stored.max(position.last_seq);
-            if feed.stored > feed.sent && !self.behind.contains(&position.conv) {
-                self.behind.push_back(position.conv);
+            if feed.stored > feed.sent {
+                self.mark_behind(&position.conv);
             }
         }
         Ok(())
+    }
+
+    /// Queues `conv` (which has a feed) to be read from the timeline, once.
+    fn mark_behind(&mut self, conv: &Conv) {
+        if let Some(feed) = self.feeds.get_mut(conv)
+            && !feed.queued
+        {
+            feed.queued = true;
+            self.behind.push_back(conv.clone());
+        }
+    }
+
+    /// Makes sure a conversation that appears live has a feed; false when the device takes no
+    /// part in it (any more).
+    async fn learn(&mut self, conv: &Conv) -> Result<bool, End> {
+        if self.feeds.contains_key(conv) {
+            return Ok(true);
+        }
+        let feed = if let Conv::Direct { .. } = conv {
+            // A 1:1 chat unknown at the start began since: both sides take part from its
+            // first entry on, and no device has acked any of it yet. No need to ask.
+            Feed::at(0, 0)
+        } else {
+            // A group joined since the connection opened: where does the device stand in it?
+            let timeline = &self.gateway.ctx.stores.timeline;
+            let found = Box::pin(timeline.positions(&self.device, Some(conv)))
+                .await
+                .map_err(|_| STORE_BUSY)?;
+            let Some(position) = found.into_iter().next() else {
+                return Ok(false);
+            };
+            Feed::at(position.cursor, position.last_seq)
+        };
+        self.feeds.insert(conv.clone(), feed);
+        Ok(true)
     }
 
     async fn serve(
@@ -209,51 +256,32 @@ impl Conn {
                 }
                 continue;
             };
-            if !self.feeds.contains_key(conv) && matches!(conv, Conv::Direct { .. }) {
-                // A 1:1 chat unknown at the start began since: both sides take part from its
-                // first entry on, and no device has acked any of it yet. No need to ask.
-                let feed = Feed { sent: 0, stored: 0 };
-                self.feeds.insert(conv.clone(), feed);
+            if !self.learn(conv).await? {
+                // Not a participant (any more). Only the notice of a removal, which its
+                // subject still gets while connected, is theirs to see.
+                let removal = item.device == SYSTEM_DEVICE
+                    && item
+                        .message
+                        .meta
+                        .get("action")
+                        .is_some_and(|a| a == "remove");
+                if removal {
+                    out.push(Arc::clone(item));
+                }
+                continue;
             }
-            if !self.feeds.contains_key(conv) {
-                // A group joined since the connection opened: where does the device stand in
-                // it?
-                let timeline = &self.gateway.ctx.stores.timeline;
-                let found = Box::pin(timeline.positions(&self.device, Some(conv)))
-                    .await
-                    .map_err(|_| STORE_BUSY)?;
-                let Some(position) = found.into_iter().next() else {
-                    // Not a participant (any more). Only the notice of a removal, which its
-                    // subject still gets while connected, is theirs to see.
-                    let removal = item.device == SYSTEM_DEVICE
-                        && item
-                            .message
-                            .meta
-                            .get("action")
-                            .is_some_and(|a| a == "remove");
-                    if removal {
-                        out.push(Arc::clone(item));
-                    }
-                    continue;
-                };
-                let feed = Feed {
-                    sent: position.cursor,
-                    stored: position.last_seq,
-                };
-                self.feeds.insert(conv.clone(), feed);
-            }
-            let feed = self.feeds.get_mut(conv).expect("inserted above");
+            let feed = self.feeds.get_mut(conv).expect("learned above");
             feed.stored = feed.stored.max(*seq);
             if *seq <= feed.sent {
                 continue; // written before
             }
-            if *seq == feed.sent + 1 && !self.behind.contains(conv) {
+            if *seq == feed.sent + 1 && !feed.queued {
                 feed.sent = *seq;
                 if self.wants(item) {
                     out.push(Arc::clone(item));
                 }
-            } else if !self.behind.contains(conv) {
-                self.behind.push_back(conv.clone());
+            } else {
+                self.mark_behind(conv);
             }
         }
         self.write(&out).await
@@ -268,6 +296,7 @@ impl Conn {
         let Some(mut feed) = self.feeds.get(&conv).copied() else {
             return Ok(());
         };
+        feed.queued = false;
         let timeline = &self.gateway.ctx.stores.timeline;
         let window = timeline
             .window(&conv, Page::After(feed.sent), 0, CHUNK)
@@ -296,10 +325,11 @@ impl Conn {
             }
         }
         feed.stored = feed.stored.max(feed.sent);
-        if window.more || feed.sent < feed.stored {
-            self.behind.push_back(conv.clone());
+        let more = window.more || feed.sent < feed.stored;
+        self.feeds.insert(conv.clone(), feed);
+        if more {
+            self.mark_behind(&conv);
         }
-        self.feeds.insert(conv, feed);
         self.write(&out).await
     }
 

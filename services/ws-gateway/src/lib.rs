@@ -191,6 +191,7 @@ impl Gateway {
         for GatewayEvent { users, items } in batch {
             // Made once per way of naming the conversations in it: the same for every member
             // of a group, one per side of a 1:1 chat. So encoded once per format.
+            let convs: Vec<Conv> = items.iter().map(|i| Conv::of(&i.message)).collect();
             let mut made: Vec<(Vec<String>, Outbound)> = Vec::new();
             for user in users {
                 // Stale presence: the connection has gone, and its device reads the timeline
@@ -198,10 +199,7 @@ impl Gateway {
                 let Some(list) = conns.get(&user) else {
                     continue;
                 };
-                let names: Vec<String> = items
-                    .iter()
-                    .map(|i| Conv::of(&i.message).name_for(&user))
-                    .collect();
+                let names: Vec<String> = convs.iter().map(|c| c.name_for(&user)).collect();
                 let outbound = match made.iter().find(|(n, _)| *n == names) {
                     Some((_, outbound)) => Arc::clone(outbound),
                     None => {

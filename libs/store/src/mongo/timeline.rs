@@ -198,17 +198,23 @@ impl MongoStore {
     }
 
     async fn advance(&self, device: &DeviceRef, key: &str, seq: u64) -> Result<()> {
-        let advance = || {
+        self.upsert_cursor(device, key, doc! { "$max": { "seq": seq as i64 } })
+            .await
+    }
+
+    /// Applies `update` to the device's cursor in `key`, creating it if need be.
+    async fn upsert_cursor(&self, device: &DeviceRef, key: &str, update: Document) -> Result<()> {
+        let upsert = || {
             self.cursors
                 .update_one(
                     doc! { "user": &device.user, "device": &device.device, "conv": key },
-                    doc! { "$max": { "seq": seq as i64 } },
+                    update.clone(),
                 )
                 .upsert(true)
         };
-        match advance().await {
+        match upsert().await {
             // Two upserts raced and the other created the cursor: now it is there to update.
-            Err(e) if is_duplicate(&e) => advance().await.map(|_| ()).map_err(backend),
+            Err(e) if is_duplicate(&e) => upsert().await.map(|_| ()).map_err(backend),
             other => other.map(|_| ()).map_err(backend),
         }
     }
@@ -336,20 +342,8 @@ impl TimelineStore for MongoStore {
         for part in &parts {
             let key = part.get_str("conv").map_err(corrupt)?;
             let last = self.last_seq(key).await?;
-            let start = || {
-                self.cursors
-                    .update_one(
-                        doc! { "user": &device.user, "device": &device.device, "conv": key },
-                        doc! { "$setOnInsert": { "seq": last as i64 } },
-                    )
-                    .upsert(true)
-            };
-            match start().await {
-                Err(e) if is_duplicate(&e) => {} // created meanwhile: it stays
-                other => {
-                    other.map_err(backend)?;
-                }
-            }
+            self.upsert_cursor(device, key, doc! { "$setOnInsert": { "seq": last as i64 } })
+                .await?;
         }
         match self
             .registered
