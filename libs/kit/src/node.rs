@@ -419,6 +419,7 @@ async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> 
         .with_context(|| format!("binding {}", settings.listen))?;
     let (drain, spread) = (settings.drain, settings.close_spread);
     let node = start(settings, services, listener).await?;
+    survive_file_size_limit();
     let shared = Arc::clone(&node.shared);
     tokio::spawn(async move {
         if wait_for_signal().await == Stop::Drain {
@@ -442,6 +443,26 @@ async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> 
         shared.shutdown.cancel();
     });
     node.stopped().await
+}
+
+/// A write past the file-size limit (`ulimit -f`) raises SIGXFSZ, which kills the process by
+/// default. Caught, the write fails with an I/O error instead: the messages in it are refused,
+/// never acked, and writes work again once the limit is raised, as after a full disk.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            Ok(mut xfsz) => {
+                tokio::spawn(async move {
+                    while xfsz.recv().await.is_some() {
+                        tracing::error!("a write went past the file-size limit and failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot catch SIGXFSZ"),
+        }
+    }
 }
 
 /// How a signal asks the process to stop.

@@ -1,4 +1,5 @@
-//! A server ack is a promise: `kill -9` of the real binary after acks loses none of them.
+//! A server ack is a promise: `kill -9` of the real binary after acks loses none of them, and a
+//! write that fails (here: past the file-size limit, as a full disk would) fails only itself.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{WAIT, chat};
+use crate::support::{Client, Seen, TestApp, User, WAIT, chat, text_of};
 
 struct Server {
     child: Child,
@@ -65,6 +66,19 @@ impl Server {
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Sets the process's file-size limit (`prlimit --fsize`): every write past it fails.
+    fn limit_file_size(&self, limit: &str) {
+        let status = Command::new("prlimit")
+            .args([
+                "--pid",
+                &self.child.id().to_string(),
+                &format!("--fsize={limit}"),
+            ])
             .status()
             .unwrap();
         assert!(status.success());
@@ -255,4 +269,163 @@ async fn sigterm_drains_then_closes_sockets_with_1001_and_exits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(exited.expect("the process exited").success());
+}
+
+/// Sends `ids` (text `"#"` + id) to bob, each answered by an ack or an error frame, and returns
+/// the ids acked and refused.
+async fn send_each(alice: &mut Client, ids: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    for id in ids {
+        alice
+            .send(&chat(id, "alice", "bob", &format!("#{id}")))
+            .await;
+        match alice.next().await {
+            Seen::Message(m) if m.kind == MessageType::ServerAck => {
+                assert_eq!(&m.id, id);
+                acked.push(m.id);
+            }
+            Seen::Error(e) => {
+                assert_eq!(e["id"], id.as_str(), "{e}");
+                refused.push(id.clone());
+            }
+            other => panic!("expected an ack or an error for {id}, saw {other:?}"),
+        }
+    }
+    (acked, refused)
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:03}")).collect()
+}
+
+/// What bob's device is sent, as (id, seq), until nothing more comes.
+async fn feed_of(bob: &mut Client) -> Vec<(String, u64)> {
+    let mut seen = Vec::new();
+    while let Some(Seen::Message(m)) = bob.try_next(Duration::from_secs(2)).await {
+        let seq = m.meta["seq"].parse().unwrap();
+        assert_eq!(text_of(&m), format!("#{}", m.id));
+        seen.push((m.id, seq));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_failed_write_fails_only_itself_and_the_rest_is_kept_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let app = TestApp::at(server.addr);
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "text", false).await;
+
+    let (before, refused) = send_each(&mut a, &ids("before", 50)).await;
+    assert!(refused.is_empty(), "refused with no fault: {refused:?}");
+
+    // Every write fails for a while: each message gets an error, none an ack.
+    server.limit_file_size("1:unlimited");
+    let during = ids("during", 20);
+    let (acked, refused) = send_each(&mut a, &during).await;
+    assert!(
+        acked.is_empty(),
+        "acked while no write could succeed: {acked:?}"
+    );
+    assert_eq!(refused, during);
+
+    // The cause gone, the refused messages sent again and new ones are all stored.
+    server.limit_file_size("unlimited");
+    let again = during
+        .iter()
+        .cloned()
+        .chain(ids("after", 50))
+        .collect::<Vec<_>>();
+    let (after, refused) = send_each(&mut a, &again).await;
+    assert!(
+        refused.is_empty(),
+        "refused once writes work again: {refused:?}"
+    );
+    let acked: Vec<String> = before.into_iter().chain(after).collect();
+
+    // Bob's device gets every acked message once, in order, at seqs 1, 2, 3, ...: no position
+    // skipped or taken twice by the failed writes. So it does after a kill -9.
+    let want: Vec<(String, u64)> = acked.iter().cloned().zip(1..).collect();
+    assert_eq!(feed_of(&mut b).await, want, "live");
+    drop((a, b));
+    server.kill9();
+    let server = Server::start(dir.path());
+    let app = TestApp::at(server.addr);
+    let bob = app.user("bob").await;
+    let mut b = app.connect(&bob, "text", false).await;
+    assert_eq!(feed_of(&mut b).await, want, "after a restart");
+}
+
+/// What a new connection of `device` is sent; the connection is closed after.
+async fn owed(app: &TestApp, device: &User) -> Vec<(String, u64)> {
+    let mut c = app.connect(device, "text", false).await;
+    let seen = feed_of(&mut c).await;
+    c.close().await;
+    seen
+}
+
+/// Waits until `device`'s acks are stored, seen by a new connection of it being owed `want`.
+async fn acks_stored(app: &TestApp, device: &User, want: &[(String, u64)]) {
+    for _ in 0..20 {
+        if owed(app, device).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{}'s acks were never stored", device.name);
+}
+
+#[tokio::test]
+async fn kill_9_between_acks_and_reconnects_keeps_each_devices_duty() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let app = TestApp::at(server.addr);
+    let alice = app.user("alice").await;
+    let phone = app.device("bob", "phone").await;
+    let laptop = app.device("bob", "laptop").await;
+    let mut a = app.connect(&alice, "text", true).await;
+
+    // The phone online, the laptop not. The phone acks a third by id and up to two thirds
+    // cumulatively; then the server is killed.
+    let mut p = app.connect(&phone, "text", false).await;
+    let (sent, refused) = send_each(&mut a, &ids("m", 30)).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    let want: Vec<(String, u64)> = sent.into_iter().zip(1..).collect();
+    assert_eq!(feed_of(&mut p).await, want, "the phone, live");
+    for (id, _) in &want[..10] {
+        p.client_ack(&chat(id, "alice", "bob", "")).await;
+    }
+    p.ack_upto("chat:alice", 20).await;
+    acks_stored(&app, &phone, &want[20..]).await;
+    drop((a, p));
+    server.kill9();
+
+    // The laptop, which acked nothing, is owed all of it; the phone only the rest.
+    let server = Server::start(dir.path());
+    let app = TestApp::at(server.addr);
+    let mut l = app.connect(&laptop, "text", false).await;
+    assert_eq!(feed_of(&mut l).await, want, "the laptop");
+    let mut p = app.connect(&phone, "text", false).await;
+    assert_eq!(feed_of(&mut p).await, want[20..], "the phone");
+
+    // Both online: a new message reaches both, next in sequence. The laptop acks everything,
+    // the phone nothing; killed again, the phone is still owed its share and the laptop nothing.
+    let mut a = app.connect(&alice, "text", true).await;
+    send_each(&mut a, &ids("n", 1)).await;
+    let next = vec![("n-000".to_owned(), 31)];
+    assert_eq!(feed_of(&mut l).await, next, "the laptop, live");
+    assert_eq!(feed_of(&mut p).await, next, "the phone, live");
+    l.ack_upto("chat:alice", 31).await;
+    acks_stored(&app, &laptop, &[]).await;
+    drop((a, l, p));
+    server.kill9();
+    let server = Server::start(dir.path());
+    let app = TestApp::at(server.addr);
+    assert_eq!(owed(&app, &laptop).await, []);
+    let mut rest = want[20..].to_vec();
+    rest.extend(next);
+    assert_eq!(owed(&app, &phone).await, rest);
 }
