@@ -11,6 +11,7 @@ use reqwest::Method;
 use samvad_protocol::MessageType;
 use serde_json::json;
 
+use crate::history::texts;
 use crate::support::{Client, Seen, TestApp, call, chat, group_chat, text_of};
 
 /// How long a user may wait while the cluster recovers from a killed process.
@@ -152,6 +153,17 @@ async fn receive_all(receiver: &mut Client, want: &[String]) -> Vec<String> {
     seen
 }
 
+/// Reads until message `id` arrives, acking all; its conversation and seq.
+async fn place_of(receiver: &mut Client, id: &str) -> (String, String) {
+    loop {
+        let m = receiver.chat_message().await;
+        receiver.client_ack(&m).await;
+        if m.id == id {
+            return (m.meta["conv"].clone(), m.meta["seq"].clone());
+        }
+    }
+}
+
 /// Sends one message from `a` to `b` and expects `b` to have it within a second, as a person
 /// trying the cluster would.
 async fn delivered_at_once(a: &mut Client, b: &mut Client, id: &str, text: &str) {
@@ -247,6 +259,26 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     let mut c = app.connect(&carol, "text", false).await;
     assert_eq!(c.message().await.kind, MessageType::Notification);
     assert_eq!(text_of(&c.message().await), "hello trio");
+
+    // Bob's second device, on whichever gateway nginx gives it: both his devices get the next
+    // message at the same place in the conversation, and its history through nginx agrees.
+    let laptop = app.device("bob", "laptop").await;
+    let mut l = app.connect(&laptop, "text", false).await;
+    let placed = stream(&mut a, "bob", "both", 1).await;
+    let (on_phone, on_laptop) = (
+        place_of(&mut b, &placed[0]).await,
+        place_of(&mut l, &placed[0]).await,
+    );
+    assert_eq!(on_phone, on_laptop, "one conversation, one sequence");
+    let (status, body) = call(app.as_user(
+        Method::GET,
+        "/v1.0/conversations/chat:alice/messages?limit=1",
+        &laptop,
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(texts(&body), [("both0".to_owned(), on_laptop.1.clone())]);
+    drop(l);
 
     // kill -9 delivery in the middle of a stream, then restart it: nothing acked is lost.
     let mut acked = stream(&mut a, "bob", "d", 20).await;

@@ -17,7 +17,7 @@ async fn page(app: &TestApp, user: &User, path: &str) -> (u16, Value) {
 }
 
 /// The texts and seqs of a page of text-encoded messages.
-fn texts(body: &Value) -> Vec<(String, String)> {
+pub(crate) fn texts(body: &Value) -> Vec<(String, String)> {
     let limits = Limits { max_bytes: 1 << 20 };
     body["messages"]
         .as_array()
