@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::http::{self, Http};
 use crate::plan::{Layout, Scenario, Target};
+use crate::procfs::{self, CpuTime};
+use crate::report;
 use crate::stats::{Clock, Counts, Latency, StepStats};
 use crate::wire::{Command, Event, Progress, WorkerSpec};
 
@@ -27,7 +29,7 @@ pub struct RunArgs {
     /// The server (samvad: its HTTP address; bun and nats: their WebSocket listener).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
-    /// Idle: connections. One-to-one: pairs. Fan-out: rooms.
+    /// Idle: connections. One-to-one and multi-device: pairs. Fan-out: rooms.
     #[arg(long)]
     pub count: usize,
     /// Fan-out: members per room.
@@ -54,9 +56,16 @@ pub struct RunArgs {
     /// Idle: how long to hold the connections once all are open.
     #[arg(long, default_value = "10")]
     pub hold_secs: f64,
-    /// The server process, for its RSS (idle: before and after connecting).
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's processes (repeat the option, or give a comma list; for the cluster shape,
+    /// every Samvad service). Summed over them: their RSS (idle: before and after connecting)
+    /// and the CPU time they use in each step and its drain (user + system, from
+    /// /proc/PID/stat), reported per delivery.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Processes the server depends on (the cluster's nginx, broker, stores), the same way:
+    /// their CPU time per delivery is reported apart from the server's.
+    #[arg(long, value_delimiter = ',')]
+    pub dependency_pid: Vec<u32>,
     /// Bytes of text in each message body.
     #[arg(long, default_value = "32")]
     pub payload_bytes: usize,
@@ -126,6 +135,20 @@ pub struct StepResult {
     pub ack_us: Latency,
     pub delivery_us: Latency,
     pub ok: bool,
+    /// CPU seconds the `--server-pid` processes used over the step and its drain.
+    pub server_cpu_secs: Option<f64>,
+    /// The same for the `--dependency-pid` processes.
+    pub dependency_cpu_secs: Option<f64>,
+}
+
+impl StepResult {
+    /// CPU time per delivery received, in µs, of `cpu_secs` (one of the figures above).
+    pub fn cpu_us_per_delivery(&self, cpu_secs: Option<f64>) -> Option<f64> {
+        let delivered = self.counts.delivered;
+        cpu_secs
+            .filter(|_| delivered > 0)
+            .map(|s| s * 1e6 / delivered as f64)
+    }
 }
 
 struct Worker {
@@ -140,6 +163,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
     layout.prefix = format!("L{run_id}-");
     if layout.scenario == Scenario::Fanout && layout.room_size < 2 {
         bail!("--room-size must be at least 2");
+    }
+    if layout.scenario == Scenario::MultiDevice && args.target != Target::Samvad {
+        bail!("multi-device is for Samvad only: the peers have no notion of a user's devices");
     }
     let source = args
         .source_ip
@@ -165,8 +191,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
     }
     drop(tx);
     eprintln!(
-        "{:?} against {:?} at {}: {} users in {} worker(s)",
-        args.scenario, args.target, args.addr, layout.users, layout.workers
+        "{:?} against {:?} at {}: {} users, {} connections in {} worker(s)",
+        args.scenario,
+        args.target,
+        args.addr,
+        layout.users,
+        layout.connections(),
+        layout.workers
     );
 
     let result = drive(&args, &layout, &mut workers, &mut events).await;
@@ -327,7 +358,7 @@ async fn drive(
     } else {
         Vec::new()
     };
-    let rss_before = args.server_pid.and_then(rss_kib);
+    let rss_before = procfs::rss_kib(&args.server_pid);
     broadcast(workers, &Command::Connect { groups }).await?;
     let connected = events
         .gather(n, "connections", setup_limit, |e| match e {
@@ -369,7 +400,7 @@ async fn drive(
     };
 
     if args.scenario == Scenario::Idle {
-        let rss_after = args.server_pid.and_then(rss_kib);
+        let rss_after = procfs::rss_kib(&args.server_pid);
         let closed_before = events.total(None).closed;
         let bar = bar(args.hold_secs, "hold");
         let start = Instant::now();
@@ -398,8 +429,18 @@ async fn drive(
         return Ok(result);
     }
 
+    let cpu = if args.server_pid.is_empty() && args.dependency_pid.is_empty() {
+        None
+    } else {
+        Some(CpuTime::new()?)
+    };
+    let cpu_secs = || {
+        let of = |pids: &[u32]| cpu.and_then(|c| c.secs(pids));
+        (of(&args.server_pid), of(&args.dependency_pid))
+    };
     let clock = Clock::new();
     for (index, &rate) in args.rates.iter().enumerate() {
+        let cpu_before = cpu_secs();
         let start_ns = clock.now_ns() + 300_000_000;
         for (w, worker) in workers.iter_mut().enumerate() {
             let command = Command::Step {
@@ -441,6 +482,7 @@ async fn drive(
             }
         }
         bar.finish_and_clear();
+        let cpu_after = cpu_secs();
         broadcast(workers, &Command::Report { index }).await?;
         let reports = events
             .gather(n, "step stats", Duration::from_secs(30), |e| match e {
@@ -454,7 +496,12 @@ async fn drive(
         for r in &reports {
             total.merge(&StepStats::from_wire(r)?);
         }
-        let step = summarize(rate, args, &total);
+        let used = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+        let cpu_used = (
+            used(cpu_before.0, cpu_after.0),
+            used(cpu_before.1, cpu_after.1),
+        );
+        let step = summarize(rate, args, &total, cpu_used);
         eprintln!("{}", step_line(&step));
         let ok = step.ok;
         result.steps.push(step.clone());
@@ -487,7 +534,13 @@ async fn settle(events: &mut Events<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summarize(rate: f64, args: &RunArgs, stats: &StepStats) -> StepResult {
+/// A step's figures; `cpu_secs`: what the server's processes and their dependencies used.
+fn summarize(
+    rate: f64,
+    args: &RunArgs,
+    stats: &StepStats,
+    cpu_secs: (Option<f64>, Option<f64>),
+) -> StepResult {
     let ack_us = Latency::of(&stats.ack_us);
     let delivery_us = Latency::of(&stats.delivery_us);
     let t = &stats.counts;
@@ -513,6 +566,8 @@ fn summarize(rate: f64, args: &RunArgs, stats: &StepStats) -> StepResult {
         ack_us,
         delivery_us,
         ok,
+        server_cpu_secs: cpu_secs.0,
+        dependency_cpu_secs: cpu_secs.1,
     }
 }
 
@@ -545,7 +600,8 @@ fn stop_reason(s: &StepResult, args: &RunArgs) -> String {
 pub fn step_line(s: &StepResult) -> String {
     format!(
         "{:>8.0}/s offered: {:>9.0} msgs/s {:>10.0} deliveries/s | delivery p50 {} p99 {} p99.9 {} µs \
-         | ack p50 {} p99 {} p99.9 {} µs | lost {} errors {} {}",
+         | ack p50 {} p99 {} p99.9 {} µs | server CPU µs/delivery {} \
+         | lost {} errors {} {}",
         s.rate,
         s.msgs_per_sec,
         s.deliveries_per_sec,
@@ -555,6 +611,10 @@ pub fn step_line(s: &StepResult) -> String {
         s.ack_us.p50,
         s.ack_us.p99,
         s.ack_us.p999,
+        report::cpu(
+            s.cpu_us_per_delivery(s.server_cpu_secs),
+            s.cpu_us_per_delivery(s.dependency_cpu_secs)
+        ),
         s.lost,
         s.counts.errors,
         if s.ok { "ok" } else { "STOP" }
@@ -589,15 +649,6 @@ fn bar(secs: f64, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Creates one samvad group per room, the first member as its creator.
 async fn create_groups(addr: SocketAddr, layout: &Layout) -> anyhow::Result<Vec<String>> {
     let rooms = layout.rooms();
@@ -619,7 +670,7 @@ async fn create_groups(addr: SocketAddr, layout: &Layout) -> anyhow::Result<Vec<
             for r in (lane..rooms).step_by(lanes) {
                 let mut members = layout.room_members(r).map(|u| layout.user_name(u));
                 let creator = members.next().context("empty room")?;
-                let key = http::login(&mut http, &creator).await?;
+                let key = http::login(&mut http, &creator, None).await?;
                 let others: Vec<String> = members.collect();
                 let id =
                     http::create_group(&mut http, &layout.room_name(r), (&creator, &key), &others)

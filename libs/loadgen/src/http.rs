@@ -135,13 +135,17 @@ async fn roundtrip(
     Ok((status, value, keep_alive))
 }
 
-/// Logs `user` in with the dev provider and returns the access key.
-pub async fn login(http: &mut Http, user: &str) -> anyhow::Result<String> {
-    let body = serde_json::json!({
+/// Logs `user` in with the dev provider, as `device` (default: the server's default device),
+/// and returns the access key, which speaks for that device.
+pub async fn login(http: &mut Http, user: &str, device: Option<&str>) -> anyhow::Result<String> {
+    let mut body = serde_json::json!({
         "username": user,
         "authToken": "bench",
-        "notificationToken": format!("bench-{user}"),
+        "notificationToken": format!("bench-{user}-{}", device.unwrap_or("default")),
     });
+    if let Some(device) = device {
+        body["deviceId"] = device.into();
+    }
     let (status, answer) = http.call("POST", "/v1.0/login", &[], &body).await?;
     if status != 200 {
         bail!("login of {user}: HTTP {status} {answer}");

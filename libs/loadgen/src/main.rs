@@ -7,6 +7,7 @@ mod adapter;
 mod coordinator;
 mod http;
 mod plan;
+mod procfs;
 mod report;
 mod stats;
 mod wire;
@@ -27,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run one scenario against one target and print (or save) the result as JSON.
-    Run(coordinator::RunArgs),
+    Run(Box<coordinator::RunArgs>),
     /// Summarize the JSON results in a directory as a markdown report.
     Report {
         /// Directory of result files (`*.json`) written by `run --json`.
@@ -50,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(coordinator::run(args))?;
+                .block_on(coordinator::run(*args))?;
             Ok(())
         }
         Cmd::Report { dir, out } => report::write(&dir, out.as_deref()),

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::coordinator::{RunResult, StepResult};
-use crate::plan::Scenario;
+use crate::plan::{DEVICES, Scenario};
 
 /// The system every other one is compared with.
 const BASE: &str = "samvad";
@@ -50,7 +50,8 @@ pub fn render(runs: &[RunResult]) -> String {
         let order = match run.scenario {
             Scenario::Idle => 0,
             Scenario::OneToOne => 1,
-            Scenario::Fanout => 2,
+            Scenario::MultiDevice => 2,
+            Scenario::Fanout => 3,
         };
         cases
             .entry((order, run.case.as_str()))
@@ -135,37 +136,61 @@ fn sustained(r: &RunResult) -> f64 {
 fn steps(md: &mut String, first: &RunResult, case: &Case<'_>) {
     let title = match first.scenario {
         Scenario::OneToOne => format!("1:1 messages ({} pairs)", first.users / 2),
+        Scenario::MultiDevice => format!(
+            "1:1 messages, every user on {DEVICES} devices ({} pairs, {} connections)",
+            first.users / 2,
+            first.users * DEVICES
+        ),
         _ => format!(
             "Fan-out, rooms of {} ({} rooms)",
             first.room_size,
             first.users / first.room_size.max(1)
         ),
     };
+    let _ = writeln!(md, "### {title} [{}]\n", first.case);
+    if first.scenario == Scenario::MultiDevice {
+        let _ = writeln!(
+            md,
+            "Each user sends from its first device; every message must reach both devices of \
+             its recipient, and each device acks it. Samvad only: Bun and NATS have no notion of \
+             a user's devices.\n"
+        );
+    }
+    let measured_dependencies = case
+        .values()
+        .flat_map(|r| r.values())
+        .any(|r| r.steps.iter().any(|s| s.dependency_cpu_secs.is_some()));
+    let dependencies = if measured_dependencies {
+        "; `A + B`: B is the CPU of the processes the server depends on (for the cluster shape, \
+         nginx, Redis, tansu and SecantusDB)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         md,
-        "### {title} [{}]\n\n\
-         Sustained: the highest offered rate whose p99 stayed within the limit with nothing lost \
-         (medians over rounds; latencies in µs, measured from the intended send time).\n\n\
+        "Sustained: the highest offered rate whose p99 stayed within the limit with nothing lost \
+         (medians over rounds; latencies in µs, measured from the intended send time). Server \
+         CPU: user + system time of the server's processes (`/proc/PID/stat`) over the step and \
+         its drain, in µs per delivery received{dependencies}.\n\n\
          | system | rounds | sustained msgs/s | deliveries/s | delivery p50 | p99 | p99.9 | \
-         durable ack p50 | p99 | p99.9 | stopped (last round) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|",
-        first.case
+         durable ack p50 | p99 | p99.9 | server CPU µs/delivery | stopped (last round) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (system, rounds) in case {
-        let at = |f: &dyn Fn(&StepResult) -> f64| {
+        let at = |f: &dyn Fn(&StepResult) -> Option<f64>| {
             median(
                 rounds
                     .values()
-                    .filter_map(|r| r.sustained.as_ref().map(f))
+                    .filter_map(|r| f(r.sustained.as_ref()?))
                     .collect(),
             )
         };
         let has_acks = rounds
             .values()
             .any(|r| r.steps.iter().any(|s| s.counts.acked > 0));
-        let ack = |f: &dyn Fn(&StepResult) -> f64| {
+        let ack = |f: &dyn Fn(&StepResult) -> u64| {
             if has_acks {
-                fmt(at(f), 0)
+                fmt(at(&|s| Some(f(s) as f64)), 0)
             } else {
                 "none".into()
             }
@@ -173,25 +198,105 @@ fn steps(md: &mut String, first: &RunResult, case: &Case<'_>) {
         let last = rounds.values().last().map_or("", |r| r.stopped.as_str());
         let _ = writeln!(
             md,
-            "| {system} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {last} |",
+            "| {system} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {last} |",
             rounds.len(),
-            fmt(at(&|s| s.msgs_per_sec), 0),
-            fmt(at(&|s| s.deliveries_per_sec), 0),
-            fmt(at(&|s| s.delivery_us.p50 as f64), 0),
-            fmt(at(&|s| s.delivery_us.p99 as f64), 0),
-            fmt(at(&|s| s.delivery_us.p999 as f64), 0),
-            ack(&|s| s.ack_us.p50 as f64),
-            ack(&|s| s.ack_us.p99 as f64),
-            ack(&|s| s.ack_us.p999 as f64),
+            fmt(at(&|s| Some(s.msgs_per_sec)), 0),
+            fmt(at(&|s| Some(s.deliveries_per_sec)), 0),
+            fmt(at(&|s| Some(s.delivery_us.p50 as f64)), 0),
+            fmt(at(&|s| Some(s.delivery_us.p99 as f64)), 0),
+            fmt(at(&|s| Some(s.delivery_us.p999 as f64)), 0),
+            ack(&|s| s.ack_us.p50),
+            ack(&|s| s.ack_us.p99),
+            ack(&|s| s.ack_us.p999),
+            cpu(
+                at(&|s| s.cpu_us_per_delivery(s.server_cpu_secs)),
+                at(&|s| s.cpu_us_per_delivery(s.dependency_cpu_secs)),
+            ),
         );
     }
     md.push('\n');
-    per_rate(md, case);
+    per_rate(
+        md,
+        case,
+        "Delivery p50 / p99 / p99.9 (µs) by offered msgs/s (medians over rounds; ✗: a step that \
+         lost messages or passed the limit)",
+        |steps| {
+            let p = |f: &dyn Fn(&StepResult) -> u64| {
+                fmt(median(steps.iter().map(|st| f(st) as f64).collect()), 0)
+            };
+            let bad = if steps.iter().any(|st| !st.ok) {
+                " ✗"
+            } else {
+                ""
+            };
+            format!(
+                "{} / {} / {}{bad}",
+                p(&|st| st.delivery_us.p50),
+                p(&|st| st.delivery_us.p99),
+                p(&|st| st.delivery_us.p999)
+            )
+        },
+    );
+    per_rate(
+        md,
+        case,
+        &format!(
+            "Server CPU µs per delivery by offered msgs/s (medians over rounds{dependencies})"
+        ),
+        |steps| {
+            let m = |secs: &dyn Fn(&StepResult) -> Option<f64>| {
+                median(
+                    steps
+                        .iter()
+                        .filter_map(|st| st.cpu_us_per_delivery(secs(st)))
+                        .collect(),
+                )
+            };
+            cpu(m(&|st| st.server_cpu_secs), m(&|st| st.dependency_cpu_secs))
+        },
+    );
+    let per_device = if first.scenario == Scenario::MultiDevice {
+        "; each device of a recipient counts apart, so every message is expected once per device"
+    } else {
+        ""
+    };
+    per_rate(
+        md,
+        case,
+        &format!(
+            "Deliveries received of those expected, by offered msgs/s (summed over \
+             rounds{per_device})"
+        ),
+        |steps| {
+            let delivered: u64 = steps.iter().map(|st| st.counts.delivered).sum();
+            let expected: u64 = steps.iter().map(|st| st.counts.expected).sum();
+            let missing: u64 = steps.iter().map(|st| st.lost).sum();
+            if missing > 0 {
+                format!("{delivered} of {expected}, {missing} missing")
+            } else {
+                format!("{delivered} of {expected}")
+            }
+        },
+    );
     ratios(md, case);
 }
 
-/// Delivery p99 at every offered rate, so systems can be read side by side at the same load.
-fn per_rate(md: &mut String, case: &Case<'_>) {
+/// A server's CPU µs per delivery, and its dependencies' after a `+` where measured.
+pub fn cpu(server: Option<f64>, dependencies: Option<f64>) -> String {
+    match dependencies {
+        Some(d) => format!("{} + {d:.1}", fmt(server, 1)),
+        None => fmt(server, 1),
+    }
+}
+
+/// One figure per offered rate and system (`cell` of the steps at that rate, one per round),
+/// so systems can be read side by side at the same load.
+fn per_rate(
+    md: &mut String,
+    case: &Case<'_>,
+    title: &str,
+    cell: impl Fn(&[&StepResult]) -> String,
+) {
     let mut rates: Vec<f64> = case
         .values()
         .flat_map(|r| r.values())
@@ -200,10 +305,7 @@ fn per_rate(md: &mut String, case: &Case<'_>) {
     rates.sort_by(f64::total_cmp);
     rates.dedup();
     let systems: Vec<&String> = case.keys().collect();
-    let _ = write!(
-        md,
-        "Delivery p50 / p99 / p99.9 (µs) by offered msgs/s (medians over rounds; ✗: a step that lost messages or passed the limit)\n\n| msgs/s |"
-    );
+    let _ = write!(md, "{title}\n\n| msgs/s |");
     for s in &systems {
         let _ = write!(md, " {s} |");
     }
@@ -221,23 +323,9 @@ fn per_rate(md: &mut String, case: &Case<'_>) {
                 .collect();
             if steps.is_empty() {
                 md.push_str(" |");
-                continue;
-            }
-            let p50 = median(steps.iter().map(|st| st.delivery_us.p50 as f64).collect());
-            let p99 = median(steps.iter().map(|st| st.delivery_us.p99 as f64).collect());
-            let p999 = median(steps.iter().map(|st| st.delivery_us.p999 as f64).collect());
-            let bad = if steps.iter().any(|st| !st.ok) {
-                " ✗"
             } else {
-                ""
-            };
-            let _ = write!(
-                md,
-                " {} / {} / {}{bad} |",
-                fmt(p50, 0),
-                fmt(p99, 0),
-                fmt(p999, 0)
-            );
+                let _ = write!(md, " {} |", cell(&steps));
+            }
         }
         md.push('\n');
     }
@@ -346,6 +434,8 @@ mod tests {
                 max: p99 * 3,
             },
             ok,
+            server_cpu_secs: None,
+            dependency_cpu_secs: None,
         }
     }
 
@@ -417,6 +507,31 @@ mod tests {
         // A variant of samvad is put over the all-in-one figure.
         assert!(
             md.contains("| samvad-cluster / samvad | 1 | 0.50 | 2.00 | 2.00 |"),
+            "{md}"
+        );
+    }
+    #[test]
+    fn cpu_is_per_delivery_and_deliveries_are_summed_over_rounds() {
+        let measured = |server: f64, dependencies: Option<f64>, lost: u64| {
+            let mut s = step(100.0, 500, lost == 0);
+            s.counts.delivered -= lost;
+            s.lost = lost;
+            s.server_cpu_secs = Some(server);
+            s.dependency_cpu_secs = dependencies;
+            s
+        };
+        let runs = vec![
+            run("samvad", 1, vec![measured(0.002, None, 0)]),
+            run("samvad", 2, vec![measured(0.004, None, 0)]),
+            run("samvad-cluster", 1, vec![measured(0.005, Some(0.01), 10)]),
+        ];
+        let md = render(&runs);
+        // 2 and 4 ms over 100 deliveries: 20 and 40 µs, median 30; the cluster's 5 and 10 ms
+        // over the 90 that arrived.
+        assert!(md.contains("| 100 | 30.0 | 55.6 + 111.1 |"), "{md}");
+        assert!(md.contains("| 30.0 |  |"), "the sustained row: {md}");
+        assert!(
+            md.contains("| 100 | 200 of 200 | 90 of 100, 10 missing |"),
             "{md}"
         );
     }

@@ -47,7 +47,7 @@ pub enum Command {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     LoggedIn {
-        users: usize,
+        connections: usize,
     },
     Connected {
         ok: usize,

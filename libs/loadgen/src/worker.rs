@@ -102,14 +102,16 @@ pub fn main(spec: WorkerSpec) -> anyhow::Result<()> {
 }
 
 async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
-    let users: Vec<usize> = spec.layout.worker_users(spec.index).collect();
+    let conns: Vec<usize> = spec.layout.worker_connections(spec.index).collect();
     let mut commands = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let keys = if spec.target == Target::Samvad {
-        login_all(&spec, &users).await?
+        login_all(&spec, &conns).await?
     } else {
-        vec![String::new(); users.len()]
+        vec![String::new(); conns.len()]
     };
-    emit(&Event::LoggedIn { users: users.len() })?;
+    emit(&Event::LoggedIn {
+        connections: conns.len(),
+    })?;
 
     let groups = match next_command(&mut commands).await? {
         Some(Command::Connect { groups }) => groups,
@@ -121,10 +123,10 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         adapter: Adapter::new(spec.target, spec.layout.clone(), groups, spec.payload_bytes),
         state: Mutex::default(),
     });
-    let (senders, failed) = connect_all(&spec, &shared, &users, &keys).await;
+    let (senders, failed) = connect_all(&spec, &shared, &conns, &keys).await;
     let error = shared.lock().error.clone();
     emit(&Event::Connected {
-        ok: users.len() - failed,
+        ok: conns.len() - failed,
         failed,
         error,
     })?;
@@ -208,29 +210,30 @@ fn report(shared: &Shared, index: usize) -> anyhow::Result<()> {
     emit(&event)
 }
 
-/// Logs every user in over a few kept-alive HTTP connections.
-async fn login_all(spec: &WorkerSpec, users: &[usize]) -> anyhow::Result<Vec<String>> {
+/// Logs every connection's device in over a few kept-alive HTTP connections.
+async fn login_all(spec: &WorkerSpec, conns: &[usize]) -> anyhow::Result<Vec<String>> {
     let addr: SocketAddr = spec.addr.parse().context("--addr must be IP:PORT")?;
-    let lanes = 16.min(users.len().max(1));
+    let lanes = 16.min(conns.len().max(1));
     let mut tasks = tokio::task::JoinSet::new();
     for lane in 0..lanes {
-        let names: Vec<(usize, String)> = users
+        let layout = &spec.layout;
+        let devices: Vec<(usize, String, Option<String>)> = conns
             .iter()
             .enumerate()
             .skip(lane)
             .step_by(lanes)
-            .map(|(i, &u)| (i, spec.layout.user_name(u)))
+            .map(|(i, &c)| (i, layout.user_name(layout.user_of(c)), layout.device_id(c)))
             .collect();
         tasks.spawn(async move {
             let mut http = Http::new(addr);
-            let mut keys = Vec::with_capacity(names.len());
-            for (i, name) in names {
-                keys.push((i, http::login(&mut http, &name).await?));
+            let mut keys = Vec::with_capacity(devices.len());
+            for (i, name, device) in devices {
+                keys.push((i, http::login(&mut http, &name, device.as_deref()).await?));
             }
             anyhow::Ok(keys)
         });
     }
-    let mut keys = vec![String::new(); users.len()];
+    let mut keys = vec![String::new(); conns.len()];
     while let Some(done) = tasks.join_next().await {
         for (i, key) in done?? {
             keys[i] = key;
@@ -239,28 +242,28 @@ async fn login_all(spec: &WorkerSpec, users: &[usize]) -> anyhow::Result<Vec<Str
     Ok(keys)
 }
 
-/// Opens every connection, a few at a time; returns the writers of those that send, in user
-/// order, and how many failed to open.
+/// Opens every connection, a few at a time; returns the writers of those that send, in
+/// connection order, and how many failed to open.
 async fn connect_all(
     spec: &WorkerSpec,
     shared: &Arc<Shared>,
-    users: &[usize],
+    conns: &[usize],
     keys: &[String],
 ) -> (Vec<UnboundedSender<Out>>, usize) {
     let opened: Vec<(usize, anyhow::Result<Ws>)> =
-        futures_util::stream::iter(users.iter().zip(keys))
-            .map(|(&u, key)| async move { (u, open(spec, shared, u, key).await) })
+        futures_util::stream::iter(conns.iter().zip(keys))
+            .map(|(&c, key)| async move { (c, open(spec, shared, c, key).await) })
             .buffer_unordered(spec.connect_concurrency.max(1))
             .collect()
             .await;
     let mut senders: Vec<(usize, UnboundedSender<Out>)> = Vec::new();
     let mut failed = 0;
-    for (u, ws) in opened {
+    for (c, ws) in opened {
         match ws {
             Ok(ws) => {
-                let tx = start_connection(shared, u, ws);
-                if spec.layout.dest(u).is_some() {
-                    senders.push((u, tx));
+                let tx = start_connection(shared, c, ws);
+                if spec.layout.dest(c).is_some() {
+                    senders.push((c, tx));
                 }
             }
             Err(e) => {
@@ -269,11 +272,11 @@ async fn connect_all(
             }
         }
     }
-    senders.sort_by_key(|(u, _)| *u);
+    senders.sort_by_key(|(c, _)| *c);
     (senders.into_iter().map(|(_, tx)| tx).collect(), failed)
 }
 
-async fn open(spec: &WorkerSpec, shared: &Shared, user: usize, key: &str) -> anyhow::Result<Ws> {
+async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> anyhow::Result<Ws> {
     let addr: SocketAddr = spec.addr.parse().context("--addr must be IP:PORT")?;
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -289,6 +292,7 @@ async fn open(spec: &WorkerSpec, shared: &Shared, user: usize, key: &str) -> any
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
+    let user = shared.adapter.layout().user_of(conn);
     let request = shared.adapter.request(&spec.addr, user, key)?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
         .await
@@ -296,13 +300,15 @@ async fn open(spec: &WorkerSpec, shared: &Shared, user: usize, key: &str) -> any
     Ok(ws)
 }
 
-fn start_connection(shared: &Arc<Shared>, user: usize, ws: Ws) -> UnboundedSender<Out> {
+fn start_connection(shared: &Arc<Shared>, conn: usize, ws: Ws) -> UnboundedSender<Out> {
     let (tx, rx) = unbounded_channel();
+    let layout = shared.adapter.layout();
+    let user = layout.user_of(conn);
     for frame in shared.adapter.on_open(user) {
         let _ = tx.send(Out::Frame(frame));
     }
     let (sink, stream) = ws.split();
-    let dest = shared.adapter.layout().dest(user);
+    let dest = layout.dest(conn);
     tokio::spawn(write(Arc::clone(shared), user, dest, sink, rx));
     tokio::spawn(read(Arc::clone(shared), stream, tx.clone()));
     tx
