@@ -414,12 +414,12 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
 }
 
 async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> {
+    survive_file_size_limit();
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let (drain, spread) = (settings.drain, settings.close_spread);
     let node = start(settings, services, listener).await?;
-    survive_file_size_limit();
     let shared = Arc::clone(&node.shared);
     tokio::spawn(async move {
         if wait_for_signal().await == Stop::Drain {

@@ -235,10 +235,11 @@ fn run_in_savepoint<T>(
     }
 }
 
-/// Runs a checkpoint in `mode` and returns the WAL's size in pages.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+/// Runs a checkpoint in `mode`; whether another checkpoint kept it from running, and the
+/// WAL's size in pages.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(bool, i64)> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-        row.get(1)
+        Ok((row.get::<_, i64>(0)? != 0, row.get(1)?))
     })
 }
 
@@ -265,10 +266,13 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, restart: &AtomicB
         for reply in replies {
             reply();
         }
-        if restart.swap(false, Ordering::Relaxed)
-            && let Err(e) = checkpoint(&conn, "PASSIVE")
-        {
-            tracing::warn!(error = %e, "sqlite checkpoint failed");
+        if restart.swap(false, Ordering::Relaxed) {
+            match checkpoint(&conn, "PASSIVE") {
+                // The checkpointer was in the middle of a pass: again after the next batch.
+                Ok((true, _)) => restart.store(true, Ordering::Relaxed),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+            }
         }
     }
 }
@@ -279,12 +283,12 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, restart: &AtomicB
 fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>, restart: &AtomicBool) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         match checkpoint(conn, "PASSIVE") {
-            Ok(pages) if pages > WAL_LIMIT_PAGES => {
+            Ok((_, pages)) if pages > WAL_LIMIT_PAGES => {
                 if let Err(e) = checkpoint(conn, "TRUNCATE") {
                     tracing::warn!(error = %e, "sqlite checkpoint failed");
                 }
             }
-            Ok(pages) if pages > WAL_RESTART_PAGES => restart.store(true, Ordering::Relaxed),
+            Ok((_, pages)) if pages > WAL_RESTART_PAGES => restart.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
         }
@@ -355,7 +359,8 @@ mod tests {
         })
         .await
         .unwrap();
-        // The writer never checkpoints (wal_autocheckpoint=0); the checkpointer does.
+        // The writer checkpoints only once the WAL passes 16 MiB; this 1 MiB gets there through
+        // the checkpointer.
         let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
         for _ in 0..100 {
             if size() > 1_000_000 {
@@ -368,34 +373,59 @@ mod tests {
 
     #[tokio::test]
     async fn the_wal_starts_over_under_a_writer_that_never_pauses() {
+        use std::io::Read;
+        use std::sync::atomic::AtomicU64;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let db = Db::open(&path).unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
         db.write(|t| t.execute_batch(SCHEMA)).await.unwrap();
-        let wal = || std::fs::metadata(dir.path().join("db.sqlite-wal")).map_or(0, |m| m.len());
-        // 64 MiB at about 25 MiB/s, never a pause of a checkpoint interval: a WAL that only a
-        // truncating checkpoint empties grows to all of it.
-        let mut largest = 0;
-        for round in 0..64_i64 {
-            db.write(move |t| {
-                for k in 0..256 {
-                    t.execute(
-                        "INSERT OR REPLACE INTO t VALUES (?1, ?2)",
-                        (round * 256 + k, "x".repeat(4000)),
-                    )?;
-                }
-                Ok(())
+        // The WAL header's checkpoint sequence number (bytes 12..16) counts its restarts.
+        let wal = dir.path().join("db.sqlite-wal");
+        let restarts = || {
+            let mut header = [0; 16];
+            std::fs::File::open(&wal)
+                .and_then(|mut f| f.read_exact(&mut header))
+                .map_or(0, |()| {
+                    u32::from_be_bytes([header[12], header[13], header[14], header[15]])
+                })
+        };
+        // Two writers, so a job is always waiting when a commit ends: no checkpoint beside them
+        // ever catches up with the last commit by itself.
+        let written = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..2_i64)
+            .map(|w| {
+                let (db, written) = (db.clone(), Arc::clone(&written));
+                tokio::spawn(async move {
+                    for round in 0.. {
+                        db.write(move |t| {
+                            for k in 0..4 {
+                                t.execute(
+                                    "INSERT OR REPLACE INTO t VALUES (?1, ?2)",
+                                    ((w * 4 + k) * 1024 + round % 1024, "x".repeat(4000)),
+                                )?;
+                            }
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                        written.fetch_add(16_000, Ordering::Relaxed);
+                    }
+                })
             })
-            .await
-            .unwrap();
-            largest = largest.max(wal());
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            .collect();
+        let first = restarts();
+        // Long before the 128 MiB at which the checkpointer would empty it however long the
+        // writer waits.
+        while restarts() == first {
+            let bytes = written.load(Ordering::Relaxed);
+            assert!(
+                bytes < 96 << 20,
+                "{bytes} bytes written and the WAL never started over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(largest > 0);
-        assert!(
-            largest < 40 << 20,
-            "the WAL grew to {largest} bytes before it started over"
-        );
+        for w in writers {
+            w.abort();
+        }
     }
 
     #[tokio::test]

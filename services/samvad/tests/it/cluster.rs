@@ -270,6 +270,7 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
         place_of(&mut l, &placed[0]).await,
     );
     assert_eq!(on_phone, on_laptop, "one conversation, one sequence");
+    assert_eq!(on_laptop.0, "chat:alice");
     let (status, body) = call(app.as_user(
         Method::GET,
         "/v1.0/conversations/chat:alice/messages?limit=1",

@@ -298,13 +298,18 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:03}")).collect()
 }
 
-/// What bob's device is sent, as (id, seq), until nothing more comes.
-async fn feed_of(bob: &mut Client) -> Vec<(String, u64)> {
+/// The next `n` messages a device is sent, as (id, seq), and any more that follow at once.
+async fn feed_of(device: &mut Client, n: usize) -> Vec<(String, u64)> {
     let mut seen = Vec::new();
-    while let Some(Seen::Message(m)) = bob.try_next(Duration::from_secs(2)).await {
-        let seq = m.meta["seq"].parse().unwrap();
+    let pair = |m: samvad_protocol::Message| {
         assert_eq!(text_of(&m), format!("#{}", m.id));
-        seen.push((m.id, seq));
+        (m.id, m.meta["seq"].parse().unwrap())
+    };
+    while seen.len() < n {
+        seen.push(pair(device.message().await));
+    }
+    while let Some(Seen::Message(m)) = device.try_next(Duration::from_millis(500)).await {
+        seen.push(pair(m));
     }
     seen
 }
@@ -349,20 +354,20 @@ async fn a_failed_write_fails_only_itself_and_the_rest_is_kept_in_order() {
     // Bob's device gets every acked message once, in order, at seqs 1, 2, 3, ...: no position
     // skipped or taken twice by the failed writes. So it does after a kill -9.
     let want: Vec<(String, u64)> = acked.iter().cloned().zip(1..).collect();
-    assert_eq!(feed_of(&mut b).await, want, "live");
+    assert_eq!(feed_of(&mut b, want.len()).await, want, "live");
     drop((a, b));
     server.kill9();
     let server = Server::start(dir.path());
     let app = TestApp::at(server.addr);
     let bob = app.user("bob").await;
     let mut b = app.connect(&bob, "text", false).await;
-    assert_eq!(feed_of(&mut b).await, want, "after a restart");
+    assert_eq!(feed_of(&mut b, want.len()).await, want, "after a restart");
 }
 
-/// What a new connection of `device` is sent; the connection is closed after.
-async fn owed(app: &TestApp, device: &User) -> Vec<(String, u64)> {
+/// What a new connection of `device` is sent when it expects `n`; closed after.
+async fn owed(app: &TestApp, device: &User, n: usize) -> Vec<(String, u64)> {
     let mut c = app.connect(device, "text", false).await;
-    let seen = feed_of(&mut c).await;
+    let seen = feed_of(&mut c, n).await;
     c.close().await;
     seen
 }
@@ -370,7 +375,7 @@ async fn owed(app: &TestApp, device: &User) -> Vec<(String, u64)> {
 /// Waits until `device`'s acks are stored, seen by a new connection of it being owed `want`.
 async fn acks_stored(app: &TestApp, device: &User, want: &[(String, u64)]) {
     for _ in 0..20 {
-        if owed(app, device).await == want {
+        if owed(app, device, want.len()).await == want {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -388,17 +393,15 @@ async fn kill_9_between_acks_and_reconnects_keeps_each_devices_duty() {
     let laptop = app.device("bob", "laptop").await;
     let mut a = app.connect(&alice, "text", true).await;
 
-    // The phone online, the laptop not. The phone acks a third by id and up to two thirds
-    // cumulatively; then the server is killed.
+    // The phone online, the laptop not. The phone acks a third cumulatively and then, by the
+    // id of the twentieth, up to two thirds; then the server is killed.
     let mut p = app.connect(&phone, "text", false).await;
     let (sent, refused) = send_each(&mut a, &ids("m", 30)).await;
     assert!(refused.is_empty(), "{refused:?}");
     let want: Vec<(String, u64)> = sent.into_iter().zip(1..).collect();
-    assert_eq!(feed_of(&mut p).await, want, "the phone, live");
-    for (id, _) in &want[..10] {
-        p.client_ack(&chat(id, "alice", "bob", "")).await;
-    }
-    p.ack_upto("chat:alice", 20).await;
+    assert_eq!(feed_of(&mut p, 30).await, want, "the phone, live");
+    p.ack_upto("chat:alice", 10).await;
+    p.client_ack(&chat(&want[19].0, "alice", "bob", "")).await;
     acks_stored(&app, &phone, &want[20..]).await;
     drop((a, p));
     server.kill9();
@@ -407,25 +410,29 @@ async fn kill_9_between_acks_and_reconnects_keeps_each_devices_duty() {
     let server = Server::start(dir.path());
     let app = TestApp::at(server.addr);
     let mut l = app.connect(&laptop, "text", false).await;
-    assert_eq!(feed_of(&mut l).await, want, "the laptop");
+    assert_eq!(feed_of(&mut l, 30).await, want, "the laptop");
     let mut p = app.connect(&phone, "text", false).await;
-    assert_eq!(feed_of(&mut p).await, want[20..], "the phone");
+    assert_eq!(feed_of(&mut p, 10).await, want[20..], "the phone");
 
     // Both online: a new message reaches both, next in sequence. The laptop acks everything,
     // the phone nothing; killed again, the phone is still owed its share and the laptop nothing.
     let mut a = app.connect(&alice, "text", true).await;
     send_each(&mut a, &ids("n", 1)).await;
     let next = vec![("n-000".to_owned(), 31)];
-    assert_eq!(feed_of(&mut l).await, next, "the laptop, live");
-    assert_eq!(feed_of(&mut p).await, next, "the phone, live");
+    assert_eq!(feed_of(&mut l, 1).await, next, "the laptop, live");
+    assert_eq!(feed_of(&mut p, 1).await, next, "the phone, live");
     l.ack_upto("chat:alice", 31).await;
     acks_stored(&app, &laptop, &[]).await;
     drop((a, l, p));
     server.kill9();
     let server = Server::start(dir.path());
     let app = TestApp::at(server.addr);
-    assert_eq!(owed(&app, &laptop).await, []);
     let mut rest = want[20..].to_vec();
     rest.extend(next);
-    assert_eq!(owed(&app, &phone).await, rest);
+    assert_eq!(owed(&app, &phone, 11).await, rest);
+    // What the laptop is owed comes before anything new: a new message is all it gets.
+    let mut l = app.connect(&laptop, "text", false).await;
+    let mut a = app.connect(&alice, "text", true).await;
+    send_each(&mut a, &ids("z", 1)).await;
+    assert_eq!(feed_of(&mut l, 1).await, [("z-000".to_owned(), 32)]);
 }
