@@ -8,13 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use samvad_protocol::{Encoding, Limits, MessageType};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use samvad_protocol::MessageType;
+use serde_json::Value;
 
-use crate::support::{Client, Seen, TestApp, User, WAIT, chat, text_of};
+use crate::support::{Client, Seen, TestApp, User, chat, text_of};
 
 struct Server {
     child: Child,
@@ -28,8 +25,6 @@ impl Server {
     }
 
     fn start_with(data_dir: &Path, extra: &[(&str, &str)]) -> Self {
-        // reqwest needs a TLS provider even for plain HTTP, and this server is not in-process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_samvad"))
             .envs(extra.iter().copied())
             .env("SAMVAD_LISTEN", "127.0.0.1:0")
@@ -63,6 +58,11 @@ impl Server {
         Self { child, addr }
     }
 
+    /// Clients of this server.
+    fn app(&self) -> TestApp {
+        TestApp::at(self.addr)
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
@@ -88,36 +88,6 @@ impl Server {
         self.signal("-9");
         self.child.wait().unwrap();
     }
-
-    async fn login(&self, user: &str) -> String {
-        let body: Value = reqwest::Client::new()
-            .post(format!("http://{}/v1.0/login", self.addr))
-            .json(&json!({"username": user, "authToken": "dev"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["accesskey"].as_str().unwrap().to_owned()
-    }
-
-    async fn connect(
-        &self,
-        user: &str,
-        key: &str,
-        ack: bool,
-    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
-    {
-        let mut request = format!("ws://{}/v1.0/wss/?ack={ack}&format=text", self.addr)
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert("user", user.parse().unwrap());
-        request
-            .headers_mut()
-            .insert("accesskey", key.parse().unwrap());
-        tokio_tungstenite::connect_async(request).await.unwrap().0
-    }
 }
 
 impl Drop for Server {
@@ -131,47 +101,35 @@ impl Drop for Server {
 async fn kill_9_after_acks_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let alice_key = server.login("alice").await;
-    server.login("bob").await;
-    let mut alice = server.connect("alice", &alice_key, true).await;
+    let app = server.app();
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", true).await;
 
     // Stream messages and kill the server while acks are still arriving.
     const SENT: usize = 400;
     for i in 0..SENT {
-        let m = chat(&format!("m-{i:04}"), "alice", "bob", &format!("#{i}"));
-        alice
-            .feed(Frame::Text(
-                samvad_protocol::encode_text(&m, Encoding::V2_1).into(),
-            ))
-            .await
-            .unwrap();
+        a.send(&chat(
+            &format!("m-{i:04}"),
+            "alice",
+            "bob",
+            &format!("#{i}"),
+        ))
+        .await;
     }
-    alice.flush().await.unwrap();
     let mut acked = Vec::new();
-    let limits = Limits::DEFAULT;
     while acked.len() < SENT / 2 {
-        let Some(Ok(Frame::Text(t))) = tokio::time::timeout(WAIT, alice.next()).await.unwrap()
-        else {
-            panic!("expected an ack");
-        };
-        let ack = samvad_protocol::decode_text(t.as_str(), &limits).unwrap();
+        let ack = a.message().await;
         assert_eq!(ack.kind, MessageType::ServerAck);
         acked.push(ack.id);
     }
     server.kill9();
 
     let server = Server::start(dir.path());
-    let bob_key = server.login("bob").await;
-    let mut bob = server.connect("bob", &bob_key, false).await;
+    let mut b = server.app().connect(&bob, "text", false).await;
     let mut received = Vec::new();
-    while let Ok(Some(Ok(Frame::Text(t)))) =
-        tokio::time::timeout(Duration::from_secs(2), bob.next()).await
-    {
-        received.push(
-            samvad_protocol::decode_text(t.as_str(), &limits)
-                .unwrap()
-                .id,
-        );
+    while let Some(Seen::Message(m)) = b.try_next(Duration::from_secs(2)).await {
+        received.push(m.id);
     }
     let got: HashSet<&String> = received.iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|id| !got.contains(id)).collect();
@@ -199,11 +157,9 @@ async fn sigterm_drains_then_closes_sockets_with_1001_and_exits() {
             ("SAMVAD_CLOSE_SPREAD_SECS", "1"),
         ],
     );
-    let alice_key = server.login("alice").await;
-    let bob_key = server.login("bob").await;
-    let mut alice = server.connect("alice", &alice_key, true).await;
-    let mut bob = server.connect("bob", &bob_key, false).await;
-    let limits = Limits::DEFAULT;
+    let app = server.app();
+    let mut alice = app.connect(&app.user("alice").await, "text", true).await;
+    let mut bob = app.connect(&app.user("bob").await, "text", false).await;
     let readyz = format!("http://{}/readyz", server.addr);
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
 
@@ -220,41 +176,24 @@ async fn sigterm_drains_then_closes_sockets_with_1001_and_exits() {
     assert_eq!(status, 503, "not ready once the signal arrives");
 
     // While draining, the sockets it has still carry a conversation, acks and all.
-    let m = chat("while-draining", "alice", "bob", "still here");
-    let text = samvad_protocol::encode_text(&m, Encoding::V2_1);
-    alice.send(Frame::Text(text.into())).await.unwrap();
-    let Some(Ok(Frame::Text(ack))) = tokio::time::timeout(WAIT, alice.next()).await.unwrap() else {
-        panic!("expected an ack");
-    };
-    assert_eq!(
-        samvad_protocol::decode_text(ack.as_str(), &limits)
-            .unwrap()
-            .kind,
-        MessageType::ServerAck
-    );
-    let Some(Ok(Frame::Text(got))) = tokio::time::timeout(WAIT, bob.next()).await.unwrap() else {
-        panic!("expected the message");
-    };
-    assert_eq!(
-        samvad_protocol::decode_text(got.as_str(), &limits)
-            .unwrap()
-            .id,
-        "while-draining"
-    );
+    alice
+        .send(&chat("while-draining", "alice", "bob", "still here"))
+        .await;
+    assert_eq!(alice.message().await.kind, MessageType::ServerAck);
+    assert_eq!(bob.message().await.id, "while-draining");
 
     // Then each socket is closed with 1001, not before the drain period is over.
     for socket in [&mut alice, &mut bob] {
         let close = loop {
-            match tokio::time::timeout(Duration::from_secs(10), socket.next())
-                .await
-                .expect("closed within the drain and the spread")
-            {
-                Some(Ok(Frame::Close(frame))) => break frame,
-                Some(Ok(_)) => continue,
-                other => panic!("expected a close frame, saw {other:?}"),
+            match socket.try_next(Duration::from_secs(10)).await {
+                Some(Seen::Closed(code)) => break code,
+                Some(Seen::Message(_)) => continue,
+                other => {
+                    panic!("expected a close frame within the drain and the spread, saw {other:?}")
+                }
             }
         };
-        assert_eq!(u16::from(close.unwrap().code), 1001);
+        assert_eq!(close.map(u16::from), Some(1001));
     }
     assert!(
         signalled.elapsed() >= Duration::from_secs(2),
@@ -318,7 +257,7 @@ async fn feed_of(device: &mut Client, n: usize) -> Vec<(String, u64)> {
 async fn a_failed_write_fails_only_itself_and_the_rest_is_kept_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let app = TestApp::at(server.addr);
+    let app = server.app();
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.connect(&alice, "text", true).await;
@@ -358,7 +297,7 @@ async fn a_failed_write_fails_only_itself_and_the_rest_is_kept_in_order() {
     drop((a, b));
     server.kill9();
     let server = Server::start(dir.path());
-    let app = TestApp::at(server.addr);
+    let app = server.app();
     let bob = app.user("bob").await;
     let mut b = app.connect(&bob, "text", false).await;
     assert_eq!(feed_of(&mut b, want.len()).await, want, "after a restart");
@@ -387,7 +326,7 @@ async fn acks_stored(app: &TestApp, device: &User, want: &[(String, u64)]) {
 async fn kill_9_between_acks_and_reconnects_keeps_each_devices_duty() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let app = TestApp::at(server.addr);
+    let app = server.app();
     let alice = app.user("alice").await;
     let phone = app.device("bob", "phone").await;
     let laptop = app.device("bob", "laptop").await;
@@ -408,7 +347,7 @@ async fn kill_9_between_acks_and_reconnects_keeps_each_devices_duty() {
 
     // The laptop, which acked nothing, is owed all of it; the phone only the rest.
     let server = Server::start(dir.path());
-    let app = TestApp::at(server.addr);
+    let app = server.app();
     let mut l = app.connect(&laptop, "text", false).await;
     assert_eq!(feed_of(&mut l, 30).await, want, "the laptop");
     let mut p = app.connect(&phone, "text", false).await;
@@ -426,7 +365,7 @@ async fn kill_9_between_acks_and_reconnects_keeps_each_devices_duty() {
     drop((a, l, p));
     server.kill9();
     let server = Server::start(dir.path());
-    let app = TestApp::at(server.addr);
+    let app = server.app();
     let mut rest = want[20..].to_vec();
     rest.extend(next);
     assert_eq!(owed(&app, &phone, 11).await, rest);
