@@ -1,8 +1,9 @@
 //! The all-in-one bus: a publish runs the consumers of its topic in line and returns once they
 //! have, so a message's one durable write — its timeline append, at the end of the chain
 //! gateway → message-router → (group-router) → delivery — is done before `publish` returns
-//! to the gateway, which then acks. Nothing in between touches a disk, and a failure anywhere
-//! in the chain comes back to that one publisher: its client gets an error, never an ack.
+//! to the gateway, which then acks. Nothing in between touches a disk or is encoded (records
+//! carry the events themselves), and a failure anywhere in the chain comes back to that one
+//! publisher: its client gets an error, never an ack.
 //!
 //! Topics whose loss in a crash costs only redundant work — client acks (the device is sent the
 //! message again), offline pushes (a nudge), logins — are queued instead: `publish` returns at
@@ -131,13 +132,21 @@ impl Bus for InlineBus {
                 value: r.value,
             })
             .collect();
-        for consumer in consumers {
-            match &*consumer {
-                Consumer::Inline(handler) => handler(received.clone()).await?,
-                Consumer::Queued(queue) => queue
-                    .send(received.clone())
-                    .await
-                    .map_err(|_| BusError::Closed)?,
+        // The last consumer takes the records themselves, so a topic with one consumer (the
+        // usual case) hands its events on without a copy.
+        let mut received = Some(received);
+        let last = consumers.len().saturating_sub(1);
+        for (i, consumer) in consumers.iter().enumerate() {
+            let records = if i == last {
+                received.take().unwrap_or_default()
+            } else {
+                received.clone().unwrap_or_default()
+            };
+            match &**consumer {
+                Consumer::Inline(handler) => handler(records).await?,
+                Consumer::Queued(queue) => {
+                    queue.send(records).await.map_err(|_| BusError::Closed)?
+                }
             }
         }
         Ok(())
@@ -178,7 +187,7 @@ mod tests {
     fn record(key: &str) -> Record {
         Record {
             key: key.into(),
-            value: b"{}".to_vec(),
+            value: b"{}".to_vec().into(),
         }
     }
 
@@ -208,6 +217,41 @@ mod tests {
                 .is_err(),
             "the publisher learns of the failure"
         );
+    }
+
+    /// An event that cannot be encoded at all.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+    struct Unencodable(u32);
+
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("never encoded"))
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_handed_on_without_being_encoded() {
+        let bus = InlineBus::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for group in ["first", "second"] {
+            let seen = Arc::clone(&seen);
+            let handler: Handler = Arc::new(move |records: Vec<Received>| {
+                let seen = Arc::clone(&seen);
+                Box::pin(async move {
+                    for record in records {
+                        let event = record.value.decode::<Unencodable>().map_err(|(_, e)| e)?;
+                        seen.lock().unwrap().push(event);
+                    }
+                    Ok(())
+                })
+            });
+            bus.attach(&Topic::Send, group, handler).unwrap();
+        }
+        assert!(Record::event("k", Unencodable(1)).value.to_bytes().is_err());
+        bus.publish(&Topic::Send, vec![Record::event("k", Unencodable(7))])
+            .await
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), [Unencodable(7), Unencodable(7)]);
     }
 
     #[tokio::test]

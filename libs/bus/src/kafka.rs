@@ -231,9 +231,13 @@ impl Bus for KafkaBus {
         let name = self.name(topic);
         // All sends are queued before any is awaited; the idempotent producer keeps their
         // order per partition while several are in flight.
-        let sends = records.iter().map(|r| {
+        let values = records
+            .iter()
+            .map(|r| r.value.to_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let sends = records.iter().zip(&values).map(|(r, value)| {
             self.producer.send(
-                FutureRecord::to(&name).key(&r.key).payload(&r.value),
+                FutureRecord::to(&name).key(&r.key).payload(&**value),
                 Timeout::After(SEND_TIMEOUT),
             )
         });
@@ -305,7 +309,11 @@ impl KafkaSubscription {
                 .key()
                 .map(|k| String::from_utf8_lossy(k).into_owned())
                 .unwrap_or_default(),
-            value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            value: message
+                .payload()
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+                .into(),
         }
     }
 }

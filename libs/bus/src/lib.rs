@@ -11,7 +11,13 @@ mod event;
 mod inline;
 mod kafka;
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use event::{
     Accepted, Addressed, ClientAck, DeviceLogin, GatewayEvent, Outgoing, ParkedRecord, Routed, Upto,
@@ -85,36 +91,97 @@ impl fmt::Display for Topic {
 }
 
 /// A record to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Record {
     pub key: String,
-    pub value: Vec<u8>,
+    pub value: Value,
 }
 
 impl Record {
-    /// A record whose value is `event` as JSON.
-    pub fn json(key: impl Into<String>, event: &impl serde::Serialize) -> Result<Self, BusError> {
-        Ok(Self {
+    /// A record carrying `event`: encoded as JSON by a broker's bus, handed on as it is by the
+    /// in-line one.
+    pub fn event(key: impl Into<String>, event: impl Event) -> Self {
+        Self {
             key: key.into(),
-            value: serde_json::to_vec(event).map_err(|e| BusError::Encode(e.to_string()))?,
-        })
+            value: Value::Event(Arc::new(event)),
+        }
     }
 }
 
 /// A record read from a topic, with its position.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Received {
     pub partition: i32,
     pub offset: u64,
     pub key: String,
-    pub value: Vec<u8>,
+    pub value: Value,
 }
 
-impl Received {
-    /// Decodes the JSON value. A record that does not decode is a poison record: consumers
-    /// park it (see [`Topic::Parked`]) rather than stop the partition.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, BusError> {
-        serde_json::from_slice(&self.value).map_err(|e| BusError::Decode(e.to_string()))
+/// What a record carries: the bytes a broker stores, or, between services in one process,
+/// the event itself, which is never encoded there.
+#[derive(Clone)]
+pub enum Value {
+    Bytes(Vec<u8>),
+    Event(Arc<dyn Event>),
+}
+
+impl Value {
+    /// The value as a broker stores it: an event as JSON.
+    pub fn to_bytes(&self) -> Result<Cow<'_, [u8]>, BusError> {
+        match self {
+            Self::Bytes(bytes) => Ok(Cow::Borrowed(bytes)),
+            Self::Event(event) => event.to_json().map(Cow::Owned),
+        }
+    }
+
+    /// The event, decoded from JSON or taken as it is (cloned only if another consumer holds
+    /// it too). A value that is not a `T` comes back with why: consumers park such poison
+    /// records (see [`Topic::Parked`]) rather than stop the partition.
+    pub fn decode<T: DeserializeOwned + Clone + Any + Send + Sync>(
+        self,
+    ) -> Result<T, (Self, BusError)> {
+        match self {
+            Self::Bytes(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| (Self::Bytes(bytes), BusError::Decode(e.to_string()))),
+            Self::Event(event) if (&*event as &dyn Any).is::<T>() => {
+                let any: Arc<dyn Any + Send + Sync> = event;
+                Ok(Arc::unwrap_or_clone(
+                    any.downcast::<T>()
+                        .unwrap_or_else(|_| unreachable!("the type was checked")),
+                ))
+            }
+            Self::Event(event) => {
+                let error =
+                    BusError::Decode(format!("{event:?} is not a {}", std::any::type_name::<T>()));
+                Err((Self::Event(event), error))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bytes(bytes) => write!(f, "Bytes({})", String::from_utf8_lossy(bytes)),
+            Self::Event(event) => event.fmt(f),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::Bytes(bytes)
+    }
+}
+
+/// An event a record can carry: any of the types in this crate's events (or a test's own).
+pub trait Event: Any + Send + Sync + fmt::Debug {
+    fn to_json(&self) -> Result<Vec<u8>, BusError>;
+}
+
+impl<T: Serialize + Any + Send + Sync + fmt::Debug> Event for T {
+    fn to_json(&self) -> Result<Vec<u8>, BusError> {
+        serde_json::to_vec(self).map_err(|e| BusError::Encode(e.to_string()))
     }
 }
 

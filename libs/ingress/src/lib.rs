@@ -193,13 +193,13 @@ impl Ingress {
         let mut new = Vec::new();
         for m in messages {
             if m.kind == MessageType::ClientAck {
-                acks.push(Record::json(m.source.clone(), &client_ack(device, m))?);
+                acks.push(Record::event(m.source.clone(), client_ack(device, m)));
             } else {
                 let accepted = Accepted {
                     device: device.to_owned(),
                     message: m.clone(),
                 };
-                new.push(Record::json(Conv::of(m).key(), &accepted)?);
+                new.push(Record::event(Conv::of(m).key(), accepted));
             }
         }
         if !acks.is_empty() {

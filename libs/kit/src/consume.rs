@@ -1,13 +1,14 @@
 //! Consumers: a service's loop over one topic, with decoding, poison records and retries
 //! handled once, here.
 
+use std::any::Any;
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use std::sync::Arc;
 
-use samvad_bus::{Bus, BusError, ParkedRecord, Received, Record, Topic};
+use samvad_bus::{Bus, BusError, ParkedRecord, Received, Record, Topic, Value};
 use serde::de::DeserializeOwned;
 
 use crate::metrics::TopicLabel;
@@ -39,7 +40,7 @@ impl Context {
         handler: H,
     ) -> anyhow::Result<()>
     where
-        T: DeserializeOwned + Send + 'static,
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
         H: Fn(Vec<T>) -> F + Send + Sync + 'static,
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
@@ -55,7 +56,7 @@ impl Context {
         };
         if let Some(inline) = &self.shared.inline {
             let handler: samvad_bus::Handler = Arc::new(move |batch: Vec<Received>| {
-                let (items, poison) = decode::<T>(&batch);
+                let (items, poison) = decode::<T>(batch);
                 let poison = parker.records(poison);
                 let handled = handler(items);
                 let parker = parker.clone();
@@ -84,7 +85,7 @@ impl Context {
                     _ = shutdown.cancelled() => return Ok(()),
                     batch = subscription.next_batch(BATCH) => batch?,
                 };
-                let (mut items, poison) = decode::<T>(&batch);
+                let (mut items, poison) = decode::<T>(batch.clone());
                 let mut poison = Some(parker.records(poison)?);
                 let mut pause = Duration::from_millis(50);
                 loop {
@@ -106,7 +107,7 @@ impl Context {
                             }
                             pause = (pause * 2).min(MAX_PAUSE);
                             // The handler took the batch: decode it again (poison is parked).
-                            items = decode::<T>(&batch).0;
+                            items = decode::<T>(batch.clone()).0;
                         }
                     }
                 }
@@ -127,7 +128,7 @@ struct Parker {
 }
 
 impl Parker {
-    fn records(&self, poison: Vec<(&Received, String)>) -> Result<Vec<Record>, BusError> {
+    fn records(&self, poison: Vec<(Received, String)>) -> Result<Vec<Record>, BusError> {
         poison
             .into_iter()
             .map(|(record, error)| {
@@ -138,9 +139,9 @@ impl Parker {
                     offset: record.offset,
                     group: self.group.clone(),
                     error,
-                    value: String::from_utf8_lossy(&record.value).into_owned(),
+                    value: String::from_utf8_lossy(&record.value.to_bytes()?).into_owned(),
                 };
-                Record::json(record.key.clone(), &parked)
+                Ok(Record::event(record.key, parked))
             })
             .collect()
     }
@@ -157,13 +158,18 @@ impl Parker {
 }
 
 /// Splits a batch into the events that decode and the records that do not, with why.
-fn decode<T: DeserializeOwned>(batch: &[Received]) -> (Vec<T>, Vec<(&Received, String)>) {
+fn decode<T: DeserializeOwned + Clone + Any + Send + Sync>(
+    batch: Vec<Received>,
+) -> (Vec<T>, Vec<(Received, String)>) {
     let mut items = Vec::with_capacity(batch.len());
     let mut poison = Vec::new();
-    for record in batch {
-        match record.json() {
+    for mut record in batch {
+        match std::mem::replace(&mut record.value, Value::Bytes(Vec::new())).decode() {
             Ok(item) => items.push(item),
-            Err(e) => poison.push((record, e.to_string())),
+            Err((value, error)) => {
+                record.value = value;
+                poison.push((record, error.to_string()));
+            }
         }
     }
     (items, poison)
@@ -230,12 +236,12 @@ mod tests {
         };
         let poison = Record {
             key: "bob".into(),
-            value: b"{\"user\": \"bob\"".to_vec(),
+            value: b"{\"user\": \"bob\"".to_vec().into(),
         };
         let records = vec![
-            Record::json("bob", &ack("m-1")).unwrap(),
+            Record::event("bob", ack("m-1")),
             poison,
-            Record::json("bob", &ack("m-2")).unwrap(),
+            Record::event("bob", ack("m-2")),
         ];
         bus.publish(&Topic::ClientAcks, records).await.unwrap();
 

@@ -195,7 +195,7 @@ impl Delivery {
                             recipient: user.clone(),
                             message: message.clone(),
                         };
-                        offline.push(Record::json(user.clone(), &addressed)?);
+                        offline.push(Record::event(user.clone(), addressed));
                     }
                     continue;
                 }
@@ -209,9 +209,9 @@ impl Delivery {
         }
         for (gateway, events) in handoff.0 {
             let records = events
-                .iter()
-                .map(|event| Record::json(Conv::of(&event.items[0].message).key(), event))
-                .collect::<Result<Vec<_>, _>>()?;
+                .into_iter()
+                .map(|event| Record::event(Conv::of(&event.items[0].message).key(), event))
+                .collect();
             self.bus.publish(&Topic::Gateway(gateway), records).await?;
         }
         self.bus.publish(&Topic::Offline, offline).await?;

@@ -40,7 +40,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                     device,
                     message,
                 };
-                out.push(Record::json(key, &routed)?);
+                out.push(Record::event(key, routed));
             }
             bus.publish(&Topic::Send, out).await?;
             Ok(())

@@ -285,7 +285,7 @@ async fn notify(
         device: SYSTEM_DEVICE.to_owned(),
         message,
     };
-    let records = vec![Record::json(Conv::group(group_id).key(), &routed)?];
+    let records = vec![Record::event(Conv::group(group_id).key(), routed)];
     ctx.bus.publish(&Topic::Send, records).await?;
     Ok(())
 }

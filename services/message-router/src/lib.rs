@@ -24,7 +24,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                 for accepted in batch {
                     let key = Conv::of(&accepted.message).key();
                     if accepted.message.channel == Channel::Group {
-                        groups.push(Record::json(key, &accepted)?);
+                        groups.push(Record::event(key, accepted));
                     } else {
                         let Accepted { device, message } = accepted;
                         let routed = Routed {
@@ -32,7 +32,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                             device,
                             message,
                         };
-                        direct.push(Record::json(key, &routed)?);
+                        direct.push(Record::event(key, routed));
                     }
                 }
                 bus.publish(&Topic::GroupMessages, groups).await?;

@@ -124,7 +124,7 @@ async fn login(
     ctx.bus
         .publish(
             &Topic::Logins,
-            vec![Record::json(login.username.clone(), &event)?],
+            vec![Record::event(login.username.clone(), event)],
         )
         .await?;
     tracing::info!(user = %login.username, is_new, "login");

@@ -13,12 +13,12 @@ const WAIT: Duration = Duration::from_secs(30);
 fn record(key: &str, i: u32) -> Record {
     Record {
         key: key.into(),
-        value: i.to_be_bytes().to_vec(),
+        value: i.to_be_bytes().to_vec().into(),
     }
 }
 
 fn value(r: &Received) -> u32 {
-    u32::from_be_bytes(r.value.clone().try_into().unwrap())
+    u32::from_be_bytes(r.value.to_bytes().unwrap()[..].try_into().unwrap())
 }
 
 /// Reads until `n` records have arrived.
