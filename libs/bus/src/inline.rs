@@ -122,7 +122,7 @@ impl Bus for InlineBus {
                 None => return Ok(()), // no consumer: nothing to hand it to
             }
         };
-        let received: Vec<Received> = records
+        let mut received: Vec<Received> = records
             .into_iter()
             .zip(first..)
             .map(|(r, offset)| Received {
@@ -134,15 +134,15 @@ impl Bus for InlineBus {
             .collect();
         // The last consumer takes the records themselves, so a topic with one consumer (the
         // usual case) hands its events on without a copy.
-        let mut received = Some(received);
-        let last = consumers.len().saturating_sub(1);
-        for (i, consumer) in consumers.iter().enumerate() {
-            let records = if i == last {
-                received.take().unwrap_or_default()
+        let mut others = consumers.len();
+        for consumer in consumers {
+            others -= 1;
+            let records = if others == 0 {
+                std::mem::take(&mut received)
             } else {
-                received.clone().unwrap_or_default()
+                received.clone()
             };
-            match &**consumer {
+            match &*consumer {
                 Consumer::Inline(handler) => handler(records).await?,
                 Consumer::Queued(queue) => {
                     queue.send(records).await.map_err(|_| BusError::Closed)?
