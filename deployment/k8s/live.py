@@ -33,7 +33,6 @@ Everything it starts is on loopback, bounded in time, and stopped at the end, fa
 (SIGTERM to this script included); on failure the pods' logs are kept and their ends printed.
 """
 
-import base64
 import json
 import os
 import random
@@ -43,7 +42,6 @@ import shutil
 import signal
 import socket
 import string
-import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+import websockets.exceptions
+import websockets.sync.client
 
 import policy
 
@@ -483,70 +484,33 @@ class Http:
 
 
 class Ws:
-    """A WebSocket client (text frames, protocol v2.1), enough for this test."""
+    """A WebSocket through nginx (the websockets package's client; text frames, v2.1)."""
 
     def __init__(self, host, port, user, key):
-        self.user, self.buf, self.acked = user, b"", set()
-        self.sock = socket.create_connection((host, port), timeout=10)
-        self.sock.sendall((
-            "GET /v1.0/wss/?ack=true&format=text HTTP/1.1\r\nHost: %s:%d\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Key: %s\r\nuser: %s\r\naccesskey: %s\r\n\r\n"
-            % (host, port, base64.b64encode(os.urandom(16)).decode(), user, key)).encode())
-        while b"\r\n\r\n" not in self.buf:
-            self.buf += self.recv()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n")[0]:
-            raise Failure("%s: the WebSocket through nginx was refused: %s" % (user, head.split(b"\r\n")[0].decode()))
-
-    def recv(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise Closed(None)
-        return data
-
-    def send_frame(self, opcode, data):
-        mask, n = os.urandom(4), len(data)
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n) if n < 126 else struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        self.user, self.acked = user, set()
+        try:
+            self.conn = websockets.sync.client.connect(
+                "ws://%s:%d/v1.0/wss/?ack=true&format=text" % (host, port),
+                additional_headers={"user": user, "accesskey": key}, open_timeout=10)
+        except websockets.exceptions.InvalidStatus as e:
+            raise Failure("%s: the WebSocket through nginx was refused: %d" % (user, e.response.status_code))
 
     def send(self, frame):
-        self.send_frame(1, json.dumps(frame).encode())
-
-    def parse(self):
-        if len(self.buf) < 2:
-            return None
-        n, at = self.buf[1] & 0x7F, 2
-        if n >= 126:
-            at = 4 if n == 126 else 10
-            if len(self.buf) < at:
-                return None
-            n = int.from_bytes(self.buf[2:at], "big")
-        if len(self.buf) < at + n:
-            return None
-        opcode, payload, self.buf = self.buf[0] & 0x0F, self.buf[at:at + n], self.buf[at + n:]
-        return opcode, payload
+        try:
+            self.conn.send(json.dumps(frame))
+        except websockets.exceptions.ConnectionClosed as e:
+            raise Closed(e.rcvd.code if e.rcvd else None)
 
     def frame(self, until):
         """The next JSON frame, or None once `until` has passed; Closed on a close frame."""
         while True:
-            while (got := self.parse()) is None:
-                self.sock.settimeout(max(0.01, until - time.monotonic()))
-                try:
-                    self.buf += self.recv()
-                except socket.timeout:
-                    return None
-            opcode, payload = got
-            if opcode == 8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                try:
-                    self.send_frame(8, payload[:2])
-                except OSError:
-                    pass
-                raise Closed(code)
-            if opcode == 9:
-                self.send_frame(10, payload)
-            elif opcode == 1 and payload != b"pong":
+            try:
+                payload = self.conn.recv(timeout=max(0.01, until - time.monotonic()))
+            except TimeoutError:
+                return None
+            except websockets.exceptions.ConnectionClosed as e:
+                raise Closed(e.rcvd.code if e.rcvd else None)
+            if payload != "pong":
                 frame = json.loads(payload)
                 if kind(frame) == "SERVER_ACK":
                     self.acked.add(frame["id"])
@@ -561,10 +525,7 @@ class Ws:
                    "from": self.user, "contentType": "CLIENT_ACK"}})
 
     def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.conn.close()
 
 
 def kind(frame):
