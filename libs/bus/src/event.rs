@@ -21,6 +21,10 @@ pub struct Routed {
     pub recipients: Vec<String>,
     pub device: String,
     pub message: Message,
+    /// Users whose part in the conversation ends with this message: the group service's
+    /// notice of their removal, which they still receive, and nothing after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<String>,
 }
 
 /// A message for one recipient: `Offline` topic (delivery → push).
@@ -116,6 +120,7 @@ mod tests {
             recipients: vec!["bob".into()],
             device: "laptop".into(),
             message: message(),
+            leaving: vec!["cat".into()],
         });
         both_ways(ClientAck {
             user: "bob".into(),

@@ -41,7 +41,8 @@ impl EmbeddedStore {
     pub async fn open(db: Db) -> Result<Self> {
         db.write(|t| {
             t.execute_batch(SCHEMA)?;
-            t.execute_batch(timeline::SCHEMA)
+            t.execute_batch(timeline::SCHEMA)?;
+            timeline::migrate(t)
         })
         .await
         .map_err(backend)?;

@@ -132,6 +132,9 @@ pub struct NewEntry {
     pub conv: Conv,
     pub device: String,
     pub message: Message,
+    /// Users whose part in the conversation ends with this entry (the notice of their removal
+    /// from a group): their devices are owed it, and nothing after it.
+    pub leaving: Vec<String>,
 }
 
 /// A stored message at its place in its conversation.
@@ -198,14 +201,21 @@ pub struct ConvState {
     pub since_seq: u64,
 }
 
-/// Where a device stands in one conversation it takes part in.
+/// Where a device stands in one conversation it takes part in, or took part in until an entry
+/// it has not acked yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub conv: Conv,
     /// What the device has acked, or the point its duty started at (its first login, or when
-    /// its user joined), whichever is later.
+    /// its user joined), whichever is later; past it, the entries its own device sent (it is
+    /// never sent those, so it never acks them).
     pub cursor: u64,
+    /// The last entry the device is owed: the conversation's newest, or the one its user's
+    /// part ended with.
     pub last_seq: u64,
+    /// The seq the user's part ended at (the notice of their removal), if it has ended:
+    /// nothing after it is theirs.
+    pub until: Option<u64>,
     /// The oldest seq retention has kept (1 when nothing was removed). When it is above
     /// `cursor + 1`, the device missed `cursor + 1 ..= first_seq - 1` for good.
     pub first_seq: u64,
@@ -248,13 +258,12 @@ pub trait TimelineStore: Send + Sync + 'static {
     async fn window(&self, conv: &Conv, page: Page, floor: u64, limit: usize) -> Result<Window>;
 
     /// Makes `user` take part in a group's conversation from now on: they see entries after
-    /// the group's current last seq (the notice of their joining comes after). Idempotent.
+    /// the group's current last seq (the notice of their joining comes after). Idempotent; a
+    /// user whose part had ended (`NewEntry::leaving`) starts afresh. A part ends only with an
+    /// entry, the notice of the removal, so that it ends at the same place for every device.
     async fn join(&self, group_id: &str, users: &[String]) -> Result<()>;
 
-    /// Ends `user`'s part in a group's conversation (and their devices' cursors in it).
-    async fn leave(&self, group_id: &str, user: &str) -> Result<()>;
-
-    /// The user's part in one conversation; `None` when they take no part in it.
+    /// The user's part in one conversation; `None` when they take no part in it (or no longer).
     async fn conversation(&self, user: &str, conv: &Conv) -> Result<Option<ConvState>>;
 
     /// Every conversation `user` takes part in, most recently active first.
@@ -265,11 +274,13 @@ pub trait TimelineStore: Send + Sync + 'static {
     async fn register(&self, device: &DeviceRef) -> Result<bool>;
 
     /// Where `device` stands in every conversation its user takes part in (or only in `only`),
-    /// ordered by conversation key.
+    /// and in those whose part ended at an entry the device has not acked yet, ordered by
+    /// conversation key.
     async fn positions(&self, device: &DeviceRef, only: Option<&Conv>) -> Result<Vec<Position>>;
 
-    /// Moves devices' cursors forward (never back). Acks of what a device takes no part in,
-    /// or of ids not stored, change nothing.
+    /// Moves devices' cursors forward (never back), and past the entries after the acked one
+    /// that the device sent itself. Acks of what a device takes no part in, or of ids not
+    /// stored, change nothing.
     async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()>;
 
     /// The highest seq in `conv` among the messages with these ids (`None`: none stored).
@@ -279,8 +290,9 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// position after the move, or `None` when they take no part in `conv`.
     async fn read(&self, user: &str, conv: &Conv, seq: u64) -> Result<Option<u64>>;
 
-    /// Removes at most `max` of the entries stored before `before_ms`, oldest first; returns
-    /// how many (a caller removes the rest in further calls, so no call holds the store long).
+    /// Removes at most `max` of the entries stored before `before_ms`, oldest first, and the
+    /// ended parts whose last entry is gone; returns how many entries (a caller removes the
+    /// rest in further calls, so no call holds the store long).
     async fn trim(&self, before_ms: u64, max: usize) -> Result<u64>;
 }
 

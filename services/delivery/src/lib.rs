@@ -147,6 +147,7 @@ impl Delivery {
                 conv: Conv::of(&r.message),
                 device: r.device.clone(),
                 message: r.message.clone(),
+                leaving: r.leaving.clone(),
             })
             .collect();
         let mut appended = self.timeline.append(&entries).await?.into_iter();

@@ -39,6 +39,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                     recipients,
                     device,
                     message,
+                    leaving: Vec::new(),
                 };
                 out.push(Record::event(key, routed));
             }

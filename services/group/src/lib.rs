@@ -205,6 +205,7 @@ async fn remove(
             "only a group admin may remove others; anyone may remove themself",
         ));
     }
+    let mut everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
     if ctx
         .stores
         .groups
@@ -212,14 +213,24 @@ async fn remove(
         .await?
         .is_none()
     {
-        // A removal cut short after its first write left them in the timeline.
-        ctx.stores.timeline.leave(&id, &req.member).await?;
-        return Err(ApiError::not_found(format!(
-            "`{}` is not a member of this group",
-            req.member
-        )));
+        // Not a member: unless a removal was cut short between its two writes, and they still
+        // take part in the timeline. Then this retry completes it.
+        let conv = Conv::group(&id);
+        if ctx
+            .stores
+            .timeline
+            .conversation(&req.member, &conv)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::not_found(format!(
+                "`{}` is not a member of this group",
+                req.member
+            )));
+        }
+        everyone.push(req.member.clone());
     }
-    let everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
+    // The notice ends their part in the timeline where it is stored; they still receive it.
     notify(
         &ctx,
         &id,
@@ -228,8 +239,6 @@ async fn remove(
         &everyone,
     )
     .await?;
-    // After the notice, which the member who left still receives.
-    ctx.stores.timeline.leave(&id, &req.member).await?;
     Ok(Json(json!({ "status": true })))
 }
 
@@ -264,9 +273,9 @@ async fn notify(
     change: Change<'_>,
     recipients: &[String],
 ) -> Result<(), ApiError> {
-    let (action, content) = match change {
-        Change::Added(users) => ("add", json!({ "added": users })),
-        Change::Removed(users) => ("remove", json!({ "removed": users })),
+    let (action, content, leaving) = match change {
+        Change::Added(users) => ("add", json!({ "added": users }), Vec::new()),
+        Change::Removed(users) => ("remove", json!({ "removed": users }), users.to_vec()),
     };
     let message = samvad_kit::notice(
         action,
@@ -284,6 +293,7 @@ async fn notify(
         recipients: recipients.to_vec(),
         device: SYSTEM_DEVICE.to_owned(),
         message,
+        leaving,
     };
     let records = vec![Record::event(Conv::group(group_id).key(), routed)];
     ctx.bus.publish(&Topic::Send, records).await?;

@@ -31,6 +31,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
                             recipients: vec![message.destination.clone()],
                             device,
                             message,
+                            leaving: Vec::new(),
                         };
                         direct.push(Record::event(key, routed));
                     }

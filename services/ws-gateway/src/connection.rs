@@ -57,14 +57,18 @@ struct Feed {
     stored: u64,
     /// Whether it waits in `behind` (so that marking it is not a scan of the queue).
     queued: bool,
+    /// The last seq that is the device's (where its user's part ended; `u64::MAX` while it
+    /// goes on).
+    until: u64,
 }
 
 impl Feed {
-    fn at(sent: u64, stored: u64) -> Self {
+    fn at(sent: u64, stored: u64, until: Option<u64>) -> Self {
         Self {
             sent,
             stored,
             queued: false,
+            until: until.unwrap_or(u64::MAX),
         }
     }
 }
@@ -159,10 +163,12 @@ impl Conn {
     async fn look(&mut self) -> anyhow::Result<()> {
         let timeline = &self.gateway.ctx.stores.timeline;
         for position in timeline.positions(&self.device, None).await? {
-            let feed = self
-                .feeds
-                .entry(position.conv.clone())
-                .or_insert(Feed::at(position.cursor, 0));
+            let feed = self.feeds.entry(position.conv.clone()).or_insert(Feed::at(
+                position.cursor,
+                0,
+                position.until,
+            ));
+            feed.until = position.until.unwrap_or(u64::MAX);
             feed.stored = feed.stored.max(position.last_seq);
             if feed.stored > feed.sent {
                 self.mark_behind(&position.conv);
@@ -190,7 +196,7 @@ impl Conn {
         let feed = if let Conv::Direct { .. } = conv {
             // A 1:1 chat unknown at the start began since: both sides take part from its
             // first entry on, and no device has acked any of it yet. No need to ask.
-            Feed::at(0, 0)
+            Feed::at(0, 0, None)
         } else {
             // A group joined since the connection opened: where does the device stand in it?
             let timeline = &self.gateway.ctx.stores.timeline;
@@ -200,7 +206,7 @@ impl Conn {
             let Some(position) = found.into_iter().next() else {
                 return Ok(false);
             };
-            Feed::at(position.cursor, position.last_seq)
+            Feed::at(position.cursor, position.last_seq, position.until)
         };
         self.feeds.insert(conv.clone(), feed);
         Ok(true)
@@ -257,24 +263,13 @@ impl Conn {
                 continue;
             };
             if !self.learn(conv).await? {
-                // Not a participant (any more). Only the notice of a removal, which its
-                // subject still gets while connected, is theirs to see.
-                let removal = item.device == SYSTEM_DEVICE
-                    && item
-                        .message
-                        .meta
-                        .get("action")
-                        .is_some_and(|a| a == "remove");
-                if removal {
-                    out.push(Arc::clone(item));
-                }
-                continue;
+                continue; // not a participant (any more)
             }
             let feed = self.feeds.get_mut(conv).expect("learned above");
-            feed.stored = feed.stored.max(*seq);
-            if *seq <= feed.sent {
-                continue; // written before
+            if *seq <= feed.sent || *seq > feed.until {
+                continue; // written before, or not theirs
             }
+            feed.stored = feed.stored.max(*seq);
             if *seq == feed.sent + 1 && !feed.queued {
                 feed.sent = *seq;
                 if self.wants(item) {
@@ -298,10 +293,26 @@ impl Conn {
         };
         feed.queued = false;
         let timeline = &self.gateway.ctx.stores.timeline;
-        let window = timeline
+        let mut window = timeline
             .window(&conv, Page::After(feed.sent), 0, CHUNK)
             .await
             .map_err(|_| STORE_BUSY)?;
+        if window.entries.iter().any(is_removal) {
+            // Perhaps the user's own: where does their part end now?
+            let found = Box::pin(timeline.positions(&self.device, Some(&conv)))
+                .await
+                .map_err(|_| STORE_BUSY)?;
+            feed.until = match found.first() {
+                Some(position) => position.until.unwrap_or(u64::MAX),
+                None => feed.sent, // no part in it any more
+            }
+            .max(feed.sent);
+        }
+        if let Some(past) = window.entries.iter().position(|e| e.seq > feed.until) {
+            window.entries.truncate(past);
+            window.more = false;
+            feed.stored = feed.until;
+        }
         let user = &self.device.user;
         let mut out = Vec::with_capacity(window.entries.len() + 1);
         let first = window.entries.first().map_or(feed.stored + 1, |e| e.seq);
@@ -505,6 +516,17 @@ fn read_error(e: &axum::Error) -> End {
 
 /// The notice that retention removed seqs `from..=to` of `conv` before this device acked them
 /// (PROTOCOL §7): the client refetches what history still has instead of missing it silently.
+/// Whether a stored entry is the notice of a removal from a group (which may end the reader's
+/// part in it).
+fn is_removal(entry: &samvad_store::Entry) -> bool {
+    entry.device == SYSTEM_DEVICE
+        && entry
+            .message
+            .meta
+            .get("action")
+            .is_some_and(|a| a == "remove")
+}
+
 fn gap_notice(user: &str, conv: &Conv, from: u64, to: u64) -> Outgoing {
     let (channel, destination) = match conv {
         Conv::Group(id) => (Channel::Group, id.as_str()),

@@ -23,7 +23,7 @@ CREATE INDEX IF NOT EXISTS timeline_by_id ON timeline (id);
 CREATE INDEX IF NOT EXISTS timeline_by_age ON timeline (at);
 CREATE TABLE IF NOT EXISTS participants (
     username TEXT NOT NULL, conv TEXT NOT NULL, since_seq INTEGER NOT NULL,
-    read_seq INTEGER NOT NULL, PRIMARY KEY (username, conv)) WITHOUT ROWID;
+    read_seq INTEGER NOT NULL, until_seq INTEGER, PRIMARY KEY (username, conv)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS registered_devices (
     username TEXT NOT NULL, device TEXT NOT NULL, at INTEGER NOT NULL,
     PRIMARY KEY (username, device)) WITHOUT ROWID;
@@ -32,8 +32,57 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (username, device, conv)) WITHOUT ROWID;
 ";
 
+/// Databases made before a part could end gain the column that says where it did.
+pub(super) fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
+    let has_until: bool = t.query_row(
+        "SELECT count(*) FROM pragma_table_info('participants') WHERE name = 'until_seq'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_until {
+        t.execute_batch("ALTER TABLE participants ADD COLUMN until_seq INTEGER")?;
+    }
+    Ok(())
+}
+
 const BEFORE: &str = "SELECT seq, device, at, message FROM timeline
     WHERE conv = ?1 AND seq > ?2 AND seq < ?4 ORDER BY seq DESC LIMIT ?3";
+
+/// Where a device stands (`?1` user, `?2` device, `?3` one conversation or NULL for all):
+/// its cursor, moved past the entries its own device sent right after it (unless retention
+/// removed what follows the cursor: that gap is the device's to be told), capped at where an
+/// ended part ended; ended parts only while the device is owed some of them.
+const POSITIONS: &str = "
+    WITH mine AS (
+        SELECT p.conv AS conv, max(p.since_seq, coalesce(k.seq, 0)) AS cursor,
+            min(c.last_seq, coalesce(p.until_seq, c.last_seq)) AS last,
+            c.first_seq AS first, p.until_seq AS until
+        FROM participants p
+        JOIN conversations c ON c.conv = p.conv
+        LEFT JOIN cursors k ON k.username = p.username AND k.device = ?2 AND k.conv = p.conv
+        WHERE p.username = ?1 AND (?3 IS NULL OR p.conv = ?3))
+    SELECT conv,
+        CASE WHEN cursor >= last OR first > cursor + 1 THEN cursor
+        ELSE coalesce((SELECT min(t.seq - 1, mine.last) FROM timeline t
+            WHERE t.conv = mine.conv AND t.seq > mine.cursor
+              AND (t.sender != ?1 OR t.device != ?2)
+            ORDER BY t.seq LIMIT 1), last) END,
+        last, first, until
+    FROM mine WHERE until IS NULL OR cursor < until
+    ORDER BY conv";
+
+/// Moves a device's cursor (`?1` user, `?2` device, `?3` conversation) to `?4` and past the
+/// entries its own device sent right after it, never past what is stored (that would skip
+/// what comes next), nor over entries retention removed (a gap the device is to be told of).
+const ADVANCE: &str = "
+    INSERT INTO cursors (username, device, conv, seq)
+    SELECT ?1, ?2, ?3,
+        CASE WHEN first_seq > ?4 + 1 OR ?4 >= last_seq THEN min(?4, last_seq)
+        ELSE coalesce((SELECT t.seq - 1 FROM timeline t
+            WHERE t.conv = ?3 AND t.seq > ?4 AND (t.sender != ?1 OR t.device != ?2)
+            ORDER BY t.seq LIMIT 1), last_seq) END
+    FROM conversations WHERE conv = ?3
+    ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)";
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
@@ -89,6 +138,15 @@ fn append_one(
         )?;
         for user in pair {
             participate.execute(params![user, key])?;
+        }
+    }
+    if !item.leaving.is_empty() {
+        let mut end = t.prepare_cached(
+            "UPDATE participants SET until_seq = ?3
+             WHERE username = ?1 AND conv = ?2 AND until_seq IS NULL AND since_seq < ?3",
+        )?;
+        for user in &item.leaving {
+            end.execute(params![user, key, seq])?;
         }
     }
     Ok(Appended::New(seq as u64))
@@ -204,30 +262,14 @@ impl TimelineStore for EmbeddedStore {
                     .unwrap_or(0);
                 let mut join = t.prepare_cached(
                     "INSERT INTO participants (username, conv, since_seq, read_seq)
-                     VALUES (?1, ?2, ?3, ?3) ON CONFLICT DO NOTHING",
+                     VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT DO UPDATE SET since_seq = excluded.since_seq,
+                        read_seq = excluded.read_seq, until_seq = NULL
+                     WHERE participants.until_seq IS NOT NULL",
                 )?;
                 for user in &users {
                     join.execute(params![user, key, last])?;
                 }
-                Ok(())
-            })
-            .await
-            .map_err(backend)
-    }
-
-    async fn leave(&self, group_id: &str, user: &str) -> Result<()> {
-        let key = Conv::group(group_id).key();
-        let user = user.to_owned();
-        self.db
-            .write(move |t| {
-                t.execute(
-                    "DELETE FROM participants WHERE username = ?1 AND conv = ?2",
-                    params![user, key],
-                )?;
-                t.execute(
-                    "DELETE FROM cursors WHERE username = ?1 AND conv = ?2",
-                    params![user, key],
-                )?;
                 Ok(())
             })
             .await
@@ -241,7 +283,7 @@ impl TimelineStore for EmbeddedStore {
                 let part: Option<(i64, i64)> = c
                     .prepare_cached(
                         "SELECT since_seq, read_seq FROM participants
-                         WHERE username = ?1 AND conv = ?2",
+                         WHERE username = ?1 AND conv = ?2 AND until_seq IS NULL",
                     )?
                     .query_row(params![user, conv.key()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
@@ -254,24 +296,29 @@ impl TimelineStore for EmbeddedStore {
 
     async fn conversations(&self, user: &str) -> Result<Vec<ConvState>> {
         let user = user.to_owned();
-        let mut states =
-            self.db
-                .read(move |c| {
-                    let parts = c
+        let mut states = self
+            .db
+            .read(move |c| {
+                let parts = c
                     .prepare_cached(
-                        "SELECT conv, since_seq, read_seq FROM participants WHERE username = ?1",
+                        "SELECT conv, since_seq, read_seq FROM participants
+                         WHERE username = ?1 AND until_seq IS NULL",
                     )?
                     .query_map([&user], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
-                    parts
-                        .into_iter()
-                        .map(|(key, since, read)| state(c, &user, conv_of(&key)?, since, read))
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .await
-                .map_err(backend)?;
+                parts
+                    .into_iter()
+                    .map(|(key, since, read)| state(c, &user, conv_of(&key)?, since, read))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(backend)?;
         states.sort_by(|a, b| b.last_at.cmp(&a.last_at).then_with(|| a.conv.cmp(&b.conv)));
         Ok(states)
     }
@@ -292,7 +339,7 @@ impl TimelineStore for EmbeddedStore {
                         "INSERT INTO cursors (username, device, conv, seq)
                          SELECT ?1, ?2, p.conv, coalesce(c.last_seq, 0)
                          FROM participants p LEFT JOIN conversations c ON c.conv = p.conv
-                         WHERE p.username = ?1
+                         WHERE p.username = ?1 AND p.until_seq IS NULL
                          ON CONFLICT DO NOTHING",
                         params![device.user, device.device],
                     )?;
@@ -308,24 +355,17 @@ impl TimelineStore for EmbeddedStore {
         let only = only.map(Conv::key);
         self.db
             .read(move |c| {
-                c.prepare_cached(
-                    "SELECT p.conv, max(p.since_seq, coalesce(k.seq, 0)), c.last_seq, c.first_seq
-                     FROM participants p
-                     JOIN conversations c ON c.conv = p.conv
-                     LEFT JOIN cursors k
-                       ON k.username = p.username AND k.device = ?2 AND k.conv = p.conv
-                     WHERE p.username = ?1 AND (?3 IS NULL OR p.conv = ?3)
-                     ORDER BY p.conv",
-                )?
-                .query_map(params![device.user, device.device, only], |r| {
-                    Ok(Position {
-                        conv: conv_of(&r.get::<_, String>(0)?)?,
-                        cursor: r.get::<_, i64>(1)? as u64,
-                        last_seq: r.get::<_, i64>(2)? as u64,
-                        first_seq: r.get::<_, i64>(3)? as u64,
-                    })
-                })?
-                .collect()
+                c.prepare_cached(POSITIONS)?
+                    .query_map(params![device.user, device.device, only], |r| {
+                        Ok(Position {
+                            conv: conv_of(&r.get::<_, String>(0)?)?,
+                            cursor: r.get::<_, i64>(1)? as u64,
+                            last_seq: r.get::<_, i64>(2)? as u64,
+                            first_seq: r.get::<_, i64>(3)? as u64,
+                            until: r.get::<_, Option<i64>>(4)?.map(|u| u as u64),
+                        })
+                    })?
+                    .collect()
             })
             .await
             .map_err(backend)
@@ -343,12 +383,7 @@ impl TimelineStore for EmbeddedStore {
                 let mut known = t.prepare_cached(
                     "SELECT 1 FROM participants WHERE username = ?1 AND conv = ?2",
                 )?;
-                // Never past what is stored: that would skip what comes next.
-                let mut advance = t.prepare_cached(
-                    "INSERT INTO cursors (username, device, conv, seq)
-                     SELECT ?1, ?2, ?3, min(?4, last_seq) FROM conversations WHERE conv = ?3
-                     ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
-                )?;
+                let mut advance = t.prepare_cached(ADVANCE)?;
                 for (device, ack) in &acks {
                     let targets: Vec<(String, i64)> = match ack {
                         Ack::Upto { conv, seq } => {
@@ -428,7 +463,14 @@ impl TimelineStore for EmbeddedStore {
                             last_seq + 1)
                          WHERE first_seq < coalesce(
                             (SELECT min(seq) FROM timeline t WHERE t.conv = conversations.conv),
-                            last_seq + 1)",
+                            last_seq + 1);
+                         DELETE FROM cursors WHERE (username, conv) IN (
+                            SELECT p.username, p.conv FROM participants p
+                            JOIN conversations c ON c.conv = p.conv
+                            WHERE p.until_seq < c.first_seq);
+                         DELETE FROM participants WHERE until_seq < (
+                            SELECT first_seq FROM conversations c
+                            WHERE c.conv = participants.conv);",
                     )?;
                 }
                 Ok(removed as u64)

@@ -161,6 +161,21 @@ impl MongoStore {
                 self.participate(user, &key, 0).await?;
             }
         }
+        if !item.leaving.is_empty() {
+            // Also on a repeat, which completes what a crash cut short; never a part that
+            // began after this entry (its user joined again since).
+            let seq = appended.seq() as i64;
+            self.participants
+                .update_many(
+                    doc! {
+                        "conv": &key, "user": { "$in": &item.leaving },
+                        "until": { "$exists": false }, "since": { "$lt": seq },
+                    },
+                    doc! { "$set": { "until": seq } },
+                )
+                .await
+                .map_err(backend)?;
+        }
         Ok(appended)
     }
 
@@ -197,9 +212,51 @@ impl MongoStore {
         })
     }
 
+    /// Moves the device's cursor to `seq` and past the entries its own device sent right
+    /// after it, never past what is stored (that would skip what comes next), nor over entries
+    /// retention removed (a gap the device is to be told of).
     async fn advance(&self, device: &DeviceRef, key: &str, seq: u64) -> Result<()> {
+        let Some(conv) = self
+            .conversations
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(());
+        };
+        let (last, first) = (int(&conv, "last_seq")?, int(&conv, "first_seq")?);
+        let seq = self.past_own(device, key, seq, last, first).await?;
         self.upsert_cursor(device, key, doc! { "$max": { "seq": seq as i64 } })
             .await
+    }
+
+    /// Where a device stands that has acked `cursor`: past the entries its own device sent
+    /// right after it, up to `last`, unless retention removed what follows the cursor.
+    async fn past_own(
+        &self,
+        device: &DeviceRef,
+        key: &str,
+        cursor: u64,
+        last: u64,
+        first: u64,
+    ) -> Result<u64> {
+        if cursor >= last || first > cursor + 1 {
+            return Ok(cursor.min(last));
+        }
+        let next = self
+            .timeline
+            .find_one(doc! {
+                "conv": key, "seq": { "$gt": cursor as i64 },
+                "$or": [{ "sender": { "$ne": &device.user } }, { "device": { "$ne": &device.device } }],
+            })
+            .sort(doc! { "seq": 1 })
+            .projection(doc! { "seq": 1 })
+            .await
+            .map_err(backend)?;
+        Ok(match next {
+            Some(d) => (int(&d, "seq")? - 1).min(last),
+            None => last,
+        })
     }
 
     /// Applies `update` to the device's cursor in `key`, creating it if need be.
@@ -284,28 +341,26 @@ impl TimelineStore for MongoStore {
         let key = Conv::group(group_id).key();
         let last = self.last_seq(&key).await?;
         for user in users {
+            // A part that ended starts afresh; one that goes on stays as it is.
+            self.participants
+                .update_one(
+                    doc! { "user": user, "conv": &key, "until": { "$exists": true } },
+                    doc! {
+                        "$set": { "since": last as i64, "read": last as i64 },
+                        "$unset": { "until": "" },
+                    },
+                )
+                .await
+                .map_err(backend)?;
             self.participate(user, &key, last).await?;
         }
-        Ok(())
-    }
-
-    async fn leave(&self, group_id: &str, user: &str) -> Result<()> {
-        let key = Conv::group(group_id).key();
-        self.participants
-            .delete_one(doc! { "user": user, "conv": &key })
-            .await
-            .map_err(backend)?;
-        self.cursors
-            .delete_many(doc! { "user": user, "conv": &key })
-            .await
-            .map_err(backend)?;
         Ok(())
     }
 
     async fn conversation(&self, user: &str, conv: &Conv) -> Result<Option<ConvState>> {
         let part = self
             .participants
-            .find_one(doc! { "user": user, "conv": conv.key() })
+            .find_one(doc! { "user": user, "conv": conv.key(), "until": { "$exists": false } })
             .await
             .map_err(backend)?;
         match part {
@@ -315,7 +370,10 @@ impl TimelineStore for MongoStore {
     }
 
     async fn conversations(&self, user: &str) -> Result<Vec<ConvState>> {
-        let parts = all(self.participants.find(doc! { "user": user })).await?;
+        let parts = all(self
+            .participants
+            .find(doc! { "user": user, "until": { "$exists": false } }))
+        .await?;
         let mut states = Vec::with_capacity(parts.len());
         for part in &parts {
             states.push(self.state(user, part).await?);
@@ -338,7 +396,10 @@ impl TimelineStore for MongoStore {
         // Cursors first, then the registration: a crash in between leaves the device
         // unregistered, and the next login sets the same cursors again. A cursor the device
         // already has (it acked as `default` before it ever logged in) stays as it is.
-        let parts = all(self.participants.find(doc! { "user": &device.user })).await?;
+        let parts = all(self
+            .participants
+            .find(doc! { "user": &device.user, "until": { "$exists": false } }))
+        .await?;
         for part in &parts {
             let key = part.get_str("conv").map_err(corrupt)?;
             let last = self.last_seq(key).await?;
@@ -399,11 +460,22 @@ impl TimelineStore for MongoStore {
                 continue;
             };
             let cursor = int(part, "since")?.max(cursors.get(key).copied().unwrap_or(0));
+            let until = match part.get("until") {
+                Some(_) => Some(int(part, "until")?),
+                None => None,
+            };
+            if until.is_some_and(|until| cursor >= until) {
+                continue; // ended, and acked to its end
+            }
+            let last_seq = until.map_or(last_seq, |until| until.min(last_seq));
             positions.push(Position {
                 conv: conv_of(part)?,
-                cursor,
+                cursor: self
+                    .past_own(device, key, cursor, last_seq, first_seq)
+                    .await?,
                 last_seq,
                 first_seq,
+                until,
             });
         }
         positions.sort_by_key(|p| p.conv.key());
@@ -416,9 +488,7 @@ impl TimelineStore for MongoStore {
                 Ack::Upto { conv, seq } => {
                     let key = conv.key();
                     if self.takes_part(&device.user, &key).await? {
-                        // Never past what is stored: that would skip what comes next.
-                        let seq = (*seq).min(self.last_seq(&key).await?);
-                        self.advance(device, &key, seq).await?;
+                        self.advance(device, &key, *seq).await?;
                     }
                 }
                 Ack::Id(id) => {
@@ -508,6 +578,23 @@ impl TimelineStore for MongoStore {
                 )
                 .await
                 .map_err(backend)?;
+            // Parts that ended before what is left: nothing of them is owed any more.
+            let gone = all(self
+                .participants
+                .find(doc! { "conv": key, "until": { "$lt": first as i64 } })
+                .projection(doc! { "user": 1 }))
+            .await?;
+            for part in &gone {
+                let user = part.get_str("user").map_err(corrupt)?;
+                self.cursors
+                    .delete_many(doc! { "user": user, "conv": key })
+                    .await
+                    .map_err(backend)?;
+                self.participants
+                    .delete_one(doc! { "user": user, "conv": key })
+                    .await
+                    .map_err(backend)?;
+            }
         }
         Ok(removed)
     }

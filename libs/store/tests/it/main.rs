@@ -96,6 +96,29 @@ async fn the_embedded_store_keeps_the_contract() {
     contract(&EmbeddedStore::open(db).await.unwrap()).await;
 }
 
+#[tokio::test]
+async fn an_embedded_database_from_before_ended_parts_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = samvad_sqlite::Db::open(&dir.path().join("s.db")).unwrap();
+    db.write(|t| {
+        t.execute_batch(
+            "CREATE TABLE participants (
+                username TEXT NOT NULL, conv TEXT NOT NULL, since_seq INTEGER NOT NULL,
+                read_seq INTEGER NOT NULL, PRIMARY KEY (username, conv)) WITHOUT ROWID;
+             INSERT INTO participants VALUES ('ann', 'g' || char(31) || 'old', 0, 0);",
+        )
+    })
+    .await
+    .unwrap();
+    let store = EmbeddedStore::open(db).await.unwrap();
+    let old = samvad_store::Conv::group("old");
+    assert!(store.conversation("ann", &old).await.unwrap().is_some());
+    let mut removal = timeline::entry(&old, "ann", "", "rm");
+    removal.leaving = vec!["ann".into()];
+    store.append(&[removal]).await.unwrap();
+    assert!(store.conversation("ann", &old).await.unwrap().is_none());
+}
+
 async fn mongo_store(url: &str) -> MongoStore {
     for _ in 0..150 {
         match MongoStore::connect(url, "contract").await {

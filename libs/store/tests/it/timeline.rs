@@ -4,7 +4,7 @@
 use samvad_protocol::{Channel, Message};
 use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, Page, Position, TimelineStore};
 
-fn entry(conv: &Conv, from: &str, device: &str, id: &str) -> NewEntry {
+pub fn entry(conv: &Conv, from: &str, device: &str, id: &str) -> NewEntry {
     let destination = match conv {
         Conv::Direct { low, high } => if low == from { high } else { low }.clone(),
         Conv::Group(id) => id.clone(),
@@ -24,6 +24,7 @@ fn entry(conv: &Conv, from: &str, device: &str, id: &str) -> NewEntry {
             content: format!(r#"{{"text":"{id}"}}"#).into_bytes(),
             ..Message::default()
         },
+        leaving: Vec::new(),
     }
 }
 
@@ -236,12 +237,91 @@ pub async fn contract(s: &dyn TimelineStore) {
         [group.clone(), chat.clone()],
         "most recently active first"
     );
-    s.leave("g1", "bob").await.unwrap();
-    assert!(s.conversation("bob", &group).await.unwrap().is_none());
+
+    // A removal: the notice ends the part where it is stored; the removed member's devices are
+    // owed everything up to it, and nothing after.
+    let mut removal = entry(&group, "ann", "", "rm-bob");
+    removal.leaving = vec!["bob".into()];
+    assert_eq!(s.append(&[removal]).await.unwrap(), [Appended::New(3)]);
+    s.append(&[entry(&group, "ann", "default", "g-3")])
+        .await
+        .unwrap();
     assert!(
-        owed_in(s, &phone).await.iter().all(|o| o.conv != group),
-        "a former member is owed nothing"
+        s.conversation("bob", &group).await.unwrap().is_none(),
+        "gone from the list"
     );
+    assert!(
+        s.conversations("bob")
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.conv != group)
+    );
+    let ended = owed_in(s, &phone).await;
+    let ended: Vec<_> = ended.iter().filter(|o| o.conv == group).collect();
+    assert_eq!(ended.len(), 1, "owed up to the notice of the removal");
+    assert_eq!(
+        (ended[0].cursor, ended[0].last_seq, ended[0].until),
+        (0, 3, Some(3))
+    );
+    assert_eq!(
+        owed_in(s, &device("cat", "default")).await[0].last_seq,
+        4,
+        "the others go on"
+    );
+    s.ack(&[(
+        phone.clone(),
+        Ack::Upto {
+            conv: group.clone(),
+            seq: 3,
+        },
+    )])
+    .await
+    .unwrap();
+    assert!(
+        s.positions(&phone, Some(&group)).await.unwrap().is_empty(),
+        "once acked to its end, a former member is owed nothing"
+    );
+    s.join("g1", &["bob".into()]).await.unwrap();
+    let again = s.conversation("bob", &group).await.unwrap().unwrap();
+    assert_eq!(
+        (again.since_seq, again.unread),
+        (4, 0),
+        "added again: a new part"
+    );
+
+    // A device is never sent its own messages, so its cursor passes them by itself.
+    let dan = Conv::direct("bob", "dan");
+    s.append(&[
+        entry(&dan, "dan", "default", "d1"),
+        entry(&dan, "bob", "phone", "p1"),
+        entry(&dan, "bob", "phone", "p2"),
+    ])
+    .await
+    .unwrap();
+    let upto = |seq| Ack::Upto {
+        conv: dan.clone(),
+        seq,
+    };
+    s.ack(&[(phone.clone(), upto(1)), (laptop.clone(), upto(1))])
+        .await
+        .unwrap();
+    let at = |d: &DeviceRef| {
+        let d = d.clone();
+        let dan = dan.clone();
+        async move { s.positions(&d, Some(&dan)).await.unwrap()[0].cursor }
+    };
+    assert_eq!(at(&phone).await, 3, "past its own two");
+    assert_eq!(
+        at(&laptop).await,
+        1,
+        "another device of the user is sent them"
+    );
+    s.append(&[entry(&dan, "bob", "phone", "p3")])
+        .await
+        .unwrap();
+    assert_eq!(at(&phone).await, 4, "and past what it sent since");
+    assert_eq!(at(&laptop).await, 1);
 
     // Retention: what it removed before a device acked it is a gap that device can see.
     let tablet = device("bob", "tablet");
@@ -259,8 +339,15 @@ pub async fn contract(s: &dyn TimelineStore) {
         }
         removed += n;
     }
-    assert_eq!(removed, 7, "five chat entries, two group entries");
-    let owed = owed_in(s, &tablet).await;
+    assert_eq!(
+        removed, 13,
+        "five chat entries, four group entries, four more"
+    );
+    let owed: Vec<_> = owed_in(s, &tablet)
+        .await
+        .into_iter()
+        .filter(|o| o.conv == chat)
+        .collect();
     assert_eq!(owed.len(), 1);
     assert_eq!(
         (owed[0].cursor, owed[0].first_seq),

@@ -21,6 +21,15 @@ pub(crate) async fn create_group(
     body["groupId"].as_str().unwrap().to_owned()
 }
 
+/// `DELETE /v1.0/groups/{gid}/members` by `by`, for `member`.
+async fn remove_member(app: &TestApp, by: &User, gid: &str, member: &str) -> (u16, Value) {
+    call(
+        app.as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), by)
+            .json(&json!({ "member": member })),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_group_message_reaches_every_member_but_the_sender() {
     let app = TestApp::spawn().await;
@@ -100,11 +109,7 @@ async fn group_routes_follow_the_protocol() {
     )
     .await;
     assert_eq!(status, 403);
-    let (status, _) = call(
-        app.as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), &bob)
-            .json(&json!({"member": "alice"})),
-    )
-    .await;
+    let (status, _) = remove_member(&app, &bob, &gid, "alice").await;
     assert_eq!(status, 403);
 
     let (_, body) = call(
@@ -115,15 +120,7 @@ async fn group_routes_follow_the_protocol() {
     assert_eq!(body, json!({"status": true}));
 
     // The last admin leaves: the longest-standing member takes over.
-    let (_, body) = call(
-        app.as_user(
-            Method::DELETE,
-            &format!("/v1.0/groups/{gid}/members"),
-            &alice,
-        )
-        .json(&json!({"member": "alice"})),
-    )
-    .await;
+    let (_, body) = remove_member(&app, &alice, &gid, "alice").await;
     assert_eq!(body, json!({"status": true}));
     let (_, group) = call(app.as_user(Method::GET, &format!("/v1.0/groups/{gid}"), &bob)).await;
     assert_eq!(
@@ -235,4 +232,64 @@ async fn a_group_cannot_grow_past_its_limit_nor_carry_a_picture_inline() {
 fn refused(status: u16, body: &Value, why: &str) {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+}
+
+#[tokio::test]
+async fn a_member_removed_while_offline_gets_everything_up_to_the_removal_and_nothing_after() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let carol = app.user("carol").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let gid = create_group(&app, &alice, "club", &["bob", "carol"]).await;
+    assert_eq!(a.message().await.meta["action"], "add");
+    a.send(&group_chat("g-1", "alice", &gid, "before")).await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    let (status, _) = remove_member(&app, &alice, &gid, "bob").await;
+    assert_eq!(status, 200);
+    a.send(&group_chat("g-2", "alice", &gid, "after")).await;
+    assert_eq!(a.chat_message().await.kind, MessageType::Notification);
+
+    // Bob was offline throughout: he is owed the group up to the notice of his removal.
+    let mut b = app.connect(&bob, "text", false).await;
+    let created = b.message().await;
+    assert_eq!(created.meta["action"], "add");
+    assert_eq!(text_of(&b.message().await), "before");
+    let removed = b.message().await;
+    assert_eq!(removed.meta["action"], "remove");
+    assert_eq!(removed.meta["seq"], "3");
+    let content: Value = serde_json::from_slice(&removed.content).unwrap();
+    assert_eq!(content["removed"], json!(["bob"]));
+    b.quiet().await;
+
+    // Until he acks it, a new connection is sent it again; then nothing.
+    b.close().await;
+    let mut b = app.connect(&bob, "text", false).await;
+    for _ in 0..3 {
+        let m = b.message().await;
+        b.client_ack(&m).await;
+    }
+    b.quiet().await;
+    b.close().await;
+    let mut b = app.connect(&bob, "text", false).await;
+    b.quiet().await;
+    let (_, list) = call(app.as_user(Method::GET, "/v1.0/conversations", &bob)).await;
+    assert_eq!(list, json!([]), "the group is gone from his list");
+    let (status, _) = call(app.as_user(
+        Method::GET,
+        &format!("/v1.0/conversations/group:{gid}/messages"),
+        &bob,
+    ))
+    .await;
+    assert_eq!(status, 404);
+
+    // Carol, still a member, gets all of it.
+    let mut c = app.connect(&carol, "text", false).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let m = c.message().await;
+        seen.push(m.meta.get("action").cloned().unwrap_or_else(|| text_of(&m)));
+    }
+    assert_eq!(seen, ["add", "before", "remove", "after"]);
+    app.stop().await;
 }
