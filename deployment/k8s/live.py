@@ -1,14 +1,17 @@
 """The live half of deployment/k8s/check: the manifests tell the truth.
 
 It renders the cluster overlay and runs what it declares on this machine, as a kubelet would
-but with processes for containers: every Deployment's pods (one each, two ws-gateways), each
+but with processes for containers: every Deployment's and StatefulSet's pods (one each, two
+ws-gateways; a Deployment's pod named <name>-<random>, a StatefulSet's <name>-<ordinal>), each
 container with the command, args, environment, volumes and ports the manifests give, from the
 "image": the binaries the Dockerfile puts in it (target/<profile>/...) with the Dockerfile's ENV
 and ENTRYPOINT, or, for the nginx image, this machine's sh and nginx. Each pod has an address of
 its own on loopback (127.X.1.N) where 0.0.0.0 stands in the manifests, as a pod's network
 namespace would give it; each Service has one (127.X.2.N) and a proxy there that forwards its
 port to the targetPort of the selected pods that pass their readiness probe, as kube-proxy does;
-a Service name in an address (nginx's upstreams) becomes that address, as cluster DNS would.
+a Service name in an address (nginx's upstreams) becomes that address, as cluster DNS would. A
+headless Service (clusterIP None) has neither, as in a cluster: its StatefulSet's pods' DNS
+names (<pod>.<service>) become their pods' addresses.
 
 What differs from a real cluster, and only that: the backends' URLs (SAMVAD_KAFKA_BROKERS,
 SAMVAD_MONGODB_URL, SAMVAD_REDIS_URL) point at the local test Kafka (tansu), MongoDB (SecantusDB)
@@ -27,7 +30,10 @@ to the other while the sender streams messages to every receiver: its /readyz tu
 once while its sockets still carry messages, new connections go to the other pod, its sockets
 close with 1001 after SAMVAD_DRAIN_SECS, within SAMVAD_CLOSE_SPREAD_SECS, the clients reconnect
 (to the other pod) and get every message acked to them, and the pod exits within
-terminationGracePeriodSeconds. The timeline is printed.
+terminationGracePeriodSeconds. Then, as the StatefulSet controller would, the pod starts again
+under the same name, passes its probes, and the broker holds one gateway topic per ws-gateway
+pod name (gateway.ws-gateway-0.v2, gateway.ws-gateway-1.v2): the restart made none. The
+timeline is printed.
 
 Everything it starts is on loopback, bounded in time, and stopped at the end, failure or not
 (SIGTERM to this script included); on failure the pods' logs are kept and their ends printed.
@@ -42,6 +48,7 @@ import shutil
 import signal
 import socket
 import string
+import struct
 import subprocess
 import sys
 import tempfile
@@ -64,8 +71,9 @@ BIN = os.path.join(ROOT, "target", "debug" if PROFILE == "dev" else PROFILE)
 NGINX_IMAGE = re.compile(r"^nginx:")
 # How long the cluster may take to become ready (tansu forms consumer groups slowly).
 READY_TIMEOUT = 180
-# Pods per Deployment: one, but two ws-gateways, for the drain.
+# Pods per Deployment or StatefulSet: one, but two ws-gateways, for the drain.
 PODS = {"ws-gateway": 2}
+WORKLOADS = ("Deployment", "StatefulSet")
 
 
 class Failure(Exception):
@@ -97,15 +105,23 @@ def image_of_dockerfile():
     return binaries, env, entry
 
 
-# --- Deployments as pods -------------------------------------------------------------------------
+# --- Deployments and StatefulSets as pods ---------------------------------------------------------
 
 class Pod:
-    def __init__(self, deployment, ip, workdir):
-        self.deployment = deployment
-        self.labels = deployment["spec"]["template"]["metadata"].get("labels") or {}
-        self.spec = deployment["spec"]["template"]["spec"]
-        suffix = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(5))
-        self.name = "%s-%s" % (deployment["metadata"]["name"], suffix)
+    def __init__(self, workload, ordinal, ip, workdir):
+        """The pod `ordinal` (from 0) of a Deployment or StatefulSet, named as Kubernetes names
+        it: a Deployment's pod anew each time (a random suffix), a StatefulSet's by its ordinal,
+        with the labels the StatefulSet controller adds."""
+        self.workload = workload
+        self.labels = dict(workload["spec"]["template"]["metadata"].get("labels") or {})
+        self.spec = workload["spec"]["template"]["spec"]
+        if workload["kind"] == "StatefulSet":
+            self.name = "%s-%d" % (workload["metadata"]["name"], ordinal)
+            self.labels.update({"statefulset.kubernetes.io/pod-name": self.name,
+                                "apps.kubernetes.io/pod-index": str(ordinal)})
+        else:
+            suffix = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+            self.name = "%s-%s" % (workload["metadata"]["name"], suffix)
         self.ip = ip
         self.dir = os.path.join(workdir, "pods", self.name)
         self.proc = None
@@ -138,6 +154,7 @@ class Cluster:
         self.net = random.randint(64, 250)
         self.pods = []
         self.services = {}  # name -> (ip, spec)
+        self.headless = {}  # name -> spec: no address, no proxy
         self.proxies = []
         self.stopping = threading.Event()
         self.configmaps = {o["metadata"]["name"]: o.get("data") or {} for o in objs if o["kind"] == "ConfigMap"}
@@ -149,20 +166,32 @@ class Cluster:
         value = value.replace("0.0.0.0:", pod.ip + ":")
         for name, (ip, _) in self.services.items():
             value = re.sub(r"(?<![\w.-])%s(?:\.samvad(?:\.svc(?:\.cluster\.local)?)?)?(?=:\d)" % re.escape(name), ip, value)
+        for other in self.pods:
+            governing = other.workload["spec"].get("serviceName")
+            if other.workload["kind"] == "StatefulSet" and governing in self.headless:
+                value = re.sub(r"(?<![\w.-])%s\.%s(?:\.samvad(?:\.svc(?:\.cluster\.local)?)?)?(?=:\d)" % (
+                    re.escape(other.name), re.escape(governing)), other.ip, value)
         for path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
             value = re.sub(r"(?<![\w.-])%s(?=/|\s|$|\")" % re.escape(path), local, value)
         return value
 
     def make_pods(self):
         n = 0
-        for d in self.objs:
-            if d["kind"] != "Deployment":
+        for w in self.objs:
+            if w["kind"] not in WORKLOADS:
                 continue
-            for _ in range(PODS.get(d["metadata"]["name"], 1)):
+            for ordinal in range(PODS.get(w["metadata"]["name"], 1)):
                 n += 1
-                self.pods.append(Pod(d, "127.%d.1.%d" % (self.net, n), self.workdir))
+                self.pods.append(Pod(w, ordinal, "127.%d.1.%d" % (self.net, n), self.workdir))
         for i, svc in enumerate(o for o in self.objs if o["kind"] == "Service"):
-            self.services[svc["metadata"]["name"]] = ("127.%d.2.%d" % (self.net, i + 1), svc)
+            if svc["spec"].get("clusterIP") == "None":
+                self.headless[svc["metadata"]["name"]] = svc
+            else:
+                self.services[svc["metadata"]["name"]] = ("127.%d.2.%d" % (self.net, i + 1), svc)
+        for pod in self.pods:
+            governing = pod.workload["spec"].get("serviceName")
+            if pod.workload["kind"] == "StatefulSet" and governing not in self.headless and governing not in self.services:
+                raise Failure("%s: its StatefulSet's serviceName %s is not a Service in the manifests" % (pod.name, governing))
 
     def volumes(self, pod):
         """mountPath -> local directory, filled as the kubelet would."""
@@ -316,7 +345,7 @@ class Cluster:
                 return False, str(e)
         raise Failure("%s: %s: only httpGet and tcpSocket probes run here" % (pod.name, kind))
 
-    def wait_started(self, pods, deadline):
+    def wait_started(self, pods, deadline, quiet=False):
         """Every pod's startup probe, then liveness and readiness, pass; a pod that exits is
         restarted (restartPolicy Always) up to three times, as a crash loop would be."""
         waiting = {p.name: p for p in pods}
@@ -345,10 +374,11 @@ class Cluster:
                 if all(ok for _, ok, _ in results):
                     pod.ready = True
                     del waiting[pod.name]
-                    log("%-28s %-15s startup, liveness, readiness: %s" % (
-                        pod.name, pod.ip, ", ".join("%s %s" % (
-                            pod.container[k]["httpGet"]["path"] if "httpGet" in pod.container[k] else "tcp", r)
-                            for k, _, r in results)))
+                    if not quiet:
+                        log("%-28s %-15s startup, liveness, readiness: %s" % (
+                            pod.name, pod.ip, ", ".join("%s %s" % (
+                                pod.container[k]["httpGet"]["path"] if "httpGet" in pod.container[k] else "tcp", r)
+                                for k, _, r in results)))
                 else:
                     why[pod.name] = "; ".join("%s: %s" % (k, r) for k, ok, r in results if not ok)
             if time.monotonic() > deadline:
@@ -358,12 +388,20 @@ class Cluster:
         return sum(restarts.values())
 
     # Services, as kube-proxy: new connections to ready endpoints, in turn.
+    def selected(self, svc):
+        selector = svc["spec"].get("selector") or {}
+        pods = [p for p in self.pods if all(p.labels.get(k) == v for k, v in selector.items())]
+        if not pods:
+            raise Failure("Service %s selects no pod" % svc["metadata"]["name"])
+        return pods
+
     def serve_services(self):
+        for svc in self.headless.values():
+            for p in self.selected(svc):
+                for port in svc["spec"].get("ports") or []:
+                    p.port(port.get("targetPort", port["port"]))
         for name, (ip, svc) in self.services.items():
-            selector = svc["spec"].get("selector") or {}
-            pods = [p for p in self.pods if all(p.labels.get(k) == v for k, v in selector.items())]
-            if not pods:
-                raise Failure("Service %s selects no pod" % name)
+            pods = self.selected(svc)
             for port in svc["spec"]["ports"]:
                 target = port.get("targetPort", port["port"])
                 endpoints = [(p, p.port(target)) for p in pods]
@@ -425,6 +463,51 @@ def listening(ip):
     """The TCP ports something listens on at `ip` (a pod's own address)."""
     out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
     return {int(m.group(1)) for m in re.finditer(r"\s%s:(\d+)\s" % re.escape(ip), out)}
+
+
+def kafka_topics(brokers):
+    """The topics the broker has: a Metadata request (v1, every topic), as a Kafka client asks."""
+    host, port = brokers.split(",")[0].rsplit(":", 1)
+
+    def string(b, at):
+        n = int.from_bytes(b[at:at + 2], "big", signed=True)
+        return (b[at + 2:at + 2 + n].decode() if n >= 0 else None), at + 2 + max(n, 0)
+
+    client = b"samvad-k8s-check"
+    request = (struct.pack(">hhih", 3, 1, 7, len(client)) + client + struct.pack(">i", -1))
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(struct.pack(">i", len(request)) + request)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">i", data[:4])[0]:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise Failure("the broker closed the connection during a Metadata request")
+            data += chunk
+    b, at = data[4:], 4  # after the correlation id
+    count, = struct.unpack_from(">i", b, at)
+    at += 4
+    for _ in range(count):  # brokers: node id, host, port, rack
+        at += 4
+        _, at = string(b, at)
+        at += 4
+        _, at = string(b, at)
+    at += 4  # the controller
+    count, = struct.unpack_from(">i", b, at)
+    at += 4
+    topics = []
+    for _ in range(count):  # error, name, internal, partitions
+        at += 2
+        name, at = string(b, at)
+        at += 1
+        topics.append(name)
+        partitions, = struct.unpack_from(">i", b, at)
+        at += 4
+        for _ in range(partitions):  # error, index, leader, replicas, in-sync replicas
+            at += 10
+            for _ in range(2):
+                n, = struct.unpack_from(">i", b, at)
+                at += 4 + 4 * n
+    return topics
 
 
 def pipe(a, b):
@@ -578,7 +661,7 @@ def connections(pod):
 
 def connect(cluster, ip, port, user, key):
     """A WebSocket through nginx, and the gateway pod it landed on (from their /metrics)."""
-    gateways = [p for p in cluster.pods if p.deployment["metadata"]["name"] == "ws-gateway" and p.alive()]
+    gateways = [p for p in cluster.pods if p.workload["metadata"]["name"] == "ws-gateway" and p.alive()]
     before = {p.name: connections(p) for p in gateways}
     ws = Ws(ip, port, user, key)
     until = time.monotonic() + 5
@@ -626,7 +709,7 @@ def chat(cluster):
 
 def drain(cluster, http, keys, a, on_a, b, ip, port):
     """SIGTERM to the gateway pod that does not hold the sender; see the module's docstring."""
-    gateways = [p for p in cluster.pods if p.deployment["metadata"]["name"] == "ws-gateway"]
+    gateways = [p for p in cluster.pods if p.workload["metadata"]["name"] == "ws-gateway"]
     bob = b.user
     other = on_a
     victim = next(p for p in gateways if p is not other)
@@ -738,6 +821,30 @@ def drain(cluster, http, keys, a, on_a, b, ip, port):
         ws.close()
     if lost:
         raise Failure("%d messages lost" % lost)
+    # The StatefulSet controller makes the pod again under its name (a Deployment would name
+    # it anew, and its gateway would make a new topic): it takes up its topic and group again.
+    cluster.launch(victim)
+    cluster.wait_started([victim], time.monotonic() + READY_TIMEOUT, quiet=True)
+    log("t=%.2fs %s started again under its name (%.1f s after it exited), every probe answers" % (
+        time.monotonic() - t0, victim.name, time.monotonic() - t0 - exited))
+    for i in range(4):
+        user = "%s-back-%d" % (bob, i)
+        ws, landed = connect(cluster, ip, port, user, http.login(user))
+        if landed is victim:
+            break
+        ws.close()
+    else:
+        raise Failure("no new connection went to %s once it was ready again" % victim.name)
+    a.chat("back-1", user, "to the restarted gateway")
+    await_messages(ws, ["back-1"], 30)
+    ws.close()
+    topics = kafka_topics(cluster.deps_env["SAMVAD_KAFKA_BROKERS"])
+    ids = sorted(m.group(1) for m in (re.search(r"(?:^|\.)gateway\.(.+)\.v2$", t) for t in topics) if m)
+    if ids != sorted(p.name for p in gateways):
+        raise Failure("the gateway topics are for %s, not one for each pod name (%s)" % (
+            ids, ", ".join(p.name for p in gateways)))
+    log("t=%.2fs a message reached a client on %s; gateway topics: %s (one per pod name: the restart made none)" % (
+        time.monotonic() - t0, victim.name, ", ".join(t for t in topics if re.search(r"gateway\..+\.v2$", t))))
 
 
 def build():

@@ -28,6 +28,12 @@ WRITABLE_ROOT = "samvad/writable-root-filesystem"
 # The services that must scale on their own, and those only nginx may reach.
 AUTOSCALED = ("ws-gateway", "rest-gateway", "delivery")
 BEHIND_NGINX = ("ws-gateway", "rest-gateway")
+# The services whose pods need names that outlive them: a ws-gateway's SAMVAD_INSTANCE_ID (its
+# pod's name) names its Kafka topic, gateway.<id>.v2, and its static group membership. So it is
+# a StatefulSet (ws-gateway-0, -1, ...: the same names after a rollout, a restart or a
+# reschedule), whose pods start and stop together as a Deployment's do, with nothing on disk,
+# and a headless governing Service (each pod's DNS name).
+STABLE_IDENTITY = ("ws-gateway",)
 # Above SAMVAD_DRAIN_SECS + SAMVAD_CLOSE_SPREAD_SECS: a second for the close handshakes and up
 # to 10 s for in-flight work (libs/kit/src/node.rs), and a few to spare.
 GRACE_MARGIN = 15
@@ -169,6 +175,14 @@ def workload_problems(w, objs, configmaps, known):
         for var in env:
             if (var.startswith("SAMVAD_") or var == "RUST_LOG") and var not in known:
                 problems.append("%s: %s is not a setting (.env.tmpl)" % (where, var))
+        if any(v.startswith("SAMVAD_") for v in env):
+            # The last one wins, as in Kubernetes; an id from the ConfigMap would be shared.
+            ids = [var for var in c.get("env") or [] if var["name"] == "SAMVAD_INSTANCE_ID"]
+            field = ((ids[-1].get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") if ids else None
+            if field != "metadata.name":
+                problems.append("%s: SAMVAD_INSTANCE_ID must be the pod's name (valueFrom.fieldRef "
+                                "metadata.name): unique among live pods, and the same again for a "
+                                "StatefulSet's replaced pod" % where)
         if "SAMVAD_DRAIN_SECS" in known and any(v.startswith("SAMVAD_") for v in env):
             drain = int(env.get("SAMVAD_DRAIN_SECS") or 5)
             spread = int(env.get("SAMVAD_CLOSE_SPREAD_SECS") or 5)
@@ -176,6 +190,10 @@ def workload_problems(w, objs, configmaps, known):
             if grace < drain + spread + GRACE_MARGIN:
                 problems.append("%s: terminationGracePeriodSeconds %d is below SAMVAD_DRAIN_SECS %d"
                                 " + SAMVAD_CLOSE_SPREAD_SECS %d + %d" % (name, grace, drain, spread, GRACE_MARGIN))
+    if w["kind"] == "StatefulSet":
+        governing = [s for s in objs if s["kind"] == "Service" and s["metadata"]["name"] == w["spec"].get("serviceName")]
+        if not governing or not matches({"matchLabels": governing[0]["spec"].get("selector")}, pod_labels(w)):
+            problems.append("%s: serviceName %r is not a Service selecting its pods" % (name, w["spec"].get("serviceName")))
     replicas = replicas_of(w, objs)
     if replicas > 1:
         if not spec.get("topologySpreadConstraints"):
@@ -183,6 +201,32 @@ def workload_problems(w, objs, configmaps, known):
         if not any(p["kind"] == "PodDisruptionBudget" and matches(p["spec"].get("selector"), pod_labels(w))
                    for p in objs):
             problems.append("%s: %d replicas and no PodDisruptionBudget selecting its pods" % (name, replicas))
+    return problems
+
+
+def identity_problems(objs, workloads):
+    """The STABLE_IDENTITY services keep their pods' names (above)."""
+    problems = []
+    for w in workloads:
+        if w["metadata"]["name"] not in STABLE_IDENTITY:
+            continue
+        name = name_of(w)
+        if w["kind"] != "StatefulSet":
+            problems.append("%s: must be a StatefulSet: its pods' names (its SAMVAD_INSTANCE_ID) name its "
+                            "Kafka topic gateway.<id>.v2 and its static memberships, which new pod names "
+                            "at every rollout would leave behind" % name)
+            continue
+        spec = w["spec"]
+        if spec.get("podManagementPolicy") != "Parallel":
+            problems.append("%s: podManagementPolicy must be Parallel (pods added and removed together, as "
+                            "a Deployment's, not each waiting for the one before)" % name)
+        if spec.get("volumeClaimTemplates"):
+            problems.append("%s: no volumeClaimTemplates: it keeps nothing on disk, and a claim would tie "
+                            "each pod to its volume's zone and outlive a scale-down" % name)
+        governing = [s for s in objs if s["kind"] == "Service" and s["metadata"]["name"] == spec.get("serviceName")]
+        if governing and governing[0]["spec"].get("clusterIP") != "None":
+            problems.append("%s: serviceName %s must be a headless Service (clusterIP: None): the pods' DNS "
+                            "names, apart from the Service that balances connections" % (name, spec["serviceName"]))
     return problems
 
 
@@ -253,12 +297,16 @@ def reference_problems(objs, workloads, configmaps):
                 problems.append("%s: Secret %s is not among those docs/KUBERNETES.md creates" % (name_of(w), s))
         for m in maps - set(configmaps):
             problems.append("%s: ConfigMap %s is not in the manifests" % (name_of(w), m))
-    names = {w["metadata"]["name"] for w in workloads if w["kind"] == "Deployment"}
-    for target in AUTOSCALED:
-        if target in names and not any(
-                o["kind"] == "HorizontalPodAutoscaler" and o["spec"]["scaleTargetRef"]["name"] == target
-                for o in objs):
-            problems.append("Deployment/%s: no HorizontalPodAutoscaler" % target)
+    hpas = [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        if not any(w["kind"] == ref["kind"] and w["metadata"]["name"] == ref["name"] for w in workloads):
+            problems.append("%s: scales %s/%s, which is not in the manifests" % (name_of(hpa), ref["kind"], ref["name"]))
+    for w in workloads:
+        if w["metadata"]["name"] in AUTOSCALED and not any(
+                h["spec"]["scaleTargetRef"]["kind"] == w["kind"]
+                and h["spec"]["scaleTargetRef"]["name"] == w["metadata"]["name"] for h in hpas):
+            problems.append("%s: no HorizontalPodAutoscaler" % name_of(w))
     return problems
 
 
@@ -268,6 +316,7 @@ def problems_of(objs, known):
     problems = []
     for w in workloads:
         problems += workload_problems(w, objs, configmaps, known)
+    problems += identity_problems(objs, workloads)
     problems += network_problems(objs, workloads)
     problems += reference_problems(objs, workloads, configmaps)
     return problems
@@ -286,8 +335,32 @@ def find(objs, kind, name):
     raise SystemExit("self-test: the cluster overlay has no %s/%s" % (kind, name))
 
 
+def workload(objs, name):
+    """The workload of that name, whatever its kind."""
+    for o in objs:
+        if o["kind"] in WORKLOADS and o["metadata"]["name"] == name:
+            return o
+    raise SystemExit("self-test: the cluster overlay has no workload %s" % name)
+
+
 def container(objs, name):
-    return find(objs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+    return workload(objs, name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def instance_id(objs, name):
+    return next(v for v in container(objs, name)["env"] if v["name"] == "SAMVAD_INSTANCE_ID")
+
+
+def to_deployment(objs, name):
+    """The StatefulSet `name` as the Deployment it was (its HPA following), schema-valid."""
+    w = workload(objs, name)
+    w["kind"] = "Deployment"
+    for field in ("serviceName", "podManagementPolicy", "updateStrategy", "volumeClaimTemplates",
+                  "persistentVolumeClaimRetentionPolicy", "ordinals"):
+        w["spec"].pop(field, None)
+    for o in objs:
+        if o["kind"] == "HorizontalPodAutoscaler" and o["spec"]["scaleTargetRef"]["name"] == name:
+            o["spec"]["scaleTargetRef"]["kind"] = "Deployment"
 
 
 def settings(objs):
@@ -324,11 +397,11 @@ BREAKAGES = [
     ("delivery's PodDisruptionBudget gone", "no PodDisruptionBudget",
      lambda o: o.remove(find(o, "PodDisruptionBudget", "delivery"))),
     ("no topology spread", "no topologySpreadConstraints",
-     lambda o: find(o, "Deployment", "ws-gateway")["spec"]["template"]["spec"].pop("topologySpreadConstraints")),
+     lambda o: workload(o, "ws-gateway")["spec"]["template"]["spec"].pop("topologySpreadConstraints")),
     ("a renamed setting", "SAMVAD_DRAIN_SECONDS is not a setting",
      lambda o: rename_setting(o, "SAMVAD_DRAIN_SECS", "SAMVAD_DRAIN_SECONDS")),
     ("a grace period shorter than the drain", "terminationGracePeriodSeconds",
-     lambda o: find(o, "Deployment", "ws-gateway")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=12)),
+     lambda o: workload(o, "ws-gateway")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=12)),
     ("a longer drain than the grace period allows", "terminationGracePeriodSeconds",
      lambda o: settings(o)["data"].update(SAMVAD_DRAIN_SECS="20")),
     ("the gateways open to any namespace", "lets more than nginx",
@@ -339,6 +412,24 @@ BREAKAGES = [
      lambda o: find(o, "Service", "ws-gateway")["spec"]["ports"][0].update(targetPort="websocket")),
     ("no HPA for delivery", "no HorizontalPodAutoscaler",
      lambda o: o.remove(find(o, "HorizontalPodAutoscaler", "delivery"))),
+    ("an HPA scaling a Deployment/ws-gateway there is not", "scales Deployment/ws-gateway, which is not",
+     lambda o: find(o, "HorizontalPodAutoscaler", "ws-gateway")["spec"]["scaleTargetRef"].update(kind="Deployment")),
+    ("ws-gateway a Deployment again (new pod names, new topics, at every rollout)", "must be a StatefulSet",
+     lambda o: to_deployment(o, "ws-gateway")),
+    ("ws-gateway's SAMVAD_INSTANCE_ID its pod's uid (unique, but new for a replaced pod)", "SAMVAD_INSTANCE_ID must be",
+     lambda o: instance_id(o, "ws-gateway")["valueFrom"]["fieldRef"].update(fieldPath="metadata.uid")),
+    ("one SAMVAD_INSTANCE_ID for every delivery pod", "SAMVAD_INSTANCE_ID must be",
+     lambda o: container(o, "delivery")["env"].append({"name": "SAMVAD_INSTANCE_ID", "value": "delivery"})),
+    ("ws-gateway's pods started one after another", "podManagementPolicy must be Parallel",
+     lambda o: find(o, "StatefulSet", "ws-gateway")["spec"].update(podManagementPolicy="OrderedReady")),
+    ("ws-gateway with a volume claim", "no volumeClaimTemplates",
+     lambda o: find(o, "StatefulSet", "ws-gateway")["spec"].update(volumeClaimTemplates=[
+         {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                                                 "resources": {"requests": {"storage": "1Gi"}}}}])),
+    ("ws-gateway's governing Service gone", "is not a Service selecting its pods",
+     lambda o: o.remove(find(o, "Service", "ws-gateway-pods"))),
+    ("ws-gateway governed by the load-balanced Service", "must be a headless Service",
+     lambda o: find(o, "StatefulSet", "ws-gateway")["spec"].update(serviceName="ws-gateway")),
     ("a committed Secret", "never in the manifests",
      lambda o: o.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "samvad-secrets"},
                          "stringData": {"access-key-secrets": "k:x"}})),
