@@ -157,9 +157,9 @@ impl Conn {
     }
 
     /// Learns where the device stands in each of its conversations, and marks behind those
-    /// where the timeline holds more than this connection wrote. Run at the start and at each
-    /// client ping, so that a live hand-off that went missing (a presence entry lost in a
-    /// failover) delays a message by one ping at most.
+    /// where the timeline holds more than this connection wrote. Run at the start and, where
+    /// presence can miss a connection, at each client ping, so that a live hand-off that went
+    /// missing (a presence entry lost in a failover) delays a message by one ping at most.
     async fn look(&mut self) -> anyhow::Result<()> {
         let timeline = &self.gateway.ctx.stores.timeline;
         for position in timeline.positions(&self.device, None).await? {
@@ -396,7 +396,13 @@ impl Conn {
         let decoded = match &frame {
             Frame::Text(text) if text.as_str() == "ping" => {
                 self.send(Frame::Text("pong".into())).await?;
-                if let Err(e) = Box::pin(self.look()).await {
+                // Presence kept in another process (entries that expire unless renewed) can
+                // miss a connection for a while, a failover say, and delivery then hands it
+                // nothing: looking again finds what it missed. Presence in this process never
+                // misses one, and every client pinging at once would only be a burst of reads.
+                if self.gateway.ctx.presence.heartbeat_every().is_some()
+                    && let Err(e) = Box::pin(self.look()).await
+                {
                     tracing::warn!(user = %self.device.user, error = %e, "cannot read where the device stands");
                 }
                 return Ok(());
