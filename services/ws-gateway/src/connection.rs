@@ -217,16 +217,19 @@ impl Conn {
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
         slow: &tokio_util::sync::CancellationToken,
     ) -> End {
-        let shutdown = self.gateway.ctx.shutdown();
-        let closing = self.gateway.ctx.closing();
+        let (shutdown, closing) = (self.gateway.ctx.shutdown(), self.gateway.ctx.closing());
+        // Made once, not at every turn of the loop: each is a lock of the token's node to make.
+        let (stopped, closed, let_go) =
+            (shutdown.cancelled(), closing.cancelled(), slow.cancelled());
+        tokio::pin!(stopped, closed, let_go);
         // Once the process drains: this connection's own moment to close within the spread.
         let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
         let mut draining = false;
         loop {
             let result = tokio::select! {
-                _ = shutdown.cancelled() => return End::Close(close_code::AWAY, "server restarting"),
-                _ = closing.cancelled(), if !draining => {
+                () = &mut stopped => return End::Close(close_code::AWAY, "server restarting"),
+                () = &mut closed, if !draining => {
                     draining = true;
                     let spread = self.gateway.ctx.settings.close_spread;
                     let delay = spread.mul_f64(rand::random::<f64>());
@@ -234,7 +237,7 @@ impl Conn {
                     Ok(())
                 }
                 _ = &mut deadline, if draining => return End::Close(close_code::AWAY, "server restarting"),
-                _ = slow.cancelled() => return self.too_slow(),
+                () = &mut let_go => return self.too_slow(),
                 frame = tokio::time::timeout(IDLE, self.socket.recv()) => match frame {
                     Err(_) => return End::Close(close_code::AWAY, "idle"),
                     Ok(None) | Ok(Some(Ok(Frame::Close(_)))) => return End::ClientClosed,
