@@ -339,7 +339,7 @@ impl TimelineStore for EmbeddedStore {
                         "INSERT INTO cursors (username, device, conv, seq)
                          SELECT ?1, ?2, p.conv, coalesce(c.last_seq, 0)
                          FROM participants p LEFT JOIN conversations c ON c.conv = p.conv
-                         WHERE p.username = ?1 AND p.until_seq IS NULL
+                         WHERE p.username = ?1
                          ON CONFLICT DO NOTHING",
                         params![device.user, device.device],
                     )?;

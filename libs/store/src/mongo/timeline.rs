@@ -396,10 +396,7 @@ impl TimelineStore for MongoStore {
         // Cursors first, then the registration: a crash in between leaves the device
         // unregistered, and the next login sets the same cursors again. A cursor the device
         // already has (it acked as `default` before it ever logged in) stays as it is.
-        let parts = all(self
-            .participants
-            .find(doc! { "user": &device.user, "until": { "$exists": false } }))
-        .await?;
+        let parts = all(self.participants.find(doc! { "user": &device.user })).await?;
         for part in &parts {
             let key = part.get_str("conv").map_err(corrupt)?;
             let last = self.last_seq(key).await?;

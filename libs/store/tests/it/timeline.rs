@@ -269,6 +269,12 @@ pub async fn contract(s: &dyn TimelineStore) {
         4,
         "the others go on"
     );
+    let watch = device("bob", "watch");
+    assert!(s.register(&watch).await.unwrap());
+    assert!(
+        owed_in(s, &watch).await.iter().all(|o| o.conv != group),
+        "a device that first logs in after the removal is owed nothing of it"
+    );
     s.ack(&[(
         phone.clone(),
         Ack::Upto {
