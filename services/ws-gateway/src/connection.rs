@@ -16,7 +16,7 @@ use futures_util::SinkExt;
 use samvad_bus::Outgoing;
 use samvad_ingress::{Rejection, TokenBucket};
 use samvad_protocol::{Channel, MessageType};
-use samvad_store::{Conv, DeviceRef, Page, SYSTEM_DEVICE};
+use samvad_store::{Conv, DeviceRef, Page, Position, SYSTEM_DEVICE};
 use serde_json::json;
 
 use crate::{Gateway, Item, Options, Outbound, Registration, encode};
@@ -70,6 +70,15 @@ impl Feed {
             queued: false,
             until: until.unwrap_or(u64::MAX),
         }
+    }
+
+    /// Takes in where the device stands now: past what it has acked (through this connection
+    /// or another of the device's), up to where its user's part ends (a part that starts
+    /// afresh after a removal goes on from its new start).
+    fn update(&mut self, position: &Position) {
+        self.sent = self.sent.max(position.cursor);
+        self.stored = self.stored.max(position.last_seq);
+        self.until = position.until.unwrap_or(u64::MAX);
     }
 }
 
@@ -168,8 +177,7 @@ impl Conn {
                 0,
                 position.until,
             ));
-            feed.until = position.until.unwrap_or(u64::MAX);
-            feed.stored = feed.stored.max(position.last_seq);
+            feed.update(&position);
             if feed.stored > feed.sent {
                 self.mark_behind(&position.conv);
             }
@@ -199,17 +207,34 @@ impl Conn {
             Feed::at(0, 0, None)
         } else {
             // A group joined since the connection opened: where does the device stand in it?
-            let timeline = &self.gateway.ctx.stores.timeline;
-            let found = Box::pin(timeline.positions(&self.device, Some(conv)))
-                .await
-                .map_err(|_| STORE_BUSY)?;
-            let Some(position) = found.into_iter().next() else {
-                return Ok(false);
-            };
-            Feed::at(position.cursor, position.last_seq, position.until)
+            return self.refresh(conv).await;
         };
         self.feeds.insert(conv.clone(), feed);
         Ok(true)
+    }
+
+    /// Asks where the device stands in `conv` now and updates its feed (making one if need
+    /// be); false when its user takes no part in it any more (nothing more is theirs).
+    async fn refresh(&mut self, conv: &Conv) -> Result<bool, End> {
+        let timeline = &self.gateway.ctx.stores.timeline;
+        let found = Box::pin(timeline.positions(&self.device, Some(conv)))
+            .await
+            .map_err(|_| STORE_BUSY)?;
+        match found.into_iter().next() {
+            Some(position) => {
+                self.feeds
+                    .entry(conv.clone())
+                    .or_insert(Feed::at(position.cursor, position.last_seq, position.until))
+                    .update(&position);
+                Ok(true)
+            }
+            None => {
+                if let Some(feed) = self.feeds.get_mut(conv) {
+                    feed.until = feed.sent;
+                }
+                Ok(false)
+            }
+        }
     }
 
     async fn serve(
@@ -268,6 +293,12 @@ impl Conn {
             if !self.learn(conv).await? {
                 continue; // not a participant (any more)
             }
+            // A removal may end this user's part here, and an entry past where it ended may
+            // belong to a part that started afresh: ask where the device stands.
+            let past_end = self.feeds.get(conv).is_some_and(|f| *seq > f.until);
+            if (past_end || is_removal(&item.device, &item.message)) && !self.refresh(conv).await? {
+                continue;
+            }
             let feed = self.feeds.get_mut(conv).expect("learned above");
             if *seq <= feed.sent || *seq > feed.until {
                 continue; // written before, or not theirs
@@ -300,16 +331,16 @@ impl Conn {
             .window(&conv, Page::After(feed.sent), 0, CHUNK)
             .await
             .map_err(|_| STORE_BUSY)?;
-        if window.entries.iter().any(is_removal) {
+        if window
+            .entries
+            .iter()
+            .any(|e| is_removal(&e.device, &e.message))
+        {
             // Perhaps the user's own: where does their part end now?
-            let found = Box::pin(timeline.positions(&self.device, Some(&conv)))
-                .await
-                .map_err(|_| STORE_BUSY)?;
-            feed.until = match found.first() {
-                Some(position) => position.until.unwrap_or(u64::MAX),
-                None => feed.sent, // no part in it any more
-            }
-            .max(feed.sent);
+            self.feeds.insert(conv.clone(), feed);
+            self.refresh(&conv).await?;
+            feed = self.feeds[&conv];
+            window.entries.retain(|e| e.seq > feed.sent);
         }
         if let Some(past) = window.entries.iter().position(|e| e.seq > feed.until) {
             window.entries.truncate(past);
@@ -523,19 +554,14 @@ fn read_error(e: &axum::Error) -> End {
     }
 }
 
-/// The notice that retention removed seqs `from..=to` of `conv` before this device acked them
-/// (PROTOCOL §7): the client refetches what history still has instead of missing it silently.
-/// Whether a stored entry is the notice of a removal from a group (which may end the reader's
-/// part in it).
-fn is_removal(entry: &samvad_store::Entry) -> bool {
-    entry.device == SYSTEM_DEVICE
-        && entry
-            .message
-            .meta
-            .get("action")
-            .is_some_and(|a| a == "remove")
+/// Whether a stored message is the notice of a removal from a group (which may end the
+/// reader's part in it).
+fn is_removal(device: &str, message: &samvad_protocol::Message) -> bool {
+    device == SYSTEM_DEVICE && message.meta.get("action").is_some_and(|a| a == "remove")
 }
 
+/// The notice that retention removed seqs `from..=to` of `conv` before this device acked them
+/// (PROTOCOL §7): the client refetches what history still has instead of missing it silently.
 fn gap_notice(user: &str, conv: &Conv, from: u64, to: u64) -> Outgoing {
     let (channel, destination) = match conv {
         Conv::Group(id) => (Channel::Group, id.as_str()),

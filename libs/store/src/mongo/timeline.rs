@@ -583,14 +583,21 @@ impl TimelineStore for MongoStore {
             .await?;
             for part in &gone {
                 let user = part.get_str("user").map_err(corrupt)?;
-                self.cursors
-                    .delete_many(doc! { "user": user, "conv": key })
+                // Only if it is still the part that ended (not one a join started since); its
+                // cursors after it, so a crash between the two leaves only unused cursors.
+                let removed = self
+                    .participants
+                    .delete_one(
+                        doc! { "user": user, "conv": key, "until": { "$lt": first as i64 } },
+                    )
                     .await
                     .map_err(backend)?;
-                self.participants
-                    .delete_one(doc! { "user": user, "conv": key })
-                    .await
-                    .map_err(backend)?;
+                if removed.deleted_count == 1 {
+                    self.cursors
+                        .delete_many(doc! { "user": user, "conv": key })
+                        .await
+                        .map_err(backend)?;
+                }
             }
         }
         Ok(removed)

@@ -293,3 +293,42 @@ async fn a_member_removed_while_offline_gets_everything_up_to_the_removal_and_no
     assert_eq!(seen, ["add", "before", "remove", "after"]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_removed_and_added_again_while_connected_gets_only_their_own_parts() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "text", false).await;
+    let gid = create_group(&app, &alice, "club", &["bob"]).await;
+    assert_eq!(a.message().await.meta["action"], "add");
+    assert_eq!(b.message().await.meta["action"], "add");
+    let (status, _) = remove_member(&app, &alice, &gid, "bob").await;
+    assert_eq!(status, 200);
+    assert_eq!(a.message().await.meta["action"], "remove");
+    let removed = b.message().await;
+    assert_eq!(removed.meta["action"], "remove");
+    b.client_ack(&removed).await;
+
+    a.send(&group_chat("g-1", "alice", &gid, "while bob is out"))
+        .await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    let (status, _) = call(
+        app.as_user(Method::POST, &format!("/v1.0/groups/{gid}/members"), &alice)
+            .json(&json!({"members": ["bob"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(a.message().await.meta["action"], "add");
+    a.send(&group_chat("g-2", "alice", &gid, "welcome back"))
+        .await;
+
+    // Bob's connection, whose part ended at the removal, follows the new one live.
+    let added = b.message().await;
+    assert_eq!(added.meta["action"], "add");
+    assert_eq!(added.meta["seq"], "4");
+    assert_eq!(text_of(&b.message().await), "welcome back");
+    b.quiet().await;
+    app.stop().await;
+}
