@@ -63,12 +63,13 @@ struct Feed {
 }
 
 impl Feed {
-    fn at(sent: u64, stored: u64, until: Option<u64>) -> Self {
+    /// A conversation fed nothing yet, from its first entry on.
+    fn new() -> Self {
         Self {
-            sent,
-            stored,
+            sent: 0,
+            stored: 0,
             queued: false,
-            until: until.unwrap_or(u64::MAX),
+            until: u64::MAX,
         }
     }
 
@@ -172,11 +173,10 @@ impl Conn {
     async fn look(&mut self) -> anyhow::Result<()> {
         let timeline = &self.gateway.ctx.stores.timeline;
         for position in timeline.positions(&self.device, None).await? {
-            let feed = self.feeds.entry(position.conv.clone()).or_insert(Feed::at(
-                position.cursor,
-                0,
-                position.until,
-            ));
+            let feed = self
+                .feeds
+                .entry(position.conv.clone())
+                .or_insert_with(Feed::new);
             feed.update(&position);
             if feed.stored > feed.sent {
                 self.mark_behind(&position.conv);
@@ -204,7 +204,7 @@ impl Conn {
         let feed = if let Conv::Direct { .. } = conv {
             // A 1:1 chat unknown at the start began since: both sides take part from its
             // first entry on, and no device has acked any of it yet. No need to ask.
-            Feed::at(0, 0, None)
+            Feed::new()
         } else {
             // A group joined since the connection opened: where does the device stand in it?
             return self.refresh(conv).await;
@@ -224,7 +224,7 @@ impl Conn {
             Some(position) => {
                 self.feeds
                     .entry(conv.clone())
-                    .or_insert(Feed::at(position.cursor, position.last_seq, position.until))
+                    .or_insert_with(Feed::new)
                     .update(&position);
                 Ok(true)
             }
