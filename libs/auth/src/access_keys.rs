@@ -5,7 +5,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::{AuthError, Credentials, unix_now};
+use crate::{AuthError, Credentials, UrlSigner, unix_now};
 
 /// HS256 is only as strong as its secret; 32 bytes is the size of its output.
 const MIN_SECRET_LEN: usize = 32;
@@ -59,6 +59,7 @@ pub struct AccessKeys {
     verifying: Vec<(String, DecodingKey)>,
     ttl: Duration,
     validation: Validation,
+    urls: UrlSigner,
 }
 
 impl fmt::Debug for AccessKeys {
@@ -116,6 +117,7 @@ impl AccessKeys {
                 .collect(),
             ttl,
             validation,
+            urls: UrlSigner::new(keys.iter().map(|(_, secret)| secret.as_slice())),
         };
         // Sign once now, so that `issue` cannot fail later on a request path.
         access_keys.sign(
@@ -124,6 +126,11 @@ impl AccessKeys {
             unix_now() + 1,
         )?;
         Ok(access_keys)
+    }
+
+    /// Signs and checks expiring URLs, with keys derived from the same secrets.
+    pub fn urls(&self) -> &UrlSigner {
+        &self.urls
     }
 
     /// A fresh access key for `who`, valid for the configured lifetime.

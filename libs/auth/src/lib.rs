@@ -12,12 +12,14 @@ mod error;
 mod jwks;
 mod key_cache;
 mod login;
+mod url_signer;
 
 pub use access_keys::{AccessKeys, DEFAULT_DEVICE, Identity};
 pub use credentials::{Credentials, credentials};
 pub use error::{AuthError, TokenRefusal};
 pub use jwks::{JwksConfig, JwksVerifier};
 pub use login::LoginProvider;
+pub use url_signer::UrlSigner;
 
 /// Seconds since the Unix epoch, the unit of JWT time claims; 0 if the clock is before 1970.
 fn unix_now() -> u64 {

@@ -13,7 +13,8 @@ mod node;
 mod user;
 
 pub use config::{
-    AuthProvider, BusSettings, Config, PresenceSettings, PushSettings, Settings, StoreSettings,
+    AssetSettings, AuthProvider, BusSettings, Config, PresenceSettings, PushSettings, Settings,
+    StoreSettings,
 };
 pub use error::{ApiError, JsonBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};

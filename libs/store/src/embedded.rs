@@ -4,6 +4,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 use samvad_sqlite::{Db, DbError};
 
+mod asset;
 mod timeline;
 
 use crate::{
@@ -27,7 +28,7 @@ CREATE TABLE IF NOT EXISTS group_members (
 CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (username, group_id);
 ";
 
-/// Profiles, groups and timelines in SQLite.
+/// Profiles, groups, timelines and attachments in SQLite.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Db,
@@ -42,6 +43,7 @@ impl EmbeddedStore {
         db.write(|t| {
             t.execute_batch(SCHEMA)?;
             t.execute_batch(timeline::SCHEMA)?;
+            t.execute_batch(asset::SCHEMA)?;
             timeline::migrate(t)
         })
         .await

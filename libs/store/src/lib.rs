@@ -1,5 +1,5 @@
-//! Durable state behind narrow traits: profiles and devices, groups, and conversations as
-//! timelines with a cursor per device. The embedded backend keeps them in the all-in-one
+//! Durable state behind narrow traits: profiles and devices, groups, conversations as
+//! timelines with a cursor per device, and attachments. The embedded backend keeps them in the all-in-one
 //! process's SQLite database; the MongoDB backend implements the same traits.
 //!
 //! Correctness rests on idempotent writes keyed by natural ids, so a consumer that handles a
@@ -7,6 +7,7 @@
 //! (conversation, sender, message id), which is also how a re-sent id from the same sender is
 //! dropped.
 
+mod asset;
 mod embedded;
 mod mongo;
 mod timeline;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use asset::{Asset, AssetStore, FILE_ID_PREFIX, file_ids, is_file_id};
 pub use embedded::EmbeddedStore;
 pub use mongo::MongoStore;
 pub use timeline::{
@@ -132,16 +134,18 @@ pub struct Stores {
     pub profiles: Arc<dyn ProfileStore>,
     pub groups: Arc<dyn GroupStore>,
     pub timeline: Arc<dyn TimelineStore>,
+    pub assets: Arc<dyn AssetStore>,
 }
 
 impl Stores {
     /// Every store from one backend.
-    pub fn from<S: ProfileStore + GroupStore + TimelineStore>(store: S) -> Self {
+    pub fn from<S: ProfileStore + GroupStore + TimelineStore + AssetStore>(store: S) -> Self {
         let store = Arc::new(store);
         Self {
             profiles: store.clone(),
             groups: store.clone(),
-            timeline: store,
+            timeline: store.clone(),
+            assets: store,
         }
     }
 }

@@ -12,10 +12,12 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ReturnDocument, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+mod asset;
 mod timeline;
 
 use crate::{
-    Device, Group, GroupStore, Member, Profile, ProfileStore, Removal, Result, Role, StoreError,
+    Conv, Device, Group, GroupStore, Member, Profile, ProfileStore, Removal, Result, Role,
+    StoreError,
 };
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -39,6 +41,20 @@ fn is_duplicate(e: &mongodb::error::Error) -> bool {
     }
 }
 
+pub(super) fn int(d: &Document, field: &str) -> Result<u64> {
+    match d.get(field) {
+        Some(mongodb::bson::Bson::Int64(n)) => Ok(*n as u64),
+        Some(mongodb::bson::Bson::Int32(n)) => Ok(*n as u64),
+        Some(mongodb::bson::Bson::Double(n)) => Ok(*n as u64),
+        other => Err(corrupt(format!("{field} is {other:?}"))),
+    }
+}
+
+pub(super) fn conv_of(d: &Document) -> Result<Conv> {
+    let key = d.get_str("conv").map_err(corrupt)?;
+    Conv::from_key(key).ok_or_else(|| corrupt(format!("not a conversation key: {key:?}")))
+}
+
 /// Every document a find returns.
 async fn all(find: mongodb::action::Find<'_, Document>) -> Result<Vec<Document>> {
     find.await
@@ -48,7 +64,7 @@ async fn all(find: mongodb::action::Find<'_, Document>) -> Result<Vec<Document>>
         .map_err(backend)
 }
 
-/// Profiles, groups and timelines in MongoDB.
+/// Profiles, groups, timelines and attachments in MongoDB.
 #[derive(Clone)]
 pub struct MongoStore {
     profiles: Collection<Document>,
@@ -59,6 +75,8 @@ pub struct MongoStore {
     participants: Collection<Document>,
     registered: Collection<Document>,
     cursors: Collection<Document>,
+    assets: Collection<Document>,
+    asset_uses: Collection<Document>,
 }
 
 impl MongoStore {
@@ -80,6 +98,8 @@ impl MongoStore {
             participants: db.collection("participants"),
             registered: db.collection("registered_devices"),
             cursors: db.collection("cursors"),
+            assets: db.collection("assets"),
+            asset_uses: db.collection("asset_uses"),
         };
         store.create_indexes().await?;
         Ok(store)
@@ -97,6 +117,23 @@ impl MongoStore {
             .map_err(backend)?;
         self.groups
             .create_index(plain(doc! { "members.username": 1 }))
+            .await
+            .map_err(backend)?;
+        self.assets
+            .create_index(plain(doc! { "size": 1, "created_at": 1 }))
+            .await
+            .map_err(backend)?;
+        self.asset_uses
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "file": 1, "conv": 1 })
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .unique(true)
+                            .build(),
+                    )
+                    .build(),
+            )
             .await
             .map_err(backend)?;
         self.create_timeline_indexes().await

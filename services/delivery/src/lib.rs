@@ -3,7 +3,8 @@
 //! gateways where its recipients — and the sender's other devices — are connected; a recipient
 //! with no connection anywhere gets a push. A connection reads whatever it missed from the
 //! timeline itself. A device's `CLIENT_ACK` moves that device's cursor, no other's. Ephemeral
-//! messages are only handed on, never kept.
+//! messages are only handed on, never kept. A stored message that names an attachment its
+//! sender may read makes it readable in its conversation.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use samvad_bus::{Addressed, Bus, ClientAck, GatewayEvent, Outgoing, Record, Rout
 use samvad_kit::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_presence::Presence;
 use samvad_protocol::{Channel, Message, MessageType};
-use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, TimelineStore};
+use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, Stores, TimelineStore};
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "delivery",
@@ -24,6 +25,7 @@ struct Delivery {
     metrics: Metrics,
     bus: Arc<dyn Bus>,
     timeline: Arc<dyn TimelineStore>,
+    stores: Stores,
     presence: Arc<dyn Presence>,
 }
 
@@ -32,6 +34,7 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
         metrics: ctx.metrics.clone(),
         bus: ctx.bus.clone(),
         timeline: ctx.stores.timeline.clone(),
+        stores: ctx.stores.clone(),
         presence: ctx.presence.clone(),
     };
     let d = delivery.clone();
@@ -173,6 +176,13 @@ impl Delivery {
                     None => anyhow::bail!("the timeline answered fewer appends than asked"),
                 },
             };
+            if let Some(seq) = seq {
+                // Before the sender's ack: a failure here fails the batch, and the retry (a
+                // repeat) attaches again.
+                self.stores
+                    .attach_carried(&message.source, &Conv::of(message), seq, &message.content)
+                    .await?;
+            }
             if let Some(ids) = read_receipt(message) {
                 self.read(&routed, ids, &mut handoff, &mut online).await?;
             }

@@ -25,6 +25,7 @@ pub const SERVICES: &[ServiceDef] = &[
     message_router::SERVICE,
     profile::SERVICE,
     group::SERVICE,
+    assets::SERVICE,
     rest_gateway::SERVICE,
     ws_gateway::SERVICE,
     WWW,

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
+mod assets;
 mod backends;
 mod push;
 
+pub use assets::{AssetArgs, AssetSettings};
 pub use backends::{BackendArgs, BusSettings, PresenceSettings, StoreSettings};
 pub use push::{PushArgs, PushSettings};
 
@@ -26,7 +28,7 @@ pub use push::{PushArgs, PushSettings};
     long_about = "Samvad chat server.\n\nThe all-in-one `samvad` takes an optional first \
                   argument: `serve` (every service; the default) or one service's name \
                   (ws-gateway, rest-gateway, profile, group, message-router, group-router, \
-                  delivery, push, www), or `vapid-keys` to print a new Web Push key pair."
+                  delivery, push, assets, www), or `vapid-keys` to print a new Web Push key pair."
 )]
 pub struct Config {
     /// Address the HTTP/WebSocket server binds.
@@ -59,6 +61,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub push: PushArgs,
+
+    #[command(flatten)]
+    pub assets: AssetArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -188,6 +193,7 @@ pub struct Settings {
     pub retention: Option<Duration>,
     pub allowed_origins: Vec<String>,
     pub push: PushSettings,
+    pub assets: AssetSettings,
     pub bus: BusSettings,
     pub store: StoreSettings,
     pub presence: PresenceSettings,
@@ -240,6 +246,7 @@ impl Config {
         }
 
         let push = self.push.validate(&mut problems);
+        let assets = self.assets.validate(&mut problems);
         let (bus, store, presence) = self
             .backends
             .validate(self.instance_id.as_deref(), &mut problems);
@@ -360,6 +367,7 @@ impl Config {
                     .map(str::to_owned)
                     .collect(),
                 push,
+                assets,
                 bus,
                 store,
                 presence,

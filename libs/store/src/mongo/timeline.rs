@@ -14,26 +14,12 @@ use std::collections::HashMap;
 use mongodb::bson::{Document, doc};
 use mongodb::options::ReturnDocument;
 
-use super::{MongoStore, all, backend, corrupt, is_duplicate};
+use super::{MongoStore, all, backend, conv_of, corrupt, int, is_duplicate};
 use crate::timeline::{
     Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, TimelineStore,
     Window,
 };
 use crate::{Result, now_ms};
-
-fn int(d: &Document, field: &str) -> Result<u64> {
-    match d.get(field) {
-        Some(mongodb::bson::Bson::Int64(n)) => Ok(*n as u64),
-        Some(mongodb::bson::Bson::Int32(n)) => Ok(*n as u64),
-        Some(mongodb::bson::Bson::Double(n)) => Ok(*n as u64),
-        other => Err(corrupt(format!("{field} is {other:?}"))),
-    }
-}
-
-fn conv_of(d: &Document) -> Result<Conv> {
-    let key = d.get_str("conv").map_err(corrupt)?;
-    Conv::from_key(key).ok_or_else(|| corrupt(format!("not a conversation key: {key:?}")))
-}
 
 impl MongoStore {
     pub(super) async fn create_timeline_indexes(&self) -> Result<()> {

@@ -7,12 +7,12 @@ mod timeline;
 use std::time::Duration;
 
 use samvad_store::{
-    Device, EmbeddedStore, Group, GroupStore, Member, MongoStore, ProfileStore, Removal, Role,
-    TimelineStore,
+    Asset, AssetStore, Conv, Device, EmbeddedStore, Group, GroupStore, Member, MongoStore,
+    ProfileStore, Removal, Role, TimelineStore,
 };
 
-trait Store: ProfileStore + GroupStore + TimelineStore {}
-impl<T: ProfileStore + GroupStore + TimelineStore> Store for T {}
+trait Store: ProfileStore + GroupStore + TimelineStore + AssetStore {}
+impl<T: ProfileStore + GroupStore + TimelineStore + AssetStore> Store for T {}
 
 async fn group_contract(s: &dyn Store) {
     let member = |u: &str, role| Member {
@@ -83,7 +83,66 @@ async fn profile_contract(s: &dyn Store) {
     assert!(s.profile("zed").await.unwrap().is_none());
 }
 
+async fn asset_contract(s: &dyn Store) {
+    let asset = |id: &str, created_at| Asset {
+        file_id: id.into(),
+        owner: "ann".into(),
+        ext: ".png".into(),
+        content_type: "image/png".into(),
+        category: "chat".into(),
+        created_at,
+        size: None,
+    };
+    s.create_asset(&asset("a1", 1_000)).await.unwrap();
+    s.create_asset(&asset("a2", 2_000)).await.unwrap();
+    s.create_asset(&asset("a3", 1_500)).await.unwrap();
+    assert!(
+        s.create_asset(&asset("a1", 3_000)).await.is_err(),
+        "an id is taken once"
+    );
+    assert_eq!(s.asset("a1").await.unwrap(), Some(asset("a1", 1_000)));
+    assert!(s.asset("zz").await.unwrap().is_none());
+
+    assert!(s.mark_uploaded("a1", 42).await.unwrap());
+    assert!(!s.mark_uploaded("a1", 43).await.unwrap(), "marked once");
+    assert!(!s.mark_uploaded("zz", 1).await.unwrap());
+    assert_eq!(s.asset("a1").await.unwrap().unwrap().size, Some(42));
+
+    // Only pending uploads older than the cut expire, and each only once.
+    assert_eq!(
+        s.expire_uploads(1_800, 10).await.unwrap(),
+        vec!["a3".to_owned()]
+    );
+    assert!(s.expire_uploads(1_800, 10).await.unwrap().is_empty());
+    assert!(s.asset("a3").await.unwrap().is_none());
+    assert!(
+        s.asset("a1").await.unwrap().is_some(),
+        "an uploaded file stays"
+    );
+    assert!(
+        !s.mark_uploaded("a3", 1).await.unwrap(),
+        "an expired upload is gone"
+    );
+
+    let (pair, room) = (Conv::direct("ann", "ben"), Conv::group("g"));
+    assert!(s.attachments("a1").await.unwrap().is_empty());
+    s.attach("a1", &pair, 7).await.unwrap();
+    s.attach("a1", &pair, 3).await.unwrap();
+    s.attach("a1", &room, 2).await.unwrap();
+    s.attach("a1", &room, 9).await.unwrap();
+    s.attach("a1", &room, 9).await.unwrap();
+    let mut uses = s.attachments("a1").await.unwrap();
+    uses.sort_by_key(|(_, seq)| *seq);
+    assert_eq!(
+        uses,
+        vec![(pair, 7), (room, 9)],
+        "the latest seq per conversation"
+    );
+    assert!(s.attachments("a2").await.unwrap().is_empty());
+}
+
 async fn contract(s: &dyn Store) {
+    asset_contract(s).await;
     group_contract(s).await;
     profile_contract(s).await;
     timeline::contract(s).await;

@@ -22,7 +22,12 @@ pub(crate) async fn create_group(
 }
 
 /// `DELETE /v1.0/groups/{gid}/members` by `by`, for `member`.
-async fn remove_member(app: &TestApp, by: &User, gid: &str, member: &str) -> (u16, Value) {
+pub(crate) async fn remove_member(
+    app: &TestApp,
+    by: &User,
+    gid: &str,
+    member: &str,
+) -> (u16, Value) {
     call(
         app.as_user(Method::DELETE, &format!("/v1.0/groups/{gid}/members"), by)
             .json(&json!({ "member": member })),

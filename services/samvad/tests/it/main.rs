@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions panic on purpose when the server misbehaves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod assets;
 mod auth;
 mod backends;
 mod bad_input;

@@ -1,0 +1,300 @@
+//! Attachments on local disk, for the all-in-one: files under `<data dir>/assets/`, sent and
+//! fetched at `/v1.0/assets/files/{fileId}` with an expiry and a signature in the query. The
+//! signature binds the method, the path and the expiry (and, for an upload, the content type
+//! the file must carry), so a URL does one thing to one file until it expires.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use samvad_auth::UrlSigner;
+use samvad_kit::{ApiError, AssetSettings};
+use samvad_store::{Asset, Stores};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::is_file_id;
+
+const FILES: &str = "/v1.0/assets/files";
+/// A piece of an upload (`{fileId}.part.{random}`) is stale once it has not grown for this
+/// long past the URL lifetime: no upload can still be writing it.
+const STALE_PART_GRACE: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+pub(super) struct Disk {
+    dir: Arc<PathBuf>,
+    signer: UrlSigner,
+    settings: Arc<AssetSettings>,
+}
+
+fn unix_now() -> u64 {
+    samvad_kit::now_ms() / 1000
+}
+
+impl Disk {
+    pub(super) fn open(
+        dir: PathBuf,
+        signer: UrlSigner,
+        settings: Arc<AssetSettings>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self {
+            dir: Arc::new(dir),
+            signer,
+            settings,
+        })
+    }
+
+    fn url(&self, base: &str, method: &str, asset: &Asset, bound: &[&str]) -> String {
+        let path = format!("{FILES}/{}", asset.file_id);
+        let expires = unix_now() + self.settings.url_ttl.as_secs();
+        let parts: Vec<&str> = [method, path.as_str()]
+            .iter()
+            .chain(bound)
+            .copied()
+            .collect();
+        let signature = self.signer.sign(&parts, expires);
+        format!("{base}{path}?expires={expires}&signature={signature}")
+    }
+
+    pub(super) fn upload_url(&self, base: &str, asset: &Asset) -> String {
+        self.url(base, "PUT", asset, &[&asset.content_type])
+    }
+
+    pub(super) fn download_url(&self, base: &str, asset: &Asset) -> String {
+        self.url(base, "GET", asset, &[])
+    }
+
+    fn path(&self, file_id: &str) -> PathBuf {
+        self.dir.join(file_id)
+    }
+
+    /// The size of the file's bytes, if they are all here.
+    pub(super) async fn stored_size(&self, asset: &Asset) -> samvad_store::Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(&asset.file_id)).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(samvad_store::StoreError::Backend(format!(
+                "cannot read {}: {e}",
+                asset.file_id
+            ))),
+        }
+    }
+
+    pub(super) async fn remove(&self, file_id: &str) {
+        match tokio::fs::remove_file(self.path(file_id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file_id, error = %e, "cannot delete an expired upload"),
+        }
+    }
+
+    /// Deletes the pieces of uploads that were cut short (a dropped connection, a crash).
+    pub(super) async fn remove_stale_parts(&self) {
+        let Ok(mut entries) = tokio::fs::read_dir(&*self.dir).await else {
+            return;
+        };
+        let stale = self.settings.url_ttl + STALE_PART_GRACE;
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let is_part = entry.file_name().to_string_lossy().contains(".part.");
+            let old = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > stale);
+            if is_part && old {
+                let _ = tokio::fs::remove_file(entry.path()).await;
+            }
+        }
+    }
+}
+
+pub(super) fn routes<S>(disk: Disk, stores: Stores) -> Router<S> {
+    Router::new()
+        .route(&format!("{FILES}/{{file_id}}"), get(fetch).put(store))
+        .with_state((disk, stores))
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    expires: u64,
+    signature: String,
+}
+
+fn refused() -> ApiError {
+    ApiError::forbidden("this URL is not valid: it has expired or was altered")
+}
+
+/// The asset a signed request is about, once its signature checks out.
+async fn signed_asset(
+    stores: &Stores,
+    disk: &Disk,
+    method: &str,
+    file_id: &str,
+    signed: &Signed,
+) -> Result<Asset, ApiError> {
+    if !is_file_id(file_id) {
+        return Err(refused());
+    }
+    let asset = stores.assets.asset(file_id).await?.ok_or_else(refused)?;
+    let path = format!("{FILES}/{file_id}");
+    let mut parts = vec![method, path.as_str()];
+    if method == "PUT" {
+        parts.push(&asset.content_type);
+    }
+    if !disk
+        .signer
+        .verify(&parts, signed.expires, &signed.signature)
+    {
+        return Err(refused());
+    }
+    Ok(asset)
+}
+
+/// The media type of a `Content-Type` header, without parameters, lower case.
+fn essence(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+async fn store(
+    State((disk, stores)): State<(Disk, Stores)>,
+    Path(file_id): Path<String>,
+    Query(signed): Query<Signed>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let asset = signed_asset(&stores, &disk, "PUT", &file_id, &signed).await?;
+    if asset.size.is_some() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!("{file_id} is uploaded and marked already; it cannot change"),
+        });
+    }
+    if essence(&headers).as_deref() != Some(asset.content_type.as_str()) {
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!(
+                "this upload must have Content-Type {} (its extension {})",
+                asset.content_type, asset.ext
+            ),
+        });
+    }
+    let max = disk.settings.max_bytes;
+    let too_large = || ApiError::too_large(format!("a file may be at most {max} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+
+    let part = disk
+        .dir
+        .join(format!("{file_id}.part.{:016x}", rand::random::<u64>()));
+    let written = write_part(&part, body, max).await;
+    let done = match written {
+        Ok(_) => {
+            // Into place only while the upload is still pending: the sweeper may have expired
+            // it meanwhile, or a concurrent upload been marked.
+            match stores.assets.asset(&file_id).await {
+                Ok(Some(now)) if now.size.is_none() => {
+                    tokio::fs::rename(&part, disk.path(&file_id))
+                        .await
+                        .map_err(ApiError::internal)
+                        .and(sync_dir(&disk.dir).await)
+                }
+                Ok(_) => Err(refused()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(Written::TooLarge) => Err(too_large()),
+        Err(Written::Body(e)) => Err(ApiError::bad_request(format!(
+            "the upload was cut short: {e}"
+        ))),
+        Err(Written::Disk(e)) => {
+            tracing::error!(file_id, error = %e, "cannot store an upload");
+            Err(ApiError::unavailable("cannot store the file now"))
+        }
+    };
+    if done.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    done.map(|()| StatusCode::OK)
+}
+
+enum Written {
+    TooLarge,
+    Body(axum::Error),
+    Disk(std::io::Error),
+}
+
+/// Streams `body` into a new file at `part`, at most `max` bytes, and syncs it.
+async fn write_part(part: &std::path::Path, body: Body, max: u64) -> Result<u64, Written> {
+    let mut file = tokio::fs::File::create(part).await.map_err(Written::Disk)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Written::Body)?;
+        total += chunk.len() as u64;
+        if total > max {
+            return Err(Written::TooLarge);
+        }
+        file.write_all(&chunk).await.map_err(Written::Disk)?;
+    }
+    file.sync_all().await.map_err(Written::Disk)?;
+    Ok(total)
+}
+
+/// Makes a rename in `dir` durable.
+async fn sync_dir(dir: &std::path::Path) -> Result<(), ApiError> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+async fn fetch(
+    State((disk, stores)): State<(Disk, Stores)>,
+    Path(file_id): Path<String>,
+    Query(signed): Query<Signed>,
+) -> Result<Response, ApiError> {
+    let asset = signed_asset(&stores, &disk, "GET", &file_id, &signed).await?;
+    let gone = || ApiError::not_found(format!("{file_id} has not been uploaded"));
+    if asset.size.is_none() {
+        return Err(gone());
+    }
+    let file = tokio::fs::File::open(disk.path(&file_id))
+        .await
+        .map_err(|_| gone())?;
+    let len = file.metadata().await.map_err(ApiError::internal)?.len();
+    let name = format!("{file_id}{}", asset.ext);
+    Ok((
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CONTENT_LENGTH, len.to_string()),
+            // Never run as a page of this origin, whatever the bytes are.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+            (header::CONTENT_SECURITY_POLICY, "sandbox".into()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{name}\""),
+            ),
+            (header::CACHE_CONTROL, "private, max-age=3600".into()),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
+}

@@ -1,0 +1,271 @@
+//! assets: attachments, as Vartalap's clients send them. A client asks for an upload URL,
+//! sends the file there, marks it uploaded, and sends a message naming its `fileId`; a
+//! reader asks for a download URL. The bytes never pass through a chat connection.
+//!
+//! Who may download: the owner, and whoever can see a stored message that carried the
+//! `fileId` (delivery records where such messages were: `Stores::attach_carried`). Unfinished uploads
+//! are deleted after `SAMVAD_ASSETS_UPLOAD_TTL_SECS`.
+
+mod disk;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use samvad_kit::{ApiError, AssetSettings, Context, JsonBody, ServiceDef, User, now_ms};
+use samvad_store::{Asset, FILE_ID_PREFIX, Stores, is_file_id};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub const SERVICE: ServiceDef = ServiceDef {
+    name: "assets",
+    start: |ctx| Box::pin(start(ctx)),
+};
+
+/// Longest category accepted.
+const MAX_CATEGORY: usize = 32;
+/// Pending uploads expired per store call.
+const SWEEP_CHUNK: usize = 500;
+
+fn new_file_id() -> String {
+    format!("{FILE_ID_PREFIX}{:032x}", rand::random::<u128>())
+}
+
+#[derive(Clone)]
+struct Assets {
+    ctx: Context,
+    stores: Stores,
+    settings: Arc<AssetSettings>,
+    disk: disk::Disk,
+}
+
+async fn start(ctx: &Context) -> anyhow::Result<Router> {
+    let settings = Arc::new(ctx.settings.assets.clone());
+    let disk = disk::Disk::open(
+        ctx.settings.data_dir.join("assets"),
+        ctx.access_keys.urls().clone(),
+        Arc::clone(&settings),
+    )?;
+    let assets = Assets {
+        ctx: ctx.clone(),
+        stores: ctx.stores.clone(),
+        settings,
+        disk,
+    };
+    ctx.spawn("assets-sweeper", sweep(assets.clone(), ctx.shutdown()));
+    Ok(Router::new()
+        .route("/v1.0/assets/upload/presigned_url", get(upload_url))
+        // Vartalap's clients mark with PUT; an older one POSTs.
+        .route("/v1.0/assets/{file_id}/status", put(mark).post(mark))
+        .route(
+            "/v1.0/assets/download/{file_id}/presigned_url",
+            get(download_url),
+        )
+        .merge(disk::routes(assets.disk.clone(), assets.stores.clone()))
+        .with_state(assets))
+}
+
+/// What [`User`] authenticates with.
+impl FromRef<Assets> for Context {
+    fn from_ref(assets: &Assets) -> Self {
+        assets.ctx.clone()
+    }
+}
+
+/// Where clients reach this server: `SAMVAD_PUBLIC_URL`, or the request's own host.
+fn base_url(settings: &AssetSettings, headers: &HeaderMap) -> Result<String, ApiError> {
+    if let Some(url) = &settings.public_url {
+        return Ok(url.clone());
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .ok_or_else(|| ApiError::bad_request("the request has no valid Host header"))?;
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    Ok(format!("{}://{host}", if https { "https" } else { "http" }))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    ext: String,
+    #[serde(default)]
+    category: Option<String>,
+}
+
+async fn upload_url(
+    State(assets): State<Assets>,
+    user: User,
+    headers: HeaderMap,
+    Query(query): Query<UploadQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let settings = &assets.settings;
+    let Some(content_type) = settings.content_type(&query.ext) else {
+        let accepted: Vec<&str> = settings.types.iter().map(|(e, _)| e.as_str()).collect();
+        return Err(ApiError::bad_request(format!(
+            "ext `{}` is not accepted; accepted: {}",
+            query.ext,
+            accepted.join(" ")
+        )));
+    };
+    let category = query.category.unwrap_or_else(|| "chat".into());
+    if category.is_empty()
+        || category.len() > MAX_CATEGORY
+        || !category
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(ApiError::bad_request(format!(
+            "category must be 1 to {MAX_CATEGORY} letters, digits, `-` or `_`"
+        )));
+    }
+    let base = base_url(settings, &headers)?;
+    let ext = query.ext.strip_prefix('.').unwrap_or(&query.ext);
+    let asset = Asset {
+        file_id: new_file_id(),
+        owner: user.name,
+        ext: format!(".{}", ext.to_ascii_lowercase()),
+        content_type: content_type.to_owned(),
+        category,
+        created_at: now_ms() as i64,
+        size: None,
+    };
+    assets.stores.assets.create_asset(&asset).await?;
+    Ok(Json(json!({
+        "url": assets.disk.upload_url(&base, &asset),
+        "fileId": asset.file_id,
+        // Vartalap's mobile client reads the id under this name.
+        "assetId": asset.file_id,
+        "contentType": asset.content_type,
+        "maxBytes": settings.max_bytes,
+    })))
+}
+
+#[derive(Deserialize)]
+struct Mark {
+    status: bool,
+}
+
+/// The asset `user` owns, or 404 — whether it is someone else's or nobody's is not told.
+async fn owned(assets: &Assets, user: &User, file_id: &str) -> Result<Asset, ApiError> {
+    let not_found = || ApiError::not_found(format!("no file {file_id} of yours"));
+    if !is_file_id(file_id) {
+        return Err(not_found());
+    }
+    match assets.stores.assets.asset(file_id).await? {
+        Some(asset) if asset.owner == user.name => Ok(asset),
+        _ => Err(not_found()),
+    }
+}
+
+async fn mark(
+    State(assets): State<Assets>,
+    user: User,
+    Path(file_id): Path<String>,
+    JsonBody(body): JsonBody<Mark>,
+) -> Result<Json<Value>, ApiError> {
+    let asset = owned(&assets, &user, &file_id).await?;
+    if !body.status {
+        return Err(ApiError::bad_request(
+            "status must be true: mark a file once it is uploaded",
+        ));
+    }
+    if asset.size.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "{file_id} is marked uploaded already"
+        )));
+    }
+    let Some(size) = assets.disk.stored_size(&asset).await? else {
+        return Err(ApiError::bad_request(format!(
+            "{file_id} has not been uploaded: PUT the file to its upload URL first"
+        )));
+    };
+    if !assets.stores.assets.mark_uploaded(&file_id, size).await? {
+        return Err(ApiError::bad_request(format!(
+            "{file_id} is marked uploaded already"
+        )));
+    }
+    Ok(Json(
+        json!({ "fileId": file_id, "status": true, "size": size }),
+    ))
+}
+
+async fn download_url(
+    State(assets): State<Assets>,
+    user: User,
+    headers: HeaderMap,
+    Path(file_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::not_found(format!("no file {file_id} you may read"));
+    if !is_file_id(&file_id) {
+        return Err(not_found());
+    }
+    let Some(asset) = assets.stores.assets.asset(&file_id).await? else {
+        return Err(not_found());
+    };
+    if asset.size.is_none() || !assets.stores.may_read(&user.name, &asset).await? {
+        return Err(not_found());
+    }
+    let base = base_url(&assets.settings, &headers)?;
+    Ok(Json(
+        json!({ "url": assets.disk.download_url(&base, &asset) }),
+    ))
+}
+
+/// Deletes uploads never marked, with their bytes, and pieces of uploads cut short; again
+/// every tenth of the upload lifetime (at most a minute).
+async fn sweep(
+    assets: Assets,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let pause = (assets.settings.upload_ttl / 10).min(Duration::from_secs(60));
+    loop {
+        let before = now_ms().saturating_sub(assets.settings.upload_ttl.as_millis() as u64);
+        loop {
+            match assets
+                .stores
+                .assets
+                .expire_uploads(before as i64, SWEEP_CHUNK)
+                .await
+            {
+                Ok(gone) => {
+                    for id in &gone {
+                        assets.disk.remove(id).await;
+                    }
+                    if gone.len() < SWEEP_CHUNK || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot expire unfinished uploads");
+                    break;
+                }
+            }
+        }
+        assets.disk.remove_stale_parts().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_file_ids_are_file_ids_and_differ() {
+        let (a, b) = (new_file_id(), new_file_id());
+        assert!(is_file_id(&a) && is_file_id(&b) && a != b);
+    }
+}

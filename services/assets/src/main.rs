@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    samvad_kit::main(&[assets::SERVICE])
+}
