@@ -13,8 +13,8 @@ mod node;
 mod user;
 
 pub use config::{
-    AssetSettings, AuthProvider, BusSettings, Config, PresenceSettings, PushSettings, Settings,
-    StoreSettings,
+    AssetSettings, AssetStorage, AuthProvider, BusSettings, Config, PresenceSettings, PushSettings,
+    S3Settings, Settings, StoreSettings,
 };
 pub use error::{ApiError, JsonBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};

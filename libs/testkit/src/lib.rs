@@ -212,6 +212,43 @@ pub fn mongo() -> Server {
     )
 }
 
+/// The credentials [`s3`] checks signatures against.
+pub const S3_ACCESS_KEY: &str = "samvad-test";
+pub const S3_SECRET_KEY: &str = "samvad-test-secret-key-0123456789";
+/// The bucket [`s3`] holds (a directory of its scratch).
+pub const S3_BUCKET: &str = "assets";
+
+/// A private S3-compatible server (`s3s-fs`, files in its scratch directory) that verifies
+/// SigV4 signatures, presigned URLs included, with one bucket, [`S3_BUCKET`]. `url` is its
+/// endpoint, for path-style requests.
+pub fn s3() -> Server {
+    let port = free_port();
+    let dir = scratch();
+    std::fs::create_dir(dir.path().join(S3_BUCKET))
+        .unwrap_or_else(|e| panic!("cannot make the bucket's directory: {e}"));
+    let p = port.to_string();
+    let root = dir.path().to_string_lossy().into_owned();
+    let server = Server::spawn(
+        "s3s-fs",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--access-key",
+            S3_ACCESS_KEY,
+            "--secret-key",
+            S3_SECRET_KEY,
+            &root,
+        ],
+        format!("http://127.0.0.1:{port}"),
+        port,
+        dir,
+    );
+    wait_for_port(port);
+    server
+}
+
 /// Waits (up to 30 s) until something accepts connections on the loopback `port`.
 pub fn wait_for_port(port: u16) {
     for _ in 0..300 {

@@ -53,7 +53,14 @@ impl Disk {
         })
     }
 
-    fn url(&self, base: &str, method: &str, asset: &Asset, bound: &[&str]) -> String {
+    fn url(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        asset: &Asset,
+        bound: &[&str],
+    ) -> Result<String, ApiError> {
+        let base = self.base_url(headers)?;
         let path = format!("{FILES}/{}", asset.file_id);
         let expires = unix_now() + self.settings.url_ttl.as_secs();
         let parts: Vec<&str> = [method, path.as_str()]
@@ -62,27 +69,58 @@ impl Disk {
             .copied()
             .collect();
         let signature = self.signer.sign(&parts, expires);
-        format!("{base}{path}?expires={expires}&signature={signature}")
+        Ok(format!(
+            "{base}{path}?expires={expires}&signature={signature}"
+        ))
     }
 
-    pub(super) fn upload_url(&self, base: &str, asset: &Asset) -> String {
-        self.url(base, "PUT", asset, &[&asset.content_type])
+    pub(super) fn upload_url(
+        &self,
+        headers: &HeaderMap,
+        asset: &Asset,
+    ) -> Result<String, ApiError> {
+        self.url(headers, "PUT", asset, &[&asset.content_type])
     }
 
-    pub(super) fn download_url(&self, base: &str, asset: &Asset) -> String {
-        self.url(base, "GET", asset, &[])
+    pub(super) fn download_url(
+        &self,
+        headers: &HeaderMap,
+        asset: &Asset,
+    ) -> Result<String, ApiError> {
+        self.url(headers, "GET", asset, &[])
+    }
+
+    /// Where clients reach this server: `SAMVAD_PUBLIC_URL`, or the request's own host.
+    fn base_url(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        if let Some(url) = &self.settings.public_url {
+            return Ok(url.clone());
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .ok_or_else(|| ApiError::bad_request("the request has no valid Host header"))?;
+        let https = headers
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+        Ok(format!("{}://{host}", if https { "https" } else { "http" }))
     }
 
     fn path(&self, file_id: &str) -> PathBuf {
         self.dir.join(file_id)
     }
 
-    /// The size of the file's bytes, if they are all here.
-    pub(super) async fn stored_size(&self, asset: &Asset) -> samvad_store::Result<Option<u64>> {
+    /// The size of the file's bytes, if they are all here (an upload checks the limits
+    /// before it puts a file in place).
+    pub(super) async fn uploaded_size(&self, asset: &Asset) -> Result<Option<u64>, ApiError> {
         match tokio::fs::metadata(self.path(&asset.file_id)).await {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(samvad_store::StoreError::Backend(format!(
+            Err(e) => Err(ApiError::unavailable(format!(
                 "cannot read {}: {e}",
                 asset.file_id
             ))),

@@ -7,15 +7,18 @@
 //! are deleted after `SAMVAD_ASSETS_UPLOAD_TTL_SECS`.
 
 mod disk;
+mod s3;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRef, Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use samvad_kit::{ApiError, AssetSettings, Context, JsonBody, ServiceDef, User, now_ms};
+use samvad_kit::{
+    ApiError, AssetSettings, AssetStorage, Context, JsonBody, ServiceDef, User, now_ms,
+};
 use samvad_store::{Asset, FILE_ID_PREFIX, Stores, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,24 +42,72 @@ struct Assets {
     ctx: Context,
     stores: Stores,
     settings: Arc<AssetSettings>,
-    disk: disk::Disk,
+    blobs: Blobs,
+}
+
+/// Where the bytes are.
+#[derive(Clone)]
+enum Blobs {
+    Disk(disk::Disk),
+    S3(s3::S3),
+}
+
+impl Blobs {
+    /// Where the owner sends the file; the request must carry the asset's content type.
+    fn upload_url(&self, headers: &HeaderMap, asset: &Asset) -> Result<String, ApiError> {
+        match self {
+            Self::Disk(disk) => disk.upload_url(headers, asset),
+            Self::S3(s3) => Ok(s3.upload_url(asset)),
+        }
+    }
+
+    fn download_url(&self, headers: &HeaderMap, asset: &Asset) -> Result<String, ApiError> {
+        match self {
+            Self::Disk(disk) => disk.download_url(headers, asset),
+            Self::S3(s3) => Ok(s3.download_url(asset)),
+        }
+    }
+
+    /// The size of the uploaded bytes, `None` while none are there. Bytes that break the
+    /// size limit or the content type are deleted and refused.
+    async fn uploaded_size(&self, asset: &Asset) -> Result<Option<u64>, ApiError> {
+        match self {
+            Self::Disk(disk) => disk.uploaded_size(asset).await,
+            Self::S3(s3) => s3.uploaded_size(asset).await,
+        }
+    }
+
+    async fn remove(&self, file_id: &str) {
+        match self {
+            Self::Disk(disk) => disk.remove(file_id).await,
+            Self::S3(s3) => s3.remove(file_id).await,
+        }
+    }
 }
 
 async fn start(ctx: &Context) -> anyhow::Result<Router> {
     let settings = Arc::new(ctx.settings.assets.clone());
-    let disk = disk::Disk::open(
-        ctx.settings.data_dir.join("assets"),
-        ctx.access_keys.urls().clone(),
-        Arc::clone(&settings),
-    )?;
+    let mut router = Router::new();
+    let blobs = match &settings.storage {
+        AssetStorage::Local => {
+            let disk = disk::Disk::open(
+                ctx.settings.data_dir.join("assets"),
+                ctx.access_keys.urls().clone(),
+                Arc::clone(&settings),
+            )?;
+            router = disk::routes(disk.clone(), ctx.stores.clone());
+            Blobs::Disk(disk)
+        }
+        AssetStorage::S3(s3) => Blobs::S3(s3::S3::new(s3, Arc::clone(&settings))?),
+    };
     let assets = Assets {
         ctx: ctx.clone(),
         stores: ctx.stores.clone(),
         settings,
-        disk,
+        blobs,
     };
     ctx.spawn("assets-sweeper", sweep(assets.clone(), ctx.shutdown()));
-    Ok(Router::new()
+    Ok(router
         .route("/v1.0/assets/upload/presigned_url", get(upload_url))
         // Vartalap's clients mark with PUT; an older one POSTs.
         .route("/v1.0/assets/{file_id}/status", put(mark).post(mark))
@@ -64,7 +115,6 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
             "/v1.0/assets/download/{file_id}/presigned_url",
             get(download_url),
         )
-        .merge(disk::routes(assets.disk.clone(), assets.stores.clone()))
         .with_state(assets))
 }
 
@@ -73,26 +123,6 @@ impl FromRef<Assets> for Context {
     fn from_ref(assets: &Assets) -> Self {
         assets.ctx.clone()
     }
-}
-
-/// Where clients reach this server: `SAMVAD_PUBLIC_URL`, or the request's own host.
-fn base_url(settings: &AssetSettings, headers: &HeaderMap) -> Result<String, ApiError> {
-    if let Some(url) = &settings.public_url {
-        return Ok(url.clone());
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-        })
-        .ok_or_else(|| ApiError::bad_request("the request has no valid Host header"))?;
-    let https = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
-    Ok(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 
 #[derive(Deserialize)]
@@ -128,7 +158,6 @@ async fn upload_url(
             "category must be 1 to {MAX_CATEGORY} letters, digits, `-` or `_`"
         )));
     }
-    let base = base_url(settings, &headers)?;
     let ext = query.ext.strip_prefix('.').unwrap_or(&query.ext);
     let asset = Asset {
         file_id: new_file_id(),
@@ -141,7 +170,7 @@ async fn upload_url(
     };
     assets.stores.assets.create_asset(&asset).await?;
     Ok(Json(json!({
-        "url": assets.disk.upload_url(&base, &asset),
+        "url": assets.blobs.upload_url(&headers, &asset)?,
         "fileId": asset.file_id,
         // Vartalap's mobile client reads the id under this name.
         "assetId": asset.file_id,
@@ -184,7 +213,7 @@ async fn mark(
             "{file_id} is marked uploaded already"
         )));
     }
-    let Some(size) = assets.disk.stored_size(&asset).await? else {
+    let Some(size) = assets.blobs.uploaded_size(&asset).await? else {
         return Err(ApiError::bad_request(format!(
             "{file_id} has not been uploaded: PUT the file to its upload URL first"
         )));
@@ -215,10 +244,8 @@ async fn download_url(
     if asset.size.is_none() || !assets.stores.may_read(&user.name, &asset).await? {
         return Err(not_found());
     }
-    let base = base_url(&assets.settings, &headers)?;
-    Ok(Json(
-        json!({ "url": assets.disk.download_url(&base, &asset) }),
-    ))
+    let url = assets.blobs.download_url(&headers, &asset)?;
+    Ok(Json(json!({ "url": url })))
 }
 
 /// Deletes uploads never marked, with their bytes, and pieces of uploads cut short; again
@@ -239,7 +266,7 @@ async fn sweep(
             {
                 Ok(gone) => {
                     for id in &gone {
-                        assets.disk.remove(id).await;
+                        assets.blobs.remove(id).await;
                     }
                     if gone.len() < SWEEP_CHUNK || shutdown.is_cancelled() {
                         break;
@@ -251,7 +278,9 @@ async fn sweep(
                 }
             }
         }
-        assets.disk.remove_stale_parts().await;
+        if let Blobs::Disk(disk) = &assets.blobs {
+            disk.remove_stale_parts().await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(pause) => {}

@@ -17,6 +17,38 @@ const DEFAULT_TYPES: &str = ".jpg=image/jpeg,.jpeg=image/jpeg,.png=image/png,.gi
 
 #[derive(Debug, Clone, Args)]
 pub struct AssetArgs {
+    /// Where attachment bytes are kept: `local` (files under the data directory, served by
+    /// this process at signed URLs; one process, or a shared volume) or `s3` (an
+    /// S3-compatible bucket, reached by clients through presigned URLs).
+    #[arg(long, env = "SAMVAD_ASSETS_STORAGE", default_value = "local")]
+    pub assets_storage: String,
+
+    /// `s3`: the endpoint, as clients and the assets service both reach it
+    /// (`https://s3.eu-west-1.amazonaws.com`, `http://minio:9000`).
+    #[arg(long, env = "SAMVAD_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// `s3`: the bucket; it must exist.
+    #[arg(long, env = "SAMVAD_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// `s3`: the region the signatures name.
+    #[arg(long, env = "SAMVAD_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// `s3`: `virtual-host` (`https://bucket.endpoint/key`, as AWS wants) or `path`
+    /// (`https://endpoint/bucket/key`, as MinIO and most self-hosted servers want).
+    #[arg(long, env = "SAMVAD_S3_URL_STYLE", default_value = "virtual-host")]
+    pub s3_url_style: String,
+
+    /// `s3`: the access key id the assets service signs with.
+    #[arg(long, env = "SAMVAD_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+
+    /// `s3`: its secret.
+    #[arg(long, env = "SAMVAD_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
     /// Largest attachment accepted, in bytes.
     #[arg(long, env = "SAMVAD_ASSETS_MAX_BYTES", default_value = "26214400")]
     pub assets_max_bytes: String,
@@ -41,9 +73,41 @@ pub struct AssetArgs {
     pub public_url: Option<String>,
 }
 
+/// Where attachment bytes are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetStorage {
+    /// Under `<data dir>/assets/`.
+    Local,
+    S3(S3Settings),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// `http://` or `https://`, without a trailing `/`.
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The checked attachment settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetSettings {
+    pub storage: AssetStorage,
     pub max_bytes: u64,
     /// (extension with its dot, lower case; content type), in the configured order.
     pub types: Vec<(String, String)>,
@@ -121,12 +185,63 @@ impl AssetArgs {
             }
             url.trim_end_matches('/').to_owned()
         });
+        let storage = match self.assets_storage.as_str() {
+            "local" => AssetStorage::Local,
+            "s3" => self.s3(problems),
+            other => {
+                problems.push(format!(
+                    "SAMVAD_ASSETS_STORAGE: `{other}` is not `local` or `s3`"
+                ));
+                AssetStorage::Local
+            }
+        };
         AssetSettings {
+            storage,
             max_bytes,
             types,
             url_ttl: Duration::from_secs(url_ttl),
             upload_ttl: Duration::from_secs(upload_ttl),
             public_url,
         }
+    }
+}
+
+impl AssetArgs {
+    fn s3(&self, problems: &mut Vec<String>) -> AssetStorage {
+        let mut required = |value: &Option<String>, name: &str| match value {
+            Some(v) if !v.is_empty() => v.clone(),
+            _ => {
+                problems.push(format!("{name}: required with SAMVAD_ASSETS_STORAGE=s3"));
+                String::new()
+            }
+        };
+        let endpoint = required(&self.s3_endpoint, "SAMVAD_S3_ENDPOINT");
+        let bucket = required(&self.s3_bucket, "SAMVAD_S3_BUCKET");
+        let access_key_id = required(&self.s3_access_key_id, "SAMVAD_S3_ACCESS_KEY_ID");
+        let secret_access_key = required(&self.s3_secret_access_key, "SAMVAD_S3_SECRET_ACCESS_KEY");
+        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !is_url {
+            problems.push(format!(
+                "SAMVAD_S3_ENDPOINT: `{endpoint}` is not an http:// or https:// URL"
+            ));
+        }
+        let path_style = match self.s3_url_style.as_str() {
+            "path" => true,
+            "virtual-host" => false,
+            other => {
+                problems.push(format!(
+                    "SAMVAD_S3_URL_STYLE: `{other}` is not `virtual-host` or `path`"
+                ));
+                false
+            }
+        };
+        AssetStorage::S3(S3Settings {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            bucket,
+            region: self.s3_region.clone(),
+            path_style,
+            access_key_id,
+            secret_access_key,
+        })
     }
 }

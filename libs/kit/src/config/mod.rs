@@ -16,7 +16,7 @@ mod assets;
 mod backends;
 mod push;
 
-pub use assets::{AssetArgs, AssetSettings};
+pub use assets::{AssetArgs, AssetSettings, AssetStorage, S3Settings};
 pub use backends::{BackendArgs, BusSettings, PresenceSettings, StoreSettings};
 pub use push::{PushArgs, PushSettings};
 
@@ -594,6 +594,47 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn attachment_settings_are_checked_together() {
+        let problems = Config::parse_with_env(
+            ["samvad"],
+            &env(&[
+                ("SAMVAD_AUTH_PROVIDER", "dev"),
+                ("SAMVAD_ASSETS_STORAGE", "s3"),
+                ("SAMVAD_S3_ENDPOINT", "s3.example.com"),
+                ("SAMVAD_ASSETS_TYPES", ".png=image/png,html"),
+                ("SAMVAD_ASSETS_URL_TTL_SECS", "600"),
+                ("SAMVAD_ASSETS_UPLOAD_TTL_SECS", "600"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "SAMVAD_S3_ENDPOINT: `s3.example.com`",
+            "SAMVAD_S3_BUCKET: required",
+            "SAMVAD_S3_ACCESS_KEY_ID: required",
+            "SAMVAD_S3_SECRET_ACCESS_KEY: required",
+            "SAMVAD_ASSETS_TYPES: `html`",
+            "SAMVAD_ASSETS_UPLOAD_TTL_SECS: 600 must be more",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "{expected} missing from:\n{problems}"
+            );
+        }
+        let settings = Config::parse_with_env(["samvad", "--auth-provider", "dev"], &env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(settings.assets.storage, AssetStorage::Local);
+        assert_eq!(settings.assets.content_type(".PNG"), Some("image/png"));
+        assert_eq!(settings.assets.content_type("jpg"), Some("image/jpeg"));
+        assert_eq!(settings.assets.content_type(".svg"), None);
+        assert_eq!(settings.assets.content_type("."), None);
     }
 
     #[test]

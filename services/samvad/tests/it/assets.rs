@@ -335,3 +335,80 @@ async fn urls_and_unfinished_uploads_expire() {
     assert_eq!(download(&app, &alice, &file_id).await.unwrap(), PNG);
     app.stop().await;
 }
+
+/// The all-in-one with its attachments in a private S3-compatible server that checks
+/// signatures (`s3s-fs`); the server is stopped with the returned guard.
+async fn with_s3(extra: &[(&str, &str)]) -> (TestApp, samvad_testkit::Server) {
+    let s3 = samvad_testkit::s3();
+    let mut settings = vec![
+        ("SAMVAD_ASSETS_STORAGE", "s3"),
+        ("SAMVAD_S3_ENDPOINT", s3.url.as_str()),
+        ("SAMVAD_S3_BUCKET", samvad_testkit::S3_BUCKET),
+        ("SAMVAD_S3_URL_STYLE", "path"),
+        ("SAMVAD_S3_ACCESS_KEY_ID", samvad_testkit::S3_ACCESS_KEY),
+        ("SAMVAD_S3_SECRET_ACCESS_KEY", samvad_testkit::S3_SECRET_KEY),
+    ];
+    settings.extend_from_slice(extra);
+    (TestApp::spawn_with(&settings).await, s3)
+}
+
+#[tokio::test]
+async fn in_s3_a_picture_goes_up_and_comes_down_through_presigned_urls() {
+    let (app, s3) = with_s3(&[("SAMVAD_ASSETS_MAX_BYTES", "1000")]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+
+    let (url, file_id) = upload_url(&app, &alice, ".png").await;
+    assert!(url.starts_with(&s3.url), "{url}");
+    // The store checks the signature, which covers the content type.
+    assert_eq!(put(&app, &url, "image/jpeg", PNG).await, 403);
+    let signature = url.split("X-Amz-Signature=").nth(1).unwrap();
+    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+    let altered = url.replace(signature, &format!("{flipped}{}", &signature[1..]));
+    assert_eq!(put(&app, &altered, "image/png", PNG).await, 403);
+    assert_eq!(
+        mark(&app, &alice, &file_id).await.0,
+        400,
+        "nothing there yet"
+    );
+    assert_eq!(put(&app, &url, "image/png", PNG).await, 200);
+    assert_eq!(mark(&app, &bob, &file_id).await.0, 404);
+    let (status, body) = mark(&app, &alice, &file_id).await;
+    assert_eq!((status, &body["size"]), (200, &json!(PNG.len())), "{body}");
+
+    assert_eq!(download_url(&app, &bob, &file_id).await.0, 404);
+    send_picture(&app, &alice, chat("s3-1", "alice", "bob", ""), &file_id).await;
+    let (status, body) = download_url(&app, &bob, &file_id).await;
+    assert_eq!(status, 200);
+    let link = body["url"].as_str().unwrap();
+    assert!(link.starts_with(&s3.url), "{link}");
+    assert_eq!(download(&app, &bob, &file_id).await.unwrap(), PNG);
+    let other = uploaded(&app, &alice).await;
+    let swapped = link.replace(&file_id, &other);
+    assert_eq!(
+        app.http.get(&swapped).send().await.unwrap().status(),
+        403,
+        "a URL for one object does not open another"
+    );
+
+    // The store cannot bound a presigned upload's size: marking does, and deletes it.
+    let (url, big) = upload_url(&app, &alice, ".png").await;
+    assert_eq!(put(&app, &url, "image/png", &[1; 1001]).await, 200);
+    assert_eq!(mark(&app, &alice, &big).await.0, 413);
+    assert_eq!(mark(&app, &alice, &big).await.0, 400, "the object is gone");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_s3_presigned_urls_expire() {
+    let (app, _s3) = with_s3(&[
+        ("SAMVAD_ASSETS_URL_TTL_SECS", "1"),
+        ("SAMVAD_ASSETS_UPLOAD_TTL_SECS", "60"),
+    ])
+    .await;
+    let alice = app.user("alice").await;
+    let (url, _) = upload_url(&app, &alice, ".png").await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(put(&app, &url, "image/png", PNG).await, 403);
+    app.stop().await;
+}
