@@ -14,8 +14,8 @@ headless Service (clusterIP None) has neither, as in a cluster: its StatefulSet'
 names (<pod>.<service>) become their pods' addresses.
 
 What differs from a real cluster, and only that: the backends' URLs (SAMVAD_KAFKA_BROKERS,
-SAMVAD_MONGODB_URL, SAMVAD_REDIS_URL) point at the local test Kafka (tansu), MongoDB (SecantusDB)
-and Redis that deployment/scripts/deps starts, SAMVAD_KAFKA_REPLICATION is 1 (one broker), the
+SAMVAD_MONGODB_URL, SAMVAD_REDIS_URL, the assets pods' SAMVAD_S3_*) point at the local test Kafka
+(tansu), MongoDB (SecantusDB), Redis and S3 server (s3s-fs) that deployment/scripts/deps starts, SAMVAD_KAFKA_REPLICATION is 1 (one broker), the
 login provider is `dev` (the test logs in as anyone), tansu's fetch wait is 10 ms (see
 OPERATIONS.md), and the Secret samvad-secrets the operator would create is made up here. Each
 of those settings must already be in the manifests (but the fetch wait): a renamed one fails.
@@ -73,6 +73,8 @@ NGINX_IMAGE = re.compile(r"^nginx:")
 READY_TIMEOUT = 180
 # Pods per Deployment or StatefulSet: one, but two ws-gateways, for the drain.
 PODS = {"ws-gateway": 2}
+# The object store's settings deps gives: only the assets pods need them all.
+ATTACHMENT_SETTINGS = ("SAMVAD_ASSETS_STORAGE", "SAMVAD_S3_ACCESS_KEY_ID", "SAMVAD_S3_SECRET_ACCESS_KEY")
 WORKLOADS = ("Deployment", "StatefulSet")
 
 
@@ -193,6 +195,18 @@ class Cluster:
             if pod.workload["kind"] == "StatefulSet" and governing not in self.headless and governing not in self.services:
                 raise Failure("%s: its StatefulSet's serviceName %s is not a Service in the manifests" % (pod.name, governing))
 
+    def check_attachment_settings(self):
+        """The assets pods are given every setting of the object store deps stands in for."""
+        for pod in self.pods:
+            if (pod.container.get("command") or [""])[0] != "assets":
+                continue
+            env = self.environment(pod, True)
+            missing = [n for n in ATTACHMENT_SETTINGS if n not in self.deps_env or env.get(n) != self.deps_env[n]]
+            if missing:
+                raise Failure("%s: the manifests do not set %s" % (pod.name, ", ".join(missing)))
+            return
+        raise Failure("the manifests have no assets pod")
+
     def volumes(self, pod):
         """mountPath -> local directory, filled as the kubelet would."""
         mounts = {}
@@ -260,6 +274,8 @@ class Cluster:
             overrides["SAMVAD_KAFKA_REPLICATION"] = "1"
             overrides["SAMVAD_AUTH_PROVIDER"] = "dev"
             for name, value in overrides.items():
+                if name in ATTACHMENT_SETTINGS and name not in env:
+                    continue  # the assets pods' own (check_attachment_settings)
                 if name not in env:
                     raise Failure("%s: the manifests do not set %s" % (pod.name, name))
                 env[name] = value
@@ -878,8 +894,10 @@ def main():
         lines = subprocess.run([DEPS, "env"], env=deps_env, capture_output=True, text=True, check=True).stdout
         backends = dict(line.split("=", 1) for line in lines.split())
         secret = "k8s:" + os.urandom(24).hex()
-        cluster = Cluster(objs, workdir, backends, {"samvad-secrets": {"access-key-secrets": secret}})
+        cluster = Cluster(objs, workdir, backends, {"samvad-secrets": {
+            "access-key-secrets": secret, "s3-access-key-id": "made-up", "s3-secret-access-key": "made-up"}})
         cluster.make_pods()
+        cluster.check_attachment_settings()
         log("pods on 127.%d.1.0/24, Services on 127.%d.2.0/24; Kafka, MongoDB, Redis from deployment/scripts/deps" % (
             cluster.net, cluster.net))
         samvad = [p for p in cluster.pods if p.container["image"].startswith("samvad:")]

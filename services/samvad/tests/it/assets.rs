@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use crate::groups::{create_group, remove_member};
 use crate::support::{TestApp, User, call, chat, group_chat};
 
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n not really a picture, but bytes all the same";
+pub(crate) const PNG: &[u8] = b"\x89PNG\r\n\x1a\n not really a picture, but bytes all the same";
 
 /// Asks for an upload URL as `user`; returns (url, fileId).
-async fn upload_url(app: &TestApp, user: &User, ext: &str) -> (String, String) {
+pub(crate) async fn upload_url(app: &TestApp, user: &User, ext: &str) -> (String, String) {
     let (status, body) = call(app.as_user(
         Method::GET,
         &format!("/v1.0/assets/upload/presigned_url?ext={ext}&category=chat"),
@@ -30,7 +30,7 @@ async fn upload_url(app: &TestApp, user: &User, ext: &str) -> (String, String) {
 }
 
 /// `PUT`s `bytes` to a signed URL, as a client does (no credentials: the URL is the grant).
-async fn put(app: &TestApp, url: &str, content_type: &str, bytes: &[u8]) -> u16 {
+pub(crate) async fn put(app: &TestApp, url: &str, content_type: &str, bytes: &[u8]) -> u16 {
     app.http
         .put(url)
         .header("content-type", content_type)
@@ -78,7 +78,7 @@ async fn put_chunked(
     String::from_utf8_lossy(&answer[9..12]).parse().unwrap()
 }
 
-async fn mark(app: &TestApp, user: &User, file_id: &str) -> (u16, Value) {
+pub(crate) async fn mark(app: &TestApp, user: &User, file_id: &str) -> (u16, Value) {
     call(
         app.as_user(Method::PUT, &format!("/v1.0/assets/{file_id}/status"), user)
             .json(&json!({ "status": true })),
@@ -96,7 +96,7 @@ async fn uploaded(app: &TestApp, user: &User) -> String {
     file_id
 }
 
-async fn download_url(app: &TestApp, user: &User, file_id: &str) -> (u16, Value) {
+pub(crate) async fn download_url(app: &TestApp, user: &User, file_id: &str) -> (u16, Value) {
     call(app.as_user(
         Method::GET,
         &format!("/v1.0/assets/download/{file_id}/presigned_url"),
@@ -106,7 +106,7 @@ async fn download_url(app: &TestApp, user: &User, file_id: &str) -> (u16, Value)
 }
 
 /// Downloads `file_id` as `user`: its bytes, or the status that refused them.
-async fn download(app: &TestApp, user: &User, file_id: &str) -> Result<Vec<u8>, u16> {
+pub(crate) async fn download(app: &TestApp, user: &User, file_id: &str) -> Result<Vec<u8>, u16> {
     let (status, body) = download_url(app, user, file_id).await;
     if status != 200 {
         return Err(status);
@@ -125,7 +125,12 @@ async fn download(app: &TestApp, user: &User, file_id: &str) -> Result<Vec<u8>, 
 
 /// Sends `m` over REST, carrying `file_id` as Vartalap's clients send a picture, and waits
 /// for its server ack (the message is stored).
-async fn send_picture(app: &TestApp, user: &User, mut m: samvad_protocol::Message, file_id: &str) {
+pub(crate) async fn send_picture(
+    app: &TestApp,
+    user: &User,
+    mut m: samvad_protocol::Message,
+    file_id: &str,
+) {
     m.content = json!({ "text": "a picture", "fileId": file_id })
         .to_string()
         .into_bytes();

@@ -11,6 +11,7 @@ use reqwest::Method;
 use samvad_protocol::MessageType;
 use serde_json::json;
 
+use crate::assets;
 use crate::history::texts;
 use crate::support::{Client, Seen, TestApp, call, chat, group_chat, text_of};
 
@@ -254,6 +255,30 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
         a.client_ack(&m).await;
         seen_rest = m.id == "rest-1";
     }
+
+    // Attachments through nginx, in the S3-compatible store (deps runs s3s-fs).
+    let erin = app.user("erin").await;
+    let frank = app.user("frank").await;
+    let (url, file_id) = assets::upload_url(&app, &erin, ".png").await;
+    assert!(
+        url.contains("X-Amz-Signature="),
+        "presigned for the store: {url}"
+    );
+    assert_eq!(assets::put(&app, &url, "image/gif", assets::PNG).await, 403);
+    assert_eq!(assets::put(&app, &url, "image/png", assets::PNG).await, 200);
+    assert_eq!(assets::mark(&app, &frank, &file_id).await.0, 404);
+    assert_eq!(assets::mark(&app, &erin, &file_id).await.0, 200);
+    assert_eq!(assets::download_url(&app, &frank, &file_id).await.0, 404);
+    // Once frank has the message (the REST ack came when Kafka had it), he may download.
+    let mut f = app.connect(&frank, "text", false).await;
+    assets::send_picture(&app, &erin, chat("pic-1", "erin", "frank", ""), &file_id).await;
+    assert_eq!(f.chat_message().await.id, "pic-1");
+    drop(f);
+    assert_eq!(
+        assets::download(&app, &frank, &file_id).await.unwrap(),
+        assets::PNG
+    );
+    assert_eq!(assets::download_url(&app, &carol, &file_id).await.0, 404);
 
     // Offline replay: carol connects and gets the group's news, in order.
     let mut c = app.connect(&carol, "text", false).await;
