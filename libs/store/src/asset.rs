@@ -80,9 +80,18 @@ pub fn file_ids(content: &[u8]) -> Vec<&str> {
 impl Stores {
     /// The owner may read their file; anyone else only while they take part in a
     /// conversation where a message carried it and see that message (not a member who joined
-    /// after it, nor one who was removed).
+    /// after it, nor one who was removed), or while the file is the owner's profile picture
+    /// and they share a conversation with the owner.
     pub async fn may_read(&self, user: &str, asset: &Asset) -> Result<bool> {
         if asset.owner == user {
+            return Ok(true);
+        }
+        let is_picture = self
+            .profiles
+            .profile(&asset.owner)
+            .await?
+            .is_some_and(|p| p.profile_pic.as_deref() == Some(asset.file_id.as_str()));
+        if is_picture && self.share_conversation(user, &asset.owner).await? {
             return Ok(true);
         }
         for (conv, seq) in self.assets.attachments(&asset.file_id).await? {

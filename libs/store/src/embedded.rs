@@ -14,7 +14,8 @@ use crate::{
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS profiles (
-    username TEXT PRIMARY KEY, name TEXT, created_at INTEGER NOT NULL) WITHOUT ROWID;
+    username TEXT PRIMARY KEY, name TEXT, created_at INTEGER NOT NULL, profile_pic TEXT,
+    show_presence INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     username TEXT NOT NULL, device_id TEXT NOT NULL, token TEXT NOT NULL,
     version REAL NOT NULL, updated_at INTEGER NOT NULL,
@@ -42,6 +43,7 @@ impl EmbeddedStore {
     pub async fn open(db: Db) -> Result<Self> {
         db.write(|t| {
             t.execute_batch(SCHEMA)?;
+            migrate(t)?;
             t.execute_batch(timeline::SCHEMA)?;
             t.execute_batch(asset::SCHEMA)?;
             timeline::migrate(t)
@@ -50,6 +52,22 @@ impl EmbeddedStore {
         .map_err(backend)?;
         Ok(Self { db })
     }
+}
+
+/// Brings a database from before profile pictures up to date.
+fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
+    let has_pic: bool = t.query_row(
+        "SELECT count(*) FROM pragma_table_info('profiles') WHERE name = 'profile_pic'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_pic {
+        t.execute_batch(
+            "ALTER TABLE profiles ADD COLUMN profile_pic TEXT;
+             ALTER TABLE profiles ADD COLUMN show_presence INTEGER NOT NULL DEFAULT 1;",
+        )?;
+    }
+    Ok(())
 }
 
 fn load_group(conn: &rusqlite::Connection, group_id: &str) -> rusqlite::Result<Option<Group>> {
@@ -148,16 +166,34 @@ impl ProfileStore for EmbeddedStore {
         self.db
             .read(move |c| {
                 c.query_row(
-                    "SELECT username, name FROM profiles WHERE username = ?1",
+                    "SELECT username, name, profile_pic, show_presence FROM profiles
+                     WHERE username = ?1",
                     [username],
                     |r| {
                         Ok(Profile {
                             username: r.get(0)?,
                             name: r.get(1)?,
+                            profile_pic: r.get(2)?,
+                            show_presence: r.get(3)?,
                         })
                     },
                 )
                 .optional()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn set_profile(&self, profile: &Profile) -> Result<bool> {
+        let p = profile.clone();
+        self.db
+            .write(move |t| {
+                let changed = t.execute(
+                    "UPDATE profiles SET name = ?2, profile_pic = ?3, show_presence = ?4
+                     WHERE username = ?1",
+                    params![p.username, p.name, p.profile_pic, p.show_presence],
+                )?;
+                Ok(changed == 1)
             })
             .await
             .map_err(backend)

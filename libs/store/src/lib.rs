@@ -44,7 +44,12 @@ fn now_ms() -> i64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub username: String,
+    /// The name shown for them.
     pub name: Option<String>,
+    /// The file id of their picture (an asset they uploaded).
+    pub profile_pic: Option<String>,
+    /// Whether those who share a conversation with them see when they are online.
+    pub show_presence: bool,
 }
 
 /// A device registered at login, for push.
@@ -107,6 +112,9 @@ pub trait ProfileStore: Send + Sync + 'static {
     /// is new.
     async fn login(&self, username: &str, device: &Device) -> Result<bool>;
     async fn profile(&self, username: &str) -> Result<Option<Profile>>;
+    /// Sets the name, picture and presence setting of an existing profile; `false` when
+    /// there is none.
+    async fn set_profile(&self, profile: &Profile) -> Result<bool>;
     /// The subset of `usernames` that have a profile.
     async fn existing(&self, usernames: &[String]) -> Result<Vec<String>>;
     async fn devices(&self, username: &str) -> Result<Vec<Device>>;
@@ -147,5 +155,27 @@ impl Stores {
             timeline: store.clone(),
             assets: store,
         }
+    }
+}
+
+impl Stores {
+    /// Whether `a` and `b` are the same user, or both take part in a 1:1 conversation of
+    /// theirs or in a group.
+    pub async fn share_conversation(&self, a: &str, b: &str) -> Result<bool> {
+        if a == b
+            || self
+                .timeline
+                .conversation(a, &Conv::direct(a, b))
+                .await?
+                .is_some()
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .groups
+            .groups_of(a)
+            .await?
+            .iter()
+            .any(|g| g.member(b).is_some()))
     }
 }

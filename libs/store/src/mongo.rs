@@ -253,7 +253,25 @@ impl ProfileStore for MongoStore {
         Ok(found.map(|d| Profile {
             username: username.to_owned(),
             name: d.get_str("name").ok().map(str::to_owned),
+            profile_pic: d.get_str("profile_pic").ok().map(str::to_owned),
+            show_presence: d.get_bool("show_presence").unwrap_or(true),
         }))
+    }
+
+    async fn set_profile(&self, p: &Profile) -> Result<bool> {
+        let done = self
+            .profiles
+            .update_one(
+                doc! { "_id": &p.username },
+                doc! { "$set": {
+                    "name": p.name.as_deref(),
+                    "profile_pic": p.profile_pic.as_deref(),
+                    "show_presence": p.show_presence,
+                } },
+            )
+            .await
+            .map_err(backend)?;
+        Ok(done.matched_count == 1)
     }
 
     async fn existing(&self, usernames: &[String]) -> Result<Vec<String>> {

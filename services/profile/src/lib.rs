@@ -1,13 +1,14 @@
 //! profile: login (the auth provider proves the username, Samvad issues the access key),
-//! `/v1.0/auth` for nginx, the caller's profile and contact sync. Each login registers the
-//! device for push.
+//! `/v1.0/auth` for nginx, profiles (one's own to read and set: a display name, a picture, and
+//! whether one's presence is shown; another's for whoever shares a conversation with them)
+//! and contact sync. Each login registers the device for push.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, Record, Topic};
 use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
-use samvad_store::{Device, DeviceRef};
+use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -23,12 +24,15 @@ const MAX_TOKEN: usize = 4096;
 const MAX_DEVICE_ID: usize = 128;
 /// Most usernames one contact sync may ask about.
 const MAX_SYNC: usize = 5_000;
+/// Longest display name, in characters.
+const MAX_NAME: usize = 64;
 
 fn routes(ctx: &Context) -> Router {
     Router::new()
         .route("/v1.0/login", post(login))
         .route("/v1.0/auth", any(auth))
-        .route("/v1.0/profile/", get(profile))
+        .route("/v1.0/profile/", get(profile).put(set_profile))
+        .route("/v1.0/profile/{username}", get(profile_of))
         .route("/v1.0/contactbook/sync", post(sync))
         .with_state(ctx.clone())
 }
@@ -143,21 +147,130 @@ async fn auth(user: Result<User, ApiError>) -> (axum::http::StatusCode, Json<Val
     }
 }
 
+/// A profile as the caller may see it: their own with its settings, another's without. A
+/// name or picture not set is left out, as before either could be set.
+fn profile_json(profile: &Profile, own: bool) -> Value {
+    let mut body = json!({ "username": profile.username });
+    if let Some(name) = &profile.name {
+        body["name"] = json!(name);
+    }
+    if let Some(pic) = &profile.profile_pic {
+        body["profilePic"] = json!(pic);
+    }
+    if own {
+        body["showPresence"] = json!(profile.show_presence);
+    }
+    body
+}
+
+async fn own_profile(ctx: &Context, user: &str) -> Result<Profile, ApiError> {
+    ctx.stores
+        .profiles
+        .profile(user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no profile; log in first"))
+}
+
 async fn profile(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
 ) -> Result<Json<Value>, ApiError> {
+    Ok(Json(profile_json(&own_profile(&ctx, &user).await?, true)))
+}
+
+/// Someone's profile, for whoever shares a conversation with them; to anyone else it does not
+/// exist.
+async fn profile_of(
+    State(ctx): State<Context>,
+    User { name: user, .. }: User,
+    Path(username): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::not_found(format!("no profile of {username} you may see"));
+    if !ctx.stores.share_conversation(&user, &username).await? {
+        return Err(not_found());
+    }
     let profile = ctx
         .stores
         .profiles
-        .profile(&user)
+        .profile(&username)
         .await?
-        .ok_or_else(|| ApiError::not_found("no profile; log in first"))?;
-    let mut body = json!({ "username": profile.username });
-    if let Some(name) = profile.name {
-        body["name"] = json!(name);
+        .ok_or_else(not_found)?;
+    Ok(Json(profile_json(&profile, user == username)))
+}
+
+/// `Some(None)` for a JSON `null`, `None` for an absent field: a field not sent is kept.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileChange {
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    profile_pic: Option<Option<String>>,
+    #[serde(default)]
+    show_presence: Option<bool>,
+}
+
+/// A display name is shown to others beside the username: no control or invisible
+/// characters, nothing but spaces around it.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME
+        || name.chars().any(|c| c.is_control() || is_invisible(c))
+        || name.trim() != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "name must be 1 to {MAX_NAME} characters, without control or invisible characters \
+             or surrounding spaces"
+        )));
     }
-    Ok(Json(body))
+    Ok(())
+}
+
+/// Sets what the body names of the caller's profile; what it leaves out stays.
+async fn set_profile(
+    State(ctx): State<Context>,
+    User { name: user, .. }: User,
+    JsonBody(change): JsonBody<ProfileChange>,
+) -> Result<Json<Value>, ApiError> {
+    let mut profile = own_profile(&ctx, &user).await?;
+    if let Some(name) = change.name {
+        if let Some(name) = &name {
+            check_name(name)?;
+        }
+        profile.name = name;
+    }
+    if let Some(pic) = change.profile_pic {
+        if let Some(pic) = &pic {
+            let mine = match ctx.stores.assets.asset(pic).await? {
+                Some(asset) => {
+                    asset.owner == user
+                        && asset.size.is_some()
+                        && asset.content_type.starts_with("image/")
+                }
+                None => false,
+            };
+            if !mine {
+                return Err(ApiError::bad_request(format!(
+                    "profilePic must be the fileId of a picture you uploaded and marked; \
+                     {pic} is not"
+                )));
+            }
+        }
+        profile.profile_pic = pic;
+    }
+    if let Some(show) = change.show_presence {
+        profile.show_presence = show;
+    }
+    ctx.stores.profiles.set_profile(&profile).await?;
+    Ok(Json(profile_json(&profile, true)))
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ mod timeline;
 use std::time::Duration;
 
 use samvad_store::{
-    Asset, AssetStore, Conv, Device, EmbeddedStore, Group, GroupStore, Member, MongoStore,
+    Asset, AssetStore, Conv, Device, EmbeddedStore, Group, GroupStore, Member, MongoStore, Profile,
     ProfileStore, Removal, Role, TimelineStore,
 };
 
@@ -80,6 +80,37 @@ async fn profile_contract(s: &dyn Store) {
     s.login("ben", &device("phone", "t2")).await.unwrap();
     assert!(s.devices("ann").await.unwrap().is_empty());
     assert_eq!(s.devices("ben").await.unwrap(), vec![device("phone", "t2")]);
+    assert!(s.profile("zed").await.unwrap().is_none());
+
+    let fresh = s.profile("ann").await.unwrap().unwrap();
+    assert_eq!(
+        (fresh.name, fresh.profile_pic, fresh.show_presence),
+        (None, None, true)
+    );
+    let named = Profile {
+        username: "ann".into(),
+        name: Some("Ann Lee".into()),
+        profile_pic: Some("asset-1".into()),
+        show_presence: false,
+    };
+    assert!(s.set_profile(&named).await.unwrap());
+    assert_eq!(s.profile("ann").await.unwrap(), Some(named.clone()));
+    let cleared = Profile {
+        profile_pic: None,
+        ..named
+    };
+    assert!(s.set_profile(&cleared).await.unwrap());
+    assert_eq!(s.profile("ann").await.unwrap(), Some(cleared));
+    let nobody = Profile {
+        username: "zed".into(),
+        name: None,
+        profile_pic: None,
+        show_presence: true,
+    };
+    assert!(
+        !s.set_profile(&nobody).await.unwrap(),
+        "no profile, nothing set"
+    );
     assert!(s.profile("zed").await.unwrap().is_none());
 }
 
@@ -176,6 +207,24 @@ async fn an_embedded_database_from_before_ended_parts_is_brought_up_to_date() {
     removal.leaving = vec!["ann".into()];
     store.append(&[removal]).await.unwrap();
     assert!(store.conversation("ann", &old).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn an_embedded_database_from_before_profile_pictures_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = samvad_sqlite::Db::open(&dir.path().join("s.db")).unwrap();
+    db.write(|t| {
+        t.execute_batch(
+            "CREATE TABLE profiles (
+                username TEXT PRIMARY KEY, name TEXT, created_at INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO profiles VALUES ('ann', NULL, 1);",
+        )
+    })
+    .await
+    .unwrap();
+    let store = EmbeddedStore::open(db).await.unwrap();
+    let ann = store.profile("ann").await.unwrap().unwrap();
+    assert_eq!((ann.profile_pic, ann.show_presence), (None, true));
 }
 
 async fn mongo_store(url: &str) -> MongoStore {

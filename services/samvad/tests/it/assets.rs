@@ -87,7 +87,7 @@ pub(crate) async fn mark(app: &TestApp, user: &User, file_id: &str) -> (u16, Val
 }
 
 /// A file `user` uploaded and marked; returns its id.
-async fn uploaded(app: &TestApp, user: &User) -> String {
+pub(crate) async fn uploaded(app: &TestApp, user: &User) -> String {
     let (url, file_id) = upload_url(app, user, ".png").await;
     assert_eq!(put(app, &url, "image/png", PNG).await, 200);
     let (status, body) = mark(app, user, &file_id).await;

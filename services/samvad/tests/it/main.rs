@@ -15,6 +15,7 @@ mod durability;
 mod groups;
 mod history;
 mod login;
+mod profiles;
 mod push;
 mod rest;
 mod support;
