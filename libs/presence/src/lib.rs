@@ -10,6 +10,9 @@ use std::time::Duration;
 
 pub use crate::redis::RedisPresence;
 
+/// How long a user's last-seen time is kept after it was recorded.
+pub const LAST_SEEN_KEPT: Duration = Duration::from_secs(365 * 86_400);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error("presence backend: {0}")]
@@ -24,6 +27,11 @@ pub trait Presence: Send + Sync + 'static {
     async fn disconnected(&self, user: &str, gateway: &str) -> Result<(), PresenceError>;
     /// The gateways holding at least one connection of `user`.
     async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError>;
+    /// Records that `user`'s last connection closed at `at_ms`.
+    async fn went_offline(&self, user: &str, at_ms: u64) -> Result<(), PresenceError>;
+    /// When `user`'s last connection closed, if one ever did (kept for
+    /// [`LAST_SEEN_KEPT`]).
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, PresenceError>;
 
     /// Renews this process's entries; the node calls it every [`Presence::heartbeat_every`].
     async fn heartbeat(&self) -> Result<(), PresenceError> {
@@ -40,6 +48,7 @@ pub trait Presence: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
     users: Mutex<HashMap<String, HashMap<String, usize>>>,
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl MemoryPresence {
@@ -77,6 +86,17 @@ impl Presence for MemoryPresence {
             }
         });
         Ok(())
+    }
+
+    async fn went_offline(&self, user: &str, at_ms: u64) -> Result<(), PresenceError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(user.to_owned(), at_ms);
+        Ok(())
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, PresenceError> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(seen.get(user).copied())
     }
 
     async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError> {

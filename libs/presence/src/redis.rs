@@ -71,6 +71,10 @@ impl RedisPresence {
         format!("{}presence:{user}", self.prefix)
     }
 
+    fn seen_key(&self, user: &str) -> String {
+        format!("{}seen:{user}", self.prefix)
+    }
+
     /// Changes this process's count for (user, gateway); returns the new count.
     fn count(&self, user: &str, gateway: &str, delta: isize) -> usize {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,6 +140,26 @@ impl Presence for RedisPresence {
             }
         }
         Ok(live.into_iter().map(|(g, _)| g).collect())
+    }
+
+    async fn went_offline(&self, user: &str, at_ms: u64) -> Result<(), PresenceError> {
+        self.conn
+            .clone()
+            .pset_ex::<_, _, ()>(
+                self.seen_key(user),
+                at_ms,
+                crate::LAST_SEEN_KEPT.as_millis() as u64,
+            )
+            .await
+            .map_err(backend)
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, PresenceError> {
+        self.conn
+            .clone()
+            .get(self.seen_key(user))
+            .await
+            .map_err(backend)
     }
 
     async fn heartbeat(&self) -> Result<(), PresenceError> {

@@ -42,6 +42,10 @@ pub trait AssetStore: Send + Sync + 'static {
     async fn expire_uploads(&self, before_ms: i64, max: usize) -> Result<Vec<String>>;
 }
 
+/// Most files one message may make readable: the first this many it names. A message naming
+/// thousands of ids costs a lookup each, so they stop here.
+pub const MAX_FILES_PER_MESSAGE: usize = 16;
+
 /// How every file id begins; 32 lower-case hex digits (128 random bits) follow.
 pub const FILE_ID_PREFIX: &str = "asset-";
 const FILE_ID_LEN: usize = FILE_ID_PREFIX.len() + 32;
@@ -105,8 +109,8 @@ impl Stores {
     }
 
     /// Records that the message at `seq` of `conv`, sent by `sender`, carried the files its
-    /// content names — those `sender` may read, so that naming an id learned elsewhere grants
-    /// nothing. Delivery calls it for each stored message before the sender's ack, and again
+    /// content names (the first [`MAX_FILES_PER_MESSAGE`]) — those `sender` may read, so that
+    /// naming an id learned elsewhere grants nothing. Delivery calls it for each stored message before the sender's ack, and again
     /// for a repeat, so a crash between the two is made good by the sender's retry.
     pub async fn attach_carried(
         &self,
@@ -115,7 +119,7 @@ impl Stores {
         seq: u64,
         content: &[u8],
     ) -> Result<()> {
-        for id in file_ids(content) {
+        for id in file_ids(content).into_iter().take(MAX_FILES_PER_MESSAGE) {
             if let Some(asset) = self.assets.asset(id).await?
                 && asset.size.is_some()
                 && self.may_read(sender, &asset).await?

@@ -179,3 +179,36 @@ impl Stores {
             .any(|g| g.member(b).is_some()))
     }
 }
+
+impl Stores {
+    /// Whether `user` has a profile that lets others see their presence.
+    pub async fn shows_presence(&self, user: &str) -> Result<bool> {
+        Ok(self
+            .profiles
+            .profile(user)
+            .await?
+            .is_some_and(|p| p.show_presence))
+    }
+
+    /// Who shares a conversation with `user`: their 1:1 partners and their fellow members of
+    /// groups of at most `group_limit` members, each once, `user` not among them.
+    pub async fn partners(&self, user: &str, group_limit: usize) -> Result<Vec<String>> {
+        let mut partners = std::collections::BTreeSet::new();
+        for state in self.timeline.conversations(user).await? {
+            match &state.conv {
+                Conv::Direct { low, high } => {
+                    partners.insert(if low == user { high } else { low }.clone());
+                }
+                Conv::Group(id) => {
+                    if let Some(group) = self.groups.group(id).await?
+                        && group.members.len() <= group_limit
+                    {
+                        partners.extend(group.members.into_iter().map(|m| m.username));
+                    }
+                }
+            }
+        }
+        partners.remove(user);
+        Ok(partners.into_iter().collect())
+    }
+}

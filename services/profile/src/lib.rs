@@ -3,7 +3,7 @@
 //! whether one's presence is shown; another's for whoever shares a conversation with them)
 //! and contact sync. Each login registers the device for push.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, Record, Topic};
@@ -26,6 +26,8 @@ const MAX_DEVICE_ID: usize = 128;
 const MAX_SYNC: usize = 5_000;
 /// Longest display name, in characters.
 const MAX_NAME: usize = 64;
+/// Most users one presence request may ask about.
+const MAX_PRESENCE: usize = 100;
 
 fn routes(ctx: &Context) -> Router {
     Router::new()
@@ -34,6 +36,7 @@ fn routes(ctx: &Context) -> Router {
         .route("/v1.0/profile/", get(profile).put(set_profile))
         .route("/v1.0/profile/{username}", get(profile_of))
         .route("/v1.0/contactbook/sync", post(sync))
+        .route("/v1.0/presence", get(presence))
         .with_state(ctx.clone())
 }
 
@@ -271,6 +274,56 @@ async fn set_profile(
     }
     ctx.stores.profiles.set_profile(&profile).await?;
     Ok(Json(profile_json(&profile, true)))
+}
+
+#[derive(Deserialize)]
+struct PresenceQuery {
+    /// Comma separated.
+    users: String,
+}
+
+/// Whether each named user is online, and when they were last: for those who share a
+/// conversation with the caller and show their presence; the others are left out.
+async fn presence(
+    State(ctx): State<Context>,
+    User { name: viewer, .. }: User,
+    Query(query): Query<PresenceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut users: Vec<&str> = query.users.split(',').filter(|u| !u.is_empty()).collect();
+    users.sort_unstable();
+    users.dedup();
+    if users.len() > MAX_PRESENCE {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_PRESENCE} users per presence request"
+        )));
+    }
+    let mut answer = serde_json::Map::new();
+    for user in users {
+        if !ctx.stores.shows_presence(user).await?
+            || !ctx.stores.share_conversation(&viewer, user).await?
+        {
+            continue;
+        }
+        let online = !ctx
+            .presence
+            .gateways(user)
+            .await
+            .map_err(ApiError::unavailable)?
+            .is_empty();
+        let last_seen = if online {
+            None
+        } else {
+            ctx.presence
+                .last_seen(user)
+                .await
+                .map_err(ApiError::unavailable)?
+        };
+        answer.insert(
+            user.to_owned(),
+            json!({ "online": online, "lastSeen": last_seen }),
+        );
+    }
+    Ok(Json(Value::Object(answer)))
 }
 
 #[derive(Deserialize)]

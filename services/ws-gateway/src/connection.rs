@@ -125,7 +125,13 @@ pub(crate) async fn run(
     // handed to this connection live. The rarely run steps are boxed: an idle connection's
     // task then holds only what waiting needs, not room for their state machines.
     let end = match Box::pin(conn.start(presence.connected(&user, gateway_id))).await {
-        Ok(()) => conn.serve(&mut registration.queue, &slow).await,
+        Ok(()) => {
+            if gateway.connections_of(&user) == 1 {
+                let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
+                gateway.ctx.spawn_detached(announce);
+            }
+            conn.serve(&mut registration.queue, &slow).await
+        }
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot start the connection");
             STORE_BUSY
@@ -135,6 +141,10 @@ pub(crate) async fn run(
     gateway.ctx.metrics.connections.dec();
     if let Err(e) = Box::pin(presence.disconnected(&user, gateway_id)).await {
         tracing::warn!(user = %user, error = %e, "cannot record disconnect");
+    }
+    if gateway.connections_of(&user) == 0 {
+        let announce = crate::presence::announce(gateway.clone(), user.clone(), false);
+        gateway.ctx.spawn_detached(announce);
     }
     if let End::ClientClosed = end {
         // Sends the close reply the WebSocket library queued, completing the handshake.
@@ -380,8 +390,12 @@ impl Conn {
 
     /// Whether the client is sent a message: never what its own device sent; a stored message
     /// its user sent from another device only with `sync=true` (what the user's other devices
-    /// did, such as reading, always). The server's notices always.
+    /// did, such as reading, always). The server's notices always, but presence notices only
+    /// with `presence=true`.
     fn wants(&self, item: &Item) -> bool {
+        if crate::presence::is_notice(&item.message) {
+            return self.options.presence;
+        }
         if item.device == SYSTEM_DEVICE || item.message.source != self.device.user {
             return true;
         }

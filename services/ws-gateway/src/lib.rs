@@ -9,6 +9,7 @@
 //! is read from the timeline when it returns.
 
 mod connection;
+mod presence;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,6 +175,11 @@ impl Gateway {
         })
     }
 
+    /// How many connections `user` holds here.
+    fn connections_of(&self, user: &str) -> usize {
+        self.lock().get(user).map_or(0, Vec::len)
+    }
+
     fn unregister(&self, user: &str, id: u64) {
         let mut conns = self.lock();
         if let Some(list) = conns.get_mut(user) {
@@ -245,6 +251,7 @@ struct Params {
     ack: Option<String>,
     format: Option<String>,
     sync: Option<String>,
+    presence: Option<String>,
 }
 
 /// How a connection asked to be served, in its query.
@@ -255,6 +262,8 @@ pub(crate) struct Options {
     pub(crate) ack: bool,
     /// Also send what the user sent from other devices (`sync=true`).
     pub(crate) sync: bool,
+    /// Also send presence notices of those who share a conversation (`presence=true`).
+    pub(crate) presence: bool,
 }
 
 async fn upgrade(
@@ -279,6 +288,7 @@ async fn upgrade(
         },
         ack: params.ack.as_deref() == Some("true"),
         sync: params.sync.as_deref() == Some("true"),
+        presence: params.presence.as_deref() == Some("true"),
     };
     let max = gateway.ctx.settings.max_message_bytes;
     let mut ws = ws

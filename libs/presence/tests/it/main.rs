@@ -43,6 +43,12 @@ async fn contract(p: &dyn Presence) {
     assert_eq!(sorted(p, "ann").await, ["g2"], "other users are untouched");
     p.heartbeat().await.unwrap();
     assert_eq!(sorted(p, "ann").await, ["g2"]);
+
+    assert_eq!(p.last_seen("bob").await.unwrap(), None);
+    p.went_offline("bob", 1_000).await.unwrap();
+    p.went_offline("bob", 2_000).await.unwrap();
+    assert_eq!(p.last_seen("bob").await.unwrap(), Some(2_000));
+    assert_eq!(p.last_seen("ann").await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -10,9 +10,11 @@ use std::time::Duration;
 use reqwest::Method;
 use samvad_protocol::MessageType;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::assets;
 use crate::history::texts;
+use crate::presence;
 use crate::support::{Client, Seen, TestApp, call, chat, group_chat, text_of};
 
 /// How long a user may wait while the cluster recovers from a killed process.
@@ -269,6 +271,11 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     assert_eq!(assets::mark(&app, &frank, &file_id).await.0, 404);
     assert_eq!(assets::mark(&app, &erin, &file_id).await.0, 200);
     assert_eq!(assets::download_url(&app, &frank, &file_id).await.0, 404);
+    // erin follows presence. Her ping is answered once her connection serves, so once it is
+    // in presence: from then on, frank's coming and going is news delivery can hand her.
+    let mut e = app.connect_presence(&erin).await;
+    e.send_raw(Frame::Text("ping".into())).await;
+    assert!(matches!(e.next().await, Seen::Pong));
     // Once frank has the message (the REST ack came when Kafka had it), he may download.
     let mut f = app.connect(&frank, "text", false).await;
     assets::send_picture(&app, &erin, chat("pic-1", "erin", "frank", ""), &file_id).await;
@@ -279,6 +286,20 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
         assets::PNG
     );
     assert_eq!(assets::download_url(&app, &carol, &file_id).await.0, 404);
+
+    // Presence, from Redis, through whichever gateways: frank's first connection closed after
+    // they shared a conversation; then he comes and goes again.
+    let (who, online, _) = presence::notice(&mut e).await;
+    assert_eq!((who.as_str(), online), ("frank", false));
+    let f = app.connect(&frank, "text", false).await;
+    assert_eq!(presence::notice(&mut e).await, ("frank".into(), true, None));
+    drop(f);
+    let (who, online, _) = presence::notice(&mut e).await;
+    assert_eq!((who.as_str(), online), ("frank", false));
+    let seen = presence::presence_of(&app, &erin, "frank").await;
+    assert_eq!(seen["frank"]["online"], false);
+    assert!(seen["frank"]["lastSeen"].is_u64(), "{seen}");
+    drop(e);
 
     // Offline replay: carol connects and gets the group's news, in order.
     let mut c = app.connect(&carol, "text", false).await;

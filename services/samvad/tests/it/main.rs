@@ -15,6 +15,7 @@ mod durability;
 mod groups;
 mod history;
 mod login;
+mod presence;
 mod profiles;
 mod push;
 mod rest;

@@ -130,7 +130,7 @@ async fn profile_and_contact_sync() {
     let alice = app.user("alice").await;
     app.login("bob").await;
     let (_, profile) = call(app.as_user(Method::GET, "/v1.0/profile/", &alice)).await;
-    assert_eq!(profile, json!({"username": "alice"}));
+    assert_eq!(profile, json!({"username": "alice", "showPresence": true}));
     let (_, found) = call(
         app.as_user(Method::POST, "/v1.0/contactbook/sync", &alice)
             .json(&json!({"users": ["bob", "zed", "alice"]})),

@@ -126,6 +126,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A text connection that is also told when those who share a conversation come and go.
+    pub async fn connect_presence(&self, user: &User) -> Client {
+        self.open(user, "ack=false&format=text&presence=true")
+            .await
+            .unwrap()
+    }
+
     /// Opens a WebSocket as `user`, or says why the server refused it.
     pub async fn try_connect(
         &self,
