@@ -29,6 +29,8 @@ pub trait AssetStore: Send + Sync + 'static {
     /// Records a pending upload.
     async fn create_asset(&self, asset: &Asset) -> Result<()>;
     async fn asset(&self, file_id: &str) -> Result<Option<Asset>>;
+    /// How many uploads of `owner` are pending (not marked, not expired).
+    async fn pending_uploads(&self, owner: &str) -> Result<u64>;
     /// Marks a pending upload done, with the size of its bytes; `false` when there is no such
     /// pending upload (absent, expired, or marked already).
     async fn mark_uploaded(&self, file_id: &str, size: u64) -> Result<bool>;

@@ -123,6 +123,10 @@ impl MongoStore {
             .create_index(plain(doc! { "size": 1, "created_at": 1 }))
             .await
             .map_err(backend)?;
+        self.assets
+            .create_index(plain(doc! { "owner": 1, "size": 1 }))
+            .await
+            .map_err(backend)?;
         self.asset_uses
             .create_index(
                 IndexModel::builder()

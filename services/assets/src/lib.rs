@@ -158,6 +158,14 @@ async fn upload_url(
             "category must be 1 to {MAX_CATEGORY} letters, digits, `-` or `_`"
         )));
     }
+    if assets.stores.assets.pending_uploads(&user.name).await? >= settings.max_pending {
+        return Err(ApiError::too_many(format!(
+            "at most {} uploads may be pending at once: mark or finish some first (unmarked \
+             ones expire after {} s)",
+            settings.max_pending,
+            settings.upload_ttl.as_secs()
+        )));
+    }
     let ext = query.ext.strip_prefix('.').unwrap_or(&query.ext);
     let asset = Asset {
         file_id: new_file_id(),

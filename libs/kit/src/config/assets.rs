@@ -58,6 +58,10 @@ pub struct AssetArgs {
     #[arg(long, env = "SAMVAD_ASSETS_TYPES", default_value = DEFAULT_TYPES)]
     pub assets_types: String,
 
+    /// Most uploads one user may have pending (asked for, not yet marked) at once.
+    #[arg(long, env = "SAMVAD_ASSETS_MAX_PENDING", default_value = "100")]
+    pub assets_max_pending: String,
+
     /// Seconds an upload or download URL stays valid.
     #[arg(long, env = "SAMVAD_ASSETS_URL_TTL_SECS", default_value = "900")]
     pub assets_url_ttl_secs: String,
@@ -109,6 +113,7 @@ impl std::fmt::Debug for S3Settings {
 pub struct AssetSettings {
     pub storage: AssetStorage,
     pub max_bytes: u64,
+    pub max_pending: u64,
     /// (extension with its dot, lower case; content type), in the configured order.
     pub types: Vec<(String, String)>,
     pub url_ttl: Duration,
@@ -135,6 +140,12 @@ impl AssetArgs {
             "SAMVAD_ASSETS_MAX_BYTES",
             &self.assets_max_bytes,
             1..=5 * 1024 * 1024 * 1024,
+        );
+        let max_pending = number(
+            problems,
+            "SAMVAD_ASSETS_MAX_PENDING",
+            &self.assets_max_pending,
+            1..=100_000,
         );
         let url_ttl = number(
             problems,
@@ -198,6 +209,7 @@ impl AssetArgs {
         AssetSettings {
             storage,
             max_bytes,
+            max_pending,
             types,
             url_ttl: Duration::from_secs(url_ttl),
             upload_ttl: Duration::from_secs(upload_ttl),

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS assets (
     content_type TEXT NOT NULL, category TEXT NOT NULL, created_at INTEGER NOT NULL,
     size INTEGER) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS assets_pending ON assets (created_at) WHERE size IS NULL;
+CREATE INDEX IF NOT EXISTS assets_pending_by_owner ON assets (owner) WHERE size IS NULL;
 CREATE TABLE IF NOT EXISTS asset_uses (
     file_id TEXT NOT NULL, conv TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (file_id, conv)) WITHOUT ROWID;
@@ -65,6 +66,18 @@ impl AssetStore for EmbeddedStore {
                 .optional()
             })
             .await
+            .map_err(backend)
+    }
+
+    async fn pending_uploads(&self, owner: &str) -> Result<u64> {
+        let owner = owner.to_owned();
+        self.db
+            .read(move |c| {
+                c.prepare_cached("SELECT count(*) FROM assets WHERE owner = ?1 AND size IS NULL")?
+                    .query_row([&owner], |r| r.get::<_, i64>(0))
+            })
+            .await
+            .map(|n| n as u64)
             .map_err(backend)
     }
 

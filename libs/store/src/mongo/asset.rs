@@ -52,6 +52,13 @@ impl AssetStore for MongoStore {
             .transpose()
     }
 
+    async fn pending_uploads(&self, owner: &str) -> Result<u64> {
+        self.assets
+            .count_documents(doc! { "owner": owner, "size": Bson::Null })
+            .await
+            .map_err(backend)
+    }
+
     async fn mark_uploaded(&self, file_id: &str, size: u64) -> Result<bool> {
         let done = self
             .assets

@@ -134,7 +134,10 @@ async fn asset_contract(s: &dyn Store) {
     assert_eq!(s.asset("a1").await.unwrap(), Some(asset("a1", 1_000)));
     assert!(s.asset("zz").await.unwrap().is_none());
 
+    assert_eq!(s.pending_uploads("ann").await.unwrap(), 3);
+    assert_eq!(s.pending_uploads("ben").await.unwrap(), 0);
     assert!(s.mark_uploaded("a1", 42).await.unwrap());
+    assert_eq!(s.pending_uploads("ann").await.unwrap(), 2);
     assert!(!s.mark_uploaded("a1", 43).await.unwrap(), "marked once");
     assert!(!s.mark_uploaded("zz", 1).await.unwrap());
     assert_eq!(s.asset("a1").await.unwrap().unwrap().size, Some(42));

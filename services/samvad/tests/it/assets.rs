@@ -279,7 +279,11 @@ async fn a_signed_url_does_one_thing_to_one_file() {
 
 #[tokio::test]
 async fn oversize_and_disallowed_files_are_refused() {
-    let app = TestApp::spawn_with(&[("SAMVAD_ASSETS_MAX_BYTES", "1000")]).await;
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_ASSETS_MAX_BYTES", "1000"),
+        ("SAMVAD_ASSETS_MAX_PENDING", "3"),
+    ])
+    .await;
     let alice = app.user("alice").await;
     for ext in [".html", ".svg", ".exe", ""] {
         let (status, body) = call(app.as_user(
@@ -310,6 +314,33 @@ async fn oversize_and_disallowed_files_are_refused() {
         200
     );
     assert_eq!(mark(&app, &alice, &file_id).await.1["size"], 1000);
+
+    // Upload URLs asked for and never used are bounded per user, and only for that user.
+    let pending: Vec<(String, String)> = [
+        upload_url(&app, &alice, ".png").await,
+        upload_url(&app, &alice, ".png").await,
+        upload_url(&app, &alice, ".png").await,
+    ]
+    .into();
+    let ask = |user: &crate::support::User| {
+        app.as_user(
+            Method::GET,
+            "/v1.0/assets/upload/presigned_url?ext=.png",
+            user,
+        )
+    };
+    let (status, body) = call(ask(&alice)).await;
+    assert_eq!(status, 429, "{body}");
+    let bob = app.user("bob").await;
+    assert_eq!(call(ask(&bob)).await.0, 200);
+    let (url, id) = &pending[0];
+    assert_eq!(put(&app, url, "image/png", PNG).await, 200);
+    assert_eq!(mark(&app, &alice, id).await.0, 200);
+    assert_eq!(
+        call(ask(&alice)).await.0,
+        200,
+        "marking one frees its place"
+    );
     app.stop().await;
 }
 
