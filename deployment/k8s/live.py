@@ -898,7 +898,7 @@ def main():
             "access-key-secrets": secret, "s3-access-key-id": "made-up", "s3-secret-access-key": "made-up"}})
         cluster.make_pods()
         cluster.check_attachment_settings()
-        log("pods on 127.%d.1.0/24, Services on 127.%d.2.0/24; Kafka, MongoDB, Redis from deployment/scripts/deps" % (
+        log("pods on 127.%d.1.0/24, Services on 127.%d.2.0/24; Kafka, MongoDB, Redis, S3 from deployment/scripts/deps" % (
             cluster.net, cluster.net))
         samvad = [p for p in cluster.pods if p.container["image"].startswith("samvad:")]
         for pod in samvad:

@@ -92,14 +92,6 @@ impl Stores {
         if asset.owner == user {
             return Ok(true);
         }
-        let is_picture = self
-            .profiles
-            .profile(&asset.owner)
-            .await?
-            .is_some_and(|p| p.profile_pic.as_deref() == Some(asset.file_id.as_str()));
-        if is_picture && self.share_conversation(user, &asset.owner).await? {
-            return Ok(true);
-        }
         for (conv, seq) in self.assets.attachments(&asset.file_id).await? {
             if let Some(state) = self.timeline.conversation(user, &conv).await?
                 && state.since_seq < seq
@@ -107,13 +99,19 @@ impl Stores {
                 return Ok(true);
             }
         }
-        Ok(false)
+        let is_picture = self
+            .profiles
+            .profile(&asset.owner)
+            .await?
+            .is_some_and(|p| p.profile_pic.as_deref() == Some(asset.file_id.as_str()));
+        Ok(is_picture && self.share_conversation(user, &asset.owner).await?)
     }
 
     /// Records that the message at `seq` of `conv`, sent by `sender`, carried the files its
     /// content names (the first [`MAX_FILES_PER_MESSAGE`]) — those `sender` may read, so that
-    /// naming an id learned elsewhere grants nothing. Delivery calls it for each stored message before the sender's ack, and again
-    /// for a repeat, so a crash between the two is made good by the sender's retry.
+    /// naming an id learned elsewhere grants nothing. Delivery calls it for each stored
+    /// message before anyone is handed it, and again for a repeat, so a crash between the
+    /// append and this is made good by the redelivery or the sender's retry.
     pub async fn attach_carried(
         &self,
         sender: &str,

@@ -54,20 +54,23 @@ impl EmbeddedStore {
     }
 }
 
-/// Brings a database from before profile pictures up to date.
-fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
-    let has_pic: bool = t.query_row(
-        "SELECT count(*) FROM pragma_table_info('profiles') WHERE name = 'profile_pic'",
-        [],
+/// Adds `column` (`name` and its declaration) to `table` of a database made before it was.
+fn add_column(t: &Transaction<'_>, table: &str, name: &str, column: &str) -> rusqlite::Result<()> {
+    let has: bool = t.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, name],
         |r| r.get(0),
     )?;
-    if !has_pic {
-        t.execute_batch(
-            "ALTER TABLE profiles ADD COLUMN profile_pic TEXT;
-             ALTER TABLE profiles ADD COLUMN show_presence INTEGER NOT NULL DEFAULT 1;",
-        )?;
+    if !has {
+        t.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {column}"))?;
     }
     Ok(())
+}
+
+/// Brings a database from before profile pictures up to date.
+fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
+    add_column(t, "profiles", "profile_pic", "TEXT")?;
+    add_column(t, "profiles", "show_presence", "INTEGER NOT NULL DEFAULT 1")
 }
 
 fn load_group(conn: &rusqlite::Connection, group_id: &str) -> rusqlite::Result<Option<Group>> {

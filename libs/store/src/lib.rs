@@ -1,6 +1,6 @@
 //! Durable state behind narrow traits: profiles and devices, groups, conversations as
-//! timelines with a cursor per device, and attachments. The embedded backend keeps them in the all-in-one
-//! process's SQLite database; the MongoDB backend implements the same traits.
+//! timelines with a cursor per device, and attachments. The embedded backend keeps them in
+//! the all-in-one process's SQLite database; the MongoDB backend implements the same traits.
 //!
 //! Correctness rests on idempotent writes keyed by natural ids, so a consumer that handles a
 //! record twice after a crash changes nothing the second time: a timeline entry is unique per

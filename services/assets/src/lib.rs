@@ -2,9 +2,10 @@
 //! sends the file there, marks it uploaded, and sends a message naming its `fileId`; a
 //! reader asks for a download URL. The bytes never pass through a chat connection.
 //!
-//! Who may download: the owner, and whoever can see a stored message that carried the
-//! `fileId` (delivery records where such messages were: `Stores::attach_carried`). Unfinished uploads
-//! are deleted after `SAMVAD_ASSETS_UPLOAD_TTL_SECS`.
+//! Who may download: `Stores::may_read` — the owner, and whoever can see a stored message
+//! that carried the `fileId` (delivery records where such messages were:
+//! `Stores::attach_carried`). Unfinished uploads are deleted after
+//! `SAMVAD_ASSETS_UPLOAD_TTL_SECS`.
 
 mod disk;
 mod s3;
@@ -19,7 +20,7 @@ use axum::{Json, Router};
 use samvad_kit::{
     ApiError, AssetSettings, AssetStorage, Context, JsonBody, ServiceDef, User, now_ms,
 };
-use samvad_store::{Asset, FILE_ID_PREFIX, Stores, is_file_id};
+use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -40,7 +41,6 @@ fn new_file_id() -> String {
 #[derive(Clone)]
 struct Assets {
     ctx: Context,
-    stores: Stores,
     settings: Arc<AssetSettings>,
     blobs: Blobs,
 }
@@ -102,7 +102,6 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
     };
     let assets = Assets {
         ctx: ctx.clone(),
-        stores: ctx.stores.clone(),
         settings,
         blobs,
     };
@@ -139,7 +138,7 @@ async fn upload_url(
     Query(query): Query<UploadQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let settings = &assets.settings;
-    let Some(content_type) = settings.content_type(&query.ext) else {
+    let Some((ext, content_type)) = settings.file_type(&query.ext) else {
         let accepted: Vec<&str> = settings.types.iter().map(|(e, _)| e.as_str()).collect();
         return Err(ApiError::bad_request(format!(
             "ext `{}` is not accepted; accepted: {}",
@@ -158,7 +157,7 @@ async fn upload_url(
             "category must be 1 to {MAX_CATEGORY} letters, digits, `-` or `_`"
         )));
     }
-    if assets.stores.assets.pending_uploads(&user.name).await? >= settings.max_pending {
+    if assets.ctx.stores.assets.pending_uploads(&user.name).await? >= settings.max_pending {
         return Err(ApiError::too_many(format!(
             "at most {} uploads may be pending at once: mark or finish some first (unmarked \
              ones expire after {} s)",
@@ -166,17 +165,16 @@ async fn upload_url(
             settings.upload_ttl.as_secs()
         )));
     }
-    let ext = query.ext.strip_prefix('.').unwrap_or(&query.ext);
     let asset = Asset {
         file_id: new_file_id(),
         owner: user.name,
-        ext: format!(".{}", ext.to_ascii_lowercase()),
+        ext: ext.to_owned(),
         content_type: content_type.to_owned(),
         category,
         created_at: now_ms() as i64,
         size: None,
     };
-    assets.stores.assets.create_asset(&asset).await?;
+    assets.ctx.stores.assets.create_asset(&asset).await?;
     Ok(Json(json!({
         "url": assets.blobs.upload_url(&headers, &asset)?,
         "fileId": asset.file_id,
@@ -198,7 +196,7 @@ async fn owned(assets: &Assets, user: &User, file_id: &str) -> Result<Asset, Api
     if !is_file_id(file_id) {
         return Err(not_found());
     }
-    match assets.stores.assets.asset(file_id).await? {
+    match assets.ctx.stores.assets.asset(file_id).await? {
         Some(asset) if asset.owner == user.name => Ok(asset),
         _ => Err(not_found()),
     }
@@ -226,7 +224,13 @@ async fn mark(
             "{file_id} has not been uploaded: PUT the file to its upload URL first"
         )));
     };
-    if !assets.stores.assets.mark_uploaded(&file_id, size).await? {
+    if !assets
+        .ctx
+        .stores
+        .assets
+        .mark_uploaded(&file_id, size)
+        .await?
+    {
         return Err(ApiError::bad_request(format!(
             "{file_id} is marked uploaded already"
         )));
@@ -246,10 +250,10 @@ async fn download_url(
     if !is_file_id(&file_id) {
         return Err(not_found());
     }
-    let Some(asset) = assets.stores.assets.asset(&file_id).await? else {
+    let Some(asset) = assets.ctx.stores.assets.asset(&file_id).await? else {
         return Err(not_found());
     };
-    if asset.size.is_none() || !assets.stores.may_read(&user.name, &asset).await? {
+    if asset.size.is_none() || !assets.ctx.stores.may_read(&user.name, &asset).await? {
         return Err(not_found());
     }
     let url = assets.blobs.download_url(&headers, &asset)?;
@@ -267,6 +271,7 @@ async fn sweep(
         let before = now_ms().saturating_sub(assets.settings.upload_ttl.as_millis() as u64);
         loop {
             match assets
+                .ctx
                 .stores
                 .assets
                 .expire_uploads(before as i64, SWEEP_CHUNK)

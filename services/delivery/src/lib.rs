@@ -24,7 +24,6 @@ pub const SERVICE: ServiceDef = ServiceDef {
 struct Delivery {
     metrics: Metrics,
     bus: Arc<dyn Bus>,
-    timeline: Arc<dyn TimelineStore>,
     stores: Stores,
     presence: Arc<dyn Presence>,
 }
@@ -33,7 +32,6 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let delivery = Delivery {
         metrics: ctx.metrics.clone(),
         bus: ctx.bus.clone(),
-        timeline: ctx.stores.timeline.clone(),
         stores: ctx.stores.clone(),
         presence: ctx.presence.clone(),
     };
@@ -50,7 +48,10 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     })
     .await?;
     if let Some(keep) = ctx.settings.retention {
-        ctx.spawn("retention", retain(delivery.timeline, keep, ctx.shutdown()));
+        ctx.spawn(
+            "retention",
+            retain(delivery.stores.timeline, keep, ctx.shutdown()),
+        );
     }
     Ok(axum::Router::new())
 }
@@ -153,7 +154,7 @@ impl Delivery {
                 leaving: r.leaving.clone(),
             })
             .collect();
-        let mut appended = self.timeline.append(&entries).await?.into_iter();
+        let mut appended = self.stores.timeline.append(&entries).await?.into_iter();
 
         let mut handoff = Handoff::default();
         let mut offline = Vec::new();
@@ -177,8 +178,8 @@ impl Delivery {
                 },
             };
             if let Some(seq) = seq {
-                // Before the sender's ack: a failure here fails the batch, and the retry (a
-                // repeat) attaches again.
+                // Before anyone is handed the message: a failure here fails the batch, and the
+                // retry (a repeat) attaches again.
                 self.stores
                     .attach_carried(&message.source, &Conv::of(message), seq, &message.content)
                     .await?;
@@ -240,10 +241,10 @@ impl Delivery {
     ) -> anyhow::Result<()> {
         let reader = &receipt.message.source;
         let conv = Conv::of(&receipt.message);
-        let Some(seq) = self.timeline.last_of(&conv, &ids).await? else {
+        let Some(seq) = self.stores.timeline.last_of(&conv, &ids).await? else {
             return Ok(());
         };
-        let Some(read) = self.timeline.read(reader, &conv, seq).await? else {
+        let Some(read) = self.stores.timeline.read(reader, &conv, seq).await? else {
             return Ok(()); // no part in it
         };
         let notice = Outgoing {
@@ -272,7 +273,7 @@ impl Delivery {
                 (device, upto.unwrap_or(Ack::Id(a.id)))
             })
             .collect();
-        self.timeline.ack(&acks).await?;
+        self.stores.timeline.ack(&acks).await?;
         Ok(())
     }
 }

@@ -123,14 +123,18 @@ pub struct AssetSettings {
 }
 
 impl AssetSettings {
-    /// The content type of an extension (`png` or `.PNG`), if accepted.
-    pub fn content_type(&self, ext: &str) -> Option<&str> {
-        let ext = ext.strip_prefix('.').unwrap_or(ext).to_ascii_lowercase();
+    /// An accepted extension (`png` or `.PNG`) as configured (`.png`), with its content type.
+    pub fn file_type(&self, ext: &str) -> Option<(&str, &str)> {
+        let ext = ext.strip_prefix('.').unwrap_or(ext);
         self.types
             .iter()
-            .find(|(e, _)| e[1..] == ext)
-            .map(|(_, t)| t.as_str())
+            .find(|(e, _)| e[1..].eq_ignore_ascii_case(ext))
+            .map(|(e, t)| (e.as_str(), t.as_str()))
     }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 impl AssetArgs {
@@ -189,7 +193,7 @@ impl AssetArgs {
             }
         }
         let public_url = self.public_url.as_deref().map(|url| {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !is_http_url(url) {
                 problems.push(format!(
                     "SAMVAD_PUBLIC_URL: `{url}` is not an http:// or https:// URL"
                 ));
@@ -231,8 +235,7 @@ impl AssetArgs {
         let bucket = required(&self.s3_bucket, "SAMVAD_S3_BUCKET");
         let access_key_id = required(&self.s3_access_key_id, "SAMVAD_S3_ACCESS_KEY_ID");
         let secret_access_key = required(&self.s3_secret_access_key, "SAMVAD_S3_SECRET_ACCESS_KEY");
-        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
-        if !endpoint.is_empty() && !is_url {
+        if !endpoint.is_empty() && !is_http_url(&endpoint) {
             problems.push(format!(
                 "SAMVAD_S3_ENDPOINT: `{endpoint}` is not an http:// or https:// URL"
             ));

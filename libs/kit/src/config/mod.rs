@@ -631,10 +631,16 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(settings.assets.storage, AssetStorage::Local);
-        assert_eq!(settings.assets.content_type(".PNG"), Some("image/png"));
-        assert_eq!(settings.assets.content_type("jpg"), Some("image/jpeg"));
-        assert_eq!(settings.assets.content_type(".svg"), None);
-        assert_eq!(settings.assets.content_type("."), None);
+        assert_eq!(
+            settings.assets.file_type(".PNG"),
+            Some((".png", "image/png"))
+        );
+        assert_eq!(
+            settings.assets.file_type("jpg"),
+            Some((".jpg", "image/jpeg"))
+        );
+        assert_eq!(settings.assets.file_type(".svg"), None);
+        assert_eq!(settings.assets.file_type("."), None);
     }
 
     #[test]

@@ -34,15 +34,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 
 /// Databases made before a part could end gain the column that says where it did.
 pub(super) fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
-    let has_until: bool = t.query_row(
-        "SELECT count(*) FROM pragma_table_info('participants') WHERE name = 'until_seq'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_until {
-        t.execute_batch("ALTER TABLE participants ADD COLUMN until_seq INTEGER")?;
-    }
-    Ok(())
+    super::add_column(t, "participants", "until_seq", "INTEGER")
 }
 
 const BEFORE: &str = "SELECT seq, device, at, message FROM timeline
