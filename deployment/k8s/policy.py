@@ -35,7 +35,8 @@ BEHIND_NGINX = ("ws-gateway", "rest-gateway")
 # and a headless governing Service (each pod's DNS name).
 STABLE_IDENTITY = ("ws-gateway",)
 # Above SAMVAD_DRAIN_SECS + SAMVAD_CLOSE_SPREAD_SECS: a second for the close handshakes and up
-# to 10 s for in-flight work (libs/kit/src/node.rs), and a few to spare.
+# to 10 s for in-flight work and 1 s for blocking work (STOP_WORK, STOP_RUNTIME in
+# libs/kit/src/node.rs), and a few to spare.
 GRACE_MARGIN = 15
 
 

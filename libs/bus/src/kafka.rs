@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::try_join_all;
@@ -22,10 +22,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::Producer;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
 
 use crate::{Bus, BusError, Received, Record, Subscription, Topic};
 
@@ -46,12 +45,19 @@ pub struct KafkaConfig {
     /// once, with no rebalance, and one that is gone for good loses them after the session
     /// timeout. Without it, membership is dynamic.
     pub instance: Option<String>,
-    /// Longest time a fetch waits for records (`fetch.wait.max.ms`).
+    /// Longest time a fetch waits for records (`fetch.wait.max.ms`) on the topics a message
+    /// passes on its way to its recipients ([`Topic::is_on_message_path`]); the others wait at
+    /// least 500 ms. Kafka answers a fetch as soon as records arrive, so
+    /// this only bounds how often an idle consumer asks; a broker that holds every fetch for
+    /// its whole wait (tansu) adds up to twice this to each hop.
     pub fetch_wait: Duration,
 }
 
 /// How long a gateway's deliveries are kept: they are only useful while its connections live.
 const GATEWAY_RETENTION_MS: &str = "3600000";
+/// The least a fetch waits on a topic off the message path: an idle consumer there asks the
+/// broker twice a second at most.
+const BACKGROUND_FETCH_WAIT: Duration = Duration::from_millis(500);
 /// How long `publish` waits for the broker before reporting failure (nothing is acked then).
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,10 +69,32 @@ fn kafka(e: KafkaError) -> BusError {
 #[derive(Clone)]
 pub struct KafkaBus {
     config: Arc<KafkaConfig>,
-    producer: FutureProducer,
+    producer: Arc<BaseProducer<Reports>>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     created: Arc<Mutex<HashSet<String>>>,
     members: Arc<Mutex<Vec<Weak<Membership>>>>,
+}
+
+/// The producer's context: a record's delivery report completes the publish waiting for it.
+struct Reports;
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<(), KafkaError>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, done: Self::DeliveryOpaque) {
+        let _ = done.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+    }
+}
+
+/// Serves the producer's delivery reports on a thread of its own until the bus is dropped.
+/// (rdkafka's `FutureProducer` polls every 100 ms and spins through the last millisecond of
+/// each poll: 1 % of a core in every idle process. A poll of a second spins a tenth of that.)
+fn serve_reports(producer: Weak<BaseProducer<Reports>>) {
+    while let Some(producer) = producer.upgrade() {
+        producer.poll(Duration::from_secs(1));
+    }
 }
 
 /// One consumer's standing in its group: whether its last rebalance gave it an assignment.
@@ -110,14 +138,20 @@ impl ConsumerContext for GroupContext {
 impl KafkaBus {
     /// Connects and makes sure every durable topic exists.
     pub async fn connect(config: KafkaConfig) -> Result<Self, BusError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: BaseProducer<Reports> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", "30000")
-            .create()
+            .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
+            .create_with_context(Reports)
             .map_err(kafka)?;
+        let producer = Arc::new(producer);
+        let reports = Arc::downgrade(&producer);
+        std::thread::Builder::new()
+            .name("kafka-reports".into())
+            .spawn(move || serve_reports(reports))
+            .map_err(|e| BusError::Storage(format!("starting the producer's thread: {e}")))?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .create()
@@ -164,7 +198,7 @@ impl KafkaBus {
             return Ok(());
         }
         // Ask the cluster first: topics made by an operator (or another node) need no admin call.
-        let producer = self.producer.clone();
+        let producer = Arc::clone(&self.producer);
         let existing: HashSet<String> = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -217,6 +251,32 @@ impl KafkaBus {
         }
         Ok(())
     }
+
+    /// Hands one record to the producer; its delivery report arrives on the receiver. A full
+    /// queue is waited out (up to the send timeout), as it drains.
+    async fn queue(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<oneshot::Receiver<Result<(), KafkaError>>, BusError> {
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        loop {
+            let (done, report) = oneshot::channel();
+            let record = BaseRecord::with_opaque_to(topic, Box::new(done))
+                .key(key)
+                .payload(value);
+            match self.producer.send(record) {
+                Ok(()) => return Ok(report),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(kafka(e)),
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -231,17 +291,18 @@ impl Bus for KafkaBus {
         let name = self.name(topic);
         // All sends are queued before any is awaited; the idempotent producer keeps their
         // order per partition while several are in flight.
-        let values = records
-            .iter()
-            .map(|r| r.value.to_bytes())
-            .collect::<Result<Vec<_>, _>>()?;
-        let sends = records.iter().zip(&values).map(|(r, value)| {
-            self.producer.send(
-                FutureRecord::to(&name).key(&r.key).payload(&**value),
-                Timeout::After(SEND_TIMEOUT),
-            )
-        });
-        try_join_all(sends).await.map_err(|(e, _)| kafka(e))?;
+        let mut reports = Vec::with_capacity(records.len());
+        for r in &records {
+            let value = r.value.to_bytes()?;
+            reports.push(self.queue(&name, &r.key, &value).await?);
+        }
+        try_join_all(reports.into_iter().map(|report| async {
+            report
+                .await
+                .map_err(|_| BusError::Storage("the Kafka producer is gone".into()))?
+                .map_err(kafka)
+        }))
+        .await?;
         Ok(())
     }
 
@@ -251,6 +312,11 @@ impl Bus for KafkaBus {
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
         self.ensure(std::slice::from_ref(topic)).await?;
+        let fetch_wait = if topic.is_on_message_path() {
+            self.config.fetch_wait
+        } else {
+            self.config.fetch_wait.max(BACKGROUND_FETCH_WAIT)
+        };
         let mut consumer = ClientConfig::new();
         consumer
             .set("bootstrap.servers", &self.config.brokers)
@@ -266,10 +332,7 @@ impl Bus for KafkaBus {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "3000")
             .set("enable.partition.eof", "false")
-            .set(
-                "fetch.wait.max.ms",
-                self.config.fetch_wait.as_millis().to_string(),
-            );
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
         if let Some(instance) = &self.config.instance {
             consumer.set("group.instance.id", instance);
         }
@@ -318,6 +381,18 @@ impl KafkaSubscription {
     }
 }
 
+/// A consumer error librdkafka recovers from by itself (the broker away for a while, a
+/// connection dropped) is logged and waited out; a fatal one (this member fenced) is returned.
+fn transient(topic: &str, error: KafkaError) -> Result<(), BusError> {
+    match error {
+        KafkaError::MessageConsumption(code) => {
+            tracing::debug!(topic, %code, "consumer error; librdkafka retries");
+            Ok(())
+        }
+        e => Err(kafka(e)),
+    }
+}
+
 impl Drop for KafkaSubscription {
     fn drop(&mut self) {
         // Leave the group now (committing stored offsets on revoke) rather than when the
@@ -329,13 +404,20 @@ impl Drop for KafkaSubscription {
 #[async_trait::async_trait]
 impl Subscription for KafkaSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Received>, BusError> {
-        let first = self.consumer.recv().await.map_err(kafka)?;
-        let mut batch = vec![Self::received(&first)];
-        drop(first);
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            match self.consumer.recv().await {
+                Ok(message) => batch.push(Self::received(&message)),
+                Err(e) => transient(&self.topic, e)?,
+            }
+        }
         while batch.len() < max {
             match self.consumer.recv().now_or_never() {
                 Some(Ok(message)) => batch.push(Self::received(&message)),
-                Some(Err(e)) => return Err(kafka(e)),
+                Some(Err(e)) => {
+                    transient(&self.topic, e)?;
+                    break;
+                }
                 None => break,
             }
         }

@@ -82,6 +82,15 @@ impl Topic {
     pub fn is_durable(&self) -> bool {
         !matches!(self, Self::Gateway(_))
     }
+
+    /// Whether a message waits on this topic between its sender and its recipients' devices.
+    /// The others (acks, pushes, logins, parked records) carry work nobody watches happen.
+    pub fn is_on_message_path(&self) -> bool {
+        matches!(
+            self,
+            Self::NewMessages | Self::GroupMessages | Self::Send | Self::Gateway(_)
+        )
+    }
 }
 
 impl fmt::Display for Topic {

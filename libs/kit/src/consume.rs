@@ -80,39 +80,48 @@ impl Context {
         let retries = self.metrics.retries.get_or_create(&label).clone();
         let shutdown = self.shutdown();
         self.spawn("consumer", async move {
-            loop {
-                let batch = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    batch = subscription.next_batch(BATCH) => batch?,
-                };
-                let (mut items, poison) = decode::<T>(batch.clone());
-                let mut poison = Some(parker.records(poison)?);
-                let mut pause = Duration::from_millis(50);
+            let consumed = async {
                 loop {
-                    let attempt = async {
-                        if let Some(records) = &poison {
-                            parker.publish(records.clone()).await?;
-                            poison = None;
-                        }
-                        handler(items).await
+                    let batch = tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        batch = subscription.next_batch(BATCH) => batch?,
                     };
-                    match attempt.await {
-                        Ok(()) => break,
-                        Err(error) => {
-                            retries.inc();
-                            tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                _ = tokio::time::sleep(pause) => {}
+                    let (mut items, poison) = decode::<T>(batch.clone());
+                    let mut poison = Some(parker.records(poison)?);
+                    let mut pause = Duration::from_millis(50);
+                    loop {
+                        let attempt = async {
+                            if let Some(records) = &poison {
+                                parker.publish(records.clone()).await?;
+                                poison = None;
                             }
-                            pause = (pause * 2).min(MAX_PAUSE);
-                            // The handler took the batch: decode it again (poison is parked).
-                            items = decode::<T>(batch.clone()).0;
+                            handler(items).await
+                        };
+                        match attempt.await {
+                            Ok(()) => break,
+                            Err(error) => {
+                                retries.inc();
+                                tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
+                                // Stopping with the batch unhandled: it is not committed.
+                                tokio::select! {
+                                    _ = shutdown.cancelled() => return Ok(()),
+                                    _ = tokio::time::sleep(pause) => {}
+                                }
+                                pause = (pause * 2).min(MAX_PAUSE);
+                                // The handler took the batch: decode it again (poison is parked).
+                                items = decode::<T>(batch.clone()).0;
+                            }
                         }
                     }
+                    subscription.commit(&batch).await?;
                 }
-                subscription.commit(&batch).await?;
-            }
+            };
+            let consumed: anyhow::Result<()> = consumed.await;
+            // However the loop ended: leaving the group (which commits what was stored) blocks
+            // in librdkafka, without end while the broker is away. So off the runtime's
+            // threads, and waited for only within the node's stop allowance.
+            let _ = tokio::task::spawn_blocking(move || drop(subscription)).await;
+            consumed
         });
         Ok(())
     }

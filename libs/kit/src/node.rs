@@ -26,6 +26,15 @@ use tokio_util::task::TaskTracker;
 use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings, StoreSettings};
 use crate::metrics::Metrics;
 
+/// How long a stopping node gives its in-flight work (requests, consumer batches, the consumers'
+/// leaving their groups) once its connections are closed. The orchestrator's grace period must
+/// exceed `SAMVAD_DRAIN_SECS` + `SAMVAD_CLOSE_SPREAD_SECS` + 1 s + this + [`STOP_RUNTIME`]
+/// (`deployment/k8s/policy.py` checks it).
+const STOP_WORK: Duration = Duration::from_secs(10);
+/// How long the runtime then waits for blocking work (a consumer's close) before the process
+/// exits anyway.
+const STOP_RUNTIME: Duration = Duration::from_secs(1);
+
 type StartFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Router>> + Send + 'a>>;
 
 /// A service: its name (the binary and container name) and how to start it on a node. `start`
@@ -130,17 +139,25 @@ impl Node {
         self.shared.shutdown.cancel();
     }
 
-    /// Waits until the node has stopped (after [`Node::stop`], a signal or a failed task).
+    /// Waits until the node has stopped (after [`Node::stop`], a signal or a failed task):
+    /// until its tasks and its HTTP server are done, or [`STOP_WORK`] has passed, whichever
+    /// comes first. A task still waiting then (on a broker, a store or Redis that no longer
+    /// answers) is abandoned: nothing is lost by that, since offsets are committed only after
+    /// effects and acks are sent only after writes.
     pub async fn stopped(self) -> anyhow::Result<()> {
         self.shared.shutdown.cancelled().await;
         self.shared.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("tasks still running after 10 s; stopping anyway");
+        let done = async {
+            self.shared.tasks.wait().await;
+            self.server.await
+        };
+        match tokio::time::timeout(STOP_WORK, done).await {
+            Ok(served) => served.context("http server task")??,
+            Err(_) => tracing::warn!(
+                secs = STOP_WORK.as_secs(),
+                "work still in progress after the stop allowance; stopping anyway"
+            ),
         }
-        self.server.await.context("http server task")??;
         if self.shared.failed.load(Ordering::SeqCst) {
             anyhow::bail!("a task failed");
         }
@@ -404,7 +421,10 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings, &chosen)) {
+    let stopped = runtime.block_on(run(settings, &chosen));
+    // Not a plain drop, which would wait for every blocking thread however long it is stuck.
+    runtime.shutdown_timeout(STOP_RUNTIME);
+    match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "stopped with an error");

@@ -371,4 +371,23 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     let mut b = app.connect(&bob, "text", true).await;
     delivered_at_once(&mut a, &mut b, "again", "back up").await;
     delivered_at_once(&mut b, &mut a, "again-back", "and back").await;
+
+    // Every service stops on SIGTERM within its allowance even when the broker, the store and
+    // Redis went away first; `down` says "killing" of any it had to SIGKILL.
+    drop((a, b));
+    let deps = cluster.script.with_file_name("deps");
+    let out = Command::new(&deps)
+        .args(["stop", "kafka", "mongo", "redis"])
+        .env("SAMVAD_CLUSTER_DIR", cluster.dir.path())
+        .env("SAMVAD_CLUSTER_PORT", cluster.port.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = cluster.command(&["down"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("killing"),
+        "a service ignored SIGTERM: {said}"
+    );
 }
