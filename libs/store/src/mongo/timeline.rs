@@ -113,38 +113,41 @@ impl MongoStore {
             .transpose()
     }
 
-    async fn append_one(&self, item: &NewEntry, body: &str) -> Result<Appended> {
-        let key = item.conv.key();
-        let at = now_ms();
-        let repeat = self.find_repeat(&key, item).await?;
-        let (appended, first) = if let Some(seq) = repeat {
-            (Appended::Repeat(seq), true)
-        } else {
-            let mut last = self.last_seq(&key).await?;
-            loop {
-                let seq = last + 1;
-                let entry = doc! {
-                    "conv": &key, "seq": seq as i64, "sender": &item.message.source,
-                    "device": &item.device, "id": &item.message.id, "at": at, "message": body,
-                };
-                match self.timeline.insert_one(entry).await {
-                    Ok(_) => break (Appended::New(seq), last == 0),
-                    Err(e) if is_duplicate(&e) => {
-                        if let Some(seq) = self.find_repeat(&key, item).await? {
-                            break (Appended::Repeat(seq), true);
-                        }
-                        // The seq was taken: by a crashed append whose cache update never
-                        // happened, or by a writer racing this one.
-                        last = self.highest_seq(&key).await?.max(seq);
+    /// Stores one entry after `last` (the highest seq this append knows of in its
+    /// conversation), or finds it stored already. The unique indexes decide: a repeat is found
+    /// only when its insert is refused, so a new message costs one write. Returns the result
+    /// and whether this may be the conversation's first entry, or repairs what a crash cut
+    /// short (a repeat): then the 1:1 participants are made sure of.
+    async fn append_one(
+        &self,
+        key: &str,
+        item: &NewEntry,
+        body: &str,
+        mut last: u64,
+        at: i64,
+    ) -> Result<(Appended, bool)> {
+        let (appended, first) = loop {
+            let seq = last + 1;
+            let entry = doc! {
+                "conv": key, "seq": seq as i64, "sender": &item.message.source,
+                "device": &item.device, "id": &item.message.id, "at": at, "message": body,
+            };
+            match self.timeline.insert_one(entry).await {
+                Ok(_) => break (Appended::New(seq), last == 0),
+                Err(e) if is_duplicate(&e) => {
+                    if let Some(seq) = self.find_repeat(key, item).await? {
+                        break (Appended::Repeat(seq), true);
                     }
-                    Err(e) => return Err(backend(e)),
+                    // The seq was taken: by a crashed append whose cache update never
+                    // happened, or by a writer racing this one.
+                    last = self.highest_seq(key).await?.max(seq);
                 }
+                Err(e) => return Err(backend(e)),
             }
         };
-        self.record_last(&key, appended.seq(), at).await?;
         if first && let Some(pair) = item.conv.pair() {
             for user in pair {
-                self.participate(user, &key, 0).await?;
+                self.participate(user, key, 0).await?;
             }
         }
         if !item.leaving.is_empty() {
@@ -154,7 +157,7 @@ impl MongoStore {
             self.participants
                 .update_many(
                     doc! {
-                        "conv": &key, "user": { "$in": &item.leaving },
+                        "conv": key, "user": { "$in": &item.leaving },
                         "until": { "$exists": false }, "since": { "$lt": seq },
                     },
                     doc! { "$set": { "until": seq } },
@@ -162,7 +165,7 @@ impl MongoStore {
                 .await
                 .map_err(backend)?;
         }
-        Ok(appended)
+        Ok((appended, first))
     }
 
     async fn state(&self, user: &str, part: &Document) -> Result<ConvState> {
@@ -275,10 +278,25 @@ impl MongoStore {
 #[async_trait::async_trait]
 impl TimelineStore for MongoStore {
     async fn append(&self, items: &[NewEntry]) -> Result<Vec<Appended>> {
+        // Each conversation's last seq is read once per batch and its cache written once, after
+        // the batch's entries and before anyone is told of them.
+        let mut last: HashMap<String, (u64, i64)> = HashMap::new();
         let mut appended = Vec::with_capacity(items.len());
         for item in items {
             let body = serde_json::to_string(&item.message).map_err(corrupt)?;
-            appended.push(self.append_one(item, &body).await?);
+            let key = item.conv.key();
+            let known = match last.get(&key) {
+                Some(&(seq, _)) => seq,
+                None => self.last_seq(&key).await?,
+            };
+            let at = now_ms();
+            let (result, _) = self.append_one(&key, item, &body, known, at).await?;
+            let seq = known.max(result.seq());
+            last.insert(key, (seq, at));
+            appended.push(result);
+        }
+        for (key, (seq, at)) in last {
+            self.record_last(&key, seq, at).await?;
         }
         Ok(appended)
     }
@@ -466,34 +484,63 @@ impl TimelineStore for MongoStore {
     }
 
     async fn ack(&self, acks: &[(DeviceRef, Ack)]) -> Result<()> {
+        // Where the acks by id point, all looked up at once.
+        let ids: Vec<&str> = acks
+            .iter()
+            .filter_map(|(_, ack)| match ack {
+                Ack::Id(id) => Some(id.as_str()),
+                Ack::Upto { .. } => None,
+            })
+            .collect();
+        let mut places: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+        if !ids.is_empty() {
+            let found = all(self
+                .timeline
+                .find(doc! { "id": { "$in": ids } })
+                .projection(doc! { "conv": 1, "seq": 1, "id": 1 }))
+            .await?;
+            for d in &found {
+                let id = d.get_str("id").map_err(corrupt)?;
+                let key = d.get_str("conv").map_err(corrupt)?;
+                places
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push((key.to_owned(), int(d, "seq")?));
+            }
+        }
+        // Cursors are cumulative: each device moves once per conversation, to the highest
+        // seq it acked there in this batch.
+        let mut parts: HashMap<(String, String), bool> = HashMap::new();
+        let mut upto: HashMap<(DeviceRef, String), u64> = HashMap::new();
         for (device, ack) in acks {
-            match ack {
-                Ack::Upto { conv, seq } => {
-                    let key = conv.key();
-                    if self.takes_part(&device.user, &key).await? {
-                        self.advance(device, &key, *seq).await?;
+            let candidates = match ack {
+                Ack::Upto { conv, seq } => vec![(conv.key(), *seq)],
+                Ack::Id(id) => places.get(id).cloned().unwrap_or_default(),
+            };
+            let mut mine = Vec::new();
+            for (key, seq) in candidates {
+                let part = (device.user.clone(), key.clone());
+                let takes_part = match parts.get(&part) {
+                    Some(&known) => known,
+                    None => {
+                        let known = self.takes_part(&device.user, &key).await?;
+                        parts.insert(part, known);
+                        known
                     }
-                }
-                Ack::Id(id) => {
-                    let found = all(self
-                        .timeline
-                        .find(doc! { "id": id })
-                        .projection(doc! { "conv": 1, "seq": 1 }))
-                    .await?;
-                    let mut mine = Vec::new();
-                    for d in &found {
-                        let key = d.get_str("conv").map_err(corrupt)?;
-                        if self.takes_part(&device.user, key).await? {
-                            mine.push((key.to_owned(), int(d, "seq")?));
-                        }
-                    }
-                    // Only an id that names one message: another sender may reuse an id in
-                    // another conversation, and must not move this cursor.
-                    if let [(key, seq)] = &mine[..] {
-                        self.advance(device, key, *seq).await?;
-                    }
+                };
+                if takes_part {
+                    mine.push((key, seq));
                 }
             }
+            // Only an id that names one message: another sender may reuse an id in another
+            // conversation, and must not move this cursor.
+            if let [(key, seq)] = &mine[..] {
+                let at = upto.entry((device.clone(), key.clone())).or_default();
+                *at = (*at).max(*seq);
+            }
+        }
+        for ((device, key), seq) in upto {
+            self.advance(&device, &key, seq).await?;
         }
         Ok(())
     }

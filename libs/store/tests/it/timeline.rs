@@ -371,4 +371,46 @@ pub async fn contract(s: &dyn TimelineStore) {
         [Appended::New(6)],
         "retention never makes a seq come back"
     );
+
+    // An ack by id moves a cursor only where the id names one message of the device's
+    // conversations; the acks of one batch move each cursor to the highest of them.
+    let (de, ef) = (Conv::direct("dave", "erin"), Conv::direct("erin", "fay"));
+    let erin = device("erin", "phone");
+    s.register(&erin).await.unwrap();
+    s.append(&[
+        entry(&de, "dave", "default", "same"),
+        entry(&ef, "fay", "default", "same"),
+        entry(&de, "dave", "default", "d2"),
+        entry(&de, "dave", "default", "d3"),
+        entry(&ef, "fay", "default", "f2"),
+    ])
+    .await
+    .unwrap();
+    let cursors = || async {
+        let mut at: Vec<(Conv, u64)> = s
+            .positions(&erin, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.conv, p.cursor))
+            .collect();
+        at.sort_by_key(|(conv, _)| conv.key());
+        at
+    };
+    s.ack(&[(erin.clone(), Ack::Id("same".into()))])
+        .await
+        .unwrap();
+    assert_eq!(
+        cursors().await,
+        [(de.clone(), 0), (ef.clone(), 0)],
+        "an id in two conversations"
+    );
+    s.ack(&[
+        (erin.clone(), Ack::Id("d3".into())),
+        (erin.clone(), Ack::Id("d2".into())),
+        (erin.clone(), Ack::Id("f2".into())),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(cursors().await, [(de, 3), (ef, 2)]);
 }
