@@ -50,14 +50,6 @@ pub struct InlineBus {
     topics: Arc<RwLock<HashMap<String, TopicState>>>,
 }
 
-/// Whether a topic's consumers run in line with the publisher.
-fn in_line(topic: &Topic) -> bool {
-    matches!(
-        topic,
-        Topic::NewMessages | Topic::GroupMessages | Topic::Send | Topic::Gateway(_)
-    )
-}
-
 impl InlineBus {
     pub fn new() -> Self {
         Self::default()
@@ -74,7 +66,8 @@ impl InlineBus {
                 topic: topic.name(),
             });
         }
-        let consumer = if in_line(topic) {
+        // The topics a message passes on its way run in line with the publisher; the rest queue.
+        let consumer = if topic.is_on_message_path() {
             Consumer::Inline(handler)
         } else {
             let (tx, rx) = mpsc::channel(QUEUE);

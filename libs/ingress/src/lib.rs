@@ -6,17 +6,25 @@ mod rate;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
 use samvad_kit::{ApiError, Context, DoorLabel, Metrics, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_store::{Conv, StoreError, Stores};
+use tokio::sync::mpsc;
 
 pub use rate::{PerUser, TokenBucket};
 
 /// Usernames known to exist, remembered so most sends skip the profile lookup. Bounded: past
 /// the bound it is cleared and refills.
 const KNOWN_USERS_MAX: usize = 100_000;
+/// Client acks waiting to be published before a connection that acks waits for room.
+const ACK_QUEUE: usize = 10_000;
+/// Most client acks published at once.
+const ACK_BATCH: usize = 1_000;
+/// The longest pause between tries of a batch of acks the bus refused.
+const ACK_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Why a client's message was refused. Each is answered to that client alone.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +46,8 @@ pub enum Rejection {
 }
 
 /// The `meta.action`s of the notices the server itself sends: group membership (§2), read
-/// positions and gaps (§7). A client's NOTIFICATION may not pass for one.
-const SYSTEM_ACTIONS: [&str; 4] = ["add", "remove", "read", "gap"];
+/// positions, gaps and presence (§7). A client's NOTIFICATION may not pass for one.
+const SYSTEM_ACTIONS: [&str; 5] = ["add", "remove", "read", "gap", "presence"];
 
 impl Rejection {
     /// The label this refusal is counted under.
@@ -91,11 +99,17 @@ pub struct Ingress {
     stores: Stores,
     limits: Limits,
     known_users: Arc<Mutex<HashSet<String>>>,
+    acks: mpsc::Sender<Record>,
 }
 
 impl Ingress {
     /// The front door named `door` (`ws`, `rest`) in metrics.
     pub fn new(ctx: &Context, door: &'static str) -> Self {
+        let (acks, queued) = mpsc::channel(ACK_QUEUE);
+        ctx.spawn(
+            "client acks",
+            publish_acks(Arc::clone(&ctx.bus), queued, ctx.shutdown()),
+        );
         Self {
             door,
             metrics: ctx.metrics.clone(),
@@ -105,6 +119,7 @@ impl Ingress {
                 max_bytes: ctx.settings.max_message_bytes,
             },
             known_users: Arc::default(),
+            acks,
         }
     }
 
@@ -186,14 +201,17 @@ impl Ingress {
     }
 
     /// Publishes messages `device` sent, as accepted; returns once they are durable. Client
-    /// acks go to delivery, everything else to the router, keyed by conversation so each
-    /// conversation keeps its order.
+    /// acks go to delivery, queued (see [`publish_acks`]); everything else to the router,
+    /// keyed by conversation so each conversation keeps its order.
     pub async fn publish(&self, device: &str, messages: &[Message]) -> Result<(), BusError> {
-        let mut acks = Vec::new();
         let mut new = Vec::new();
         for m in messages {
             if m.kind == MessageType::ClientAck {
-                acks.push(Record::event(m.source.clone(), client_ack(device, m)));
+                let ack = Record::event(m.source.clone(), client_ack(device, m));
+                self.acks
+                    .send(ack)
+                    .await
+                    .map_err(|_| BusError::Storage("the node is stopping".into()))?;
             } else {
                 let accepted = Accepted {
                     device: device.to_owned(),
@@ -201,9 +219,6 @@ impl Ingress {
                 };
                 new.push(Record::event(Conv::of(m).key(), accepted));
             }
-        }
-        if !acks.is_empty() {
-            self.bus.publish(&Topic::ClientAcks, acks).await?;
         }
         if !new.is_empty() {
             let count = new.len() as u64;
@@ -214,6 +229,46 @@ impl Ingress {
                 .inc_by(count);
         }
         Ok(())
+    }
+}
+
+/// Publishes the client acks the connections queued, in batches: whatever queued while the
+/// last batch was on its way. So a connection never waits for its acks to reach the broker,
+/// and a broker gets one request for many acks. An ack lost in a crash only makes its message
+/// be sent to the device again, which its seq tells apart; a batch the bus refuses is tried
+/// again, after a growing pause, until the node stops.
+async fn publish_acks(
+    bus: Arc<dyn Bus>,
+    mut queued: mpsc::Receiver<Record>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    loop {
+        tokio::select! {
+            // At a stop, what is queued gets one try (within the node's stop allowance); what
+            // does not make it costs redeliveries, nothing more.
+            _ = shutdown.cancelled() => {
+                queued.close();
+                while queued.recv_many(&mut batch, ACK_BATCH).await > 0 {
+                    if let Err(error) = bus.publish(&Topic::ClientAcks, std::mem::take(&mut batch)).await {
+                        tracing::warn!(%error, "client acks not published at the stop");
+                        break;
+                    }
+                }
+                return Ok(());
+            }
+            n = queued.recv_many(&mut batch, ACK_BATCH) => if n == 0 { return Ok(()) },
+        }
+        let mut pause = Duration::from_millis(50);
+        while let Err(error) = bus.publish(&Topic::ClientAcks, batch.clone()).await {
+            tracing::warn!(%error, acks = batch.len(), "cannot publish client acks; trying again");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(ACK_MAX_PAUSE);
+        }
+        batch.clear();
     }
 }
 

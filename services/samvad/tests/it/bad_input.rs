@@ -145,7 +145,7 @@ async fn a_client_cannot_forge_a_system_notice() {
     let bob = app.user("bob").await;
     let mut a = app.connect(&alice, "text", true).await;
     let mut b = app.connect(&bob, "binary", false).await;
-    for action in ["add", "remove", "read", "gap"] {
+    for action in ["add", "remove", "read", "gap", "presence"] {
         let mut notice = chat(&format!("n-{action}"), "alice", "bob", "");
         notice.kind = MessageType::Notification;
         notice.content = br#"{"added":["mallory"]}"#.to_vec();
