@@ -1,7 +1,8 @@
 //! Attachments on local disk, for the all-in-one: files under `<data dir>/assets/`, sent and
 //! fetched at `/v1.0/assets/files/{fileId}` with an expiry and a signature in the query. The
 //! signature binds the method, the path and the expiry (and, for an upload, the content type
-//! the file must carry), so a URL does one thing to one file until it expires.
+//! the file must carry), so a URL does one thing to one file until it expires. The directory
+//! and its files are the server's alone (0700 and 0600), like its database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,19 @@ pub(super) struct Disk {
     settings: Arc<AssetSettings>,
 }
 
+/// Creates `dir` if need be, readable by this process's user alone (an existing one too).
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("cannot make {} private: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 fn unix_now() -> u64 {
     samvad_kit::now_ms() / 1000
 }
@@ -44,8 +58,7 @@ impl Disk {
         signer: UrlSigner,
         settings: Arc<AssetSettings>,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        private_dir(&dir)?;
         Ok(Self {
             dir: Arc::new(dir),
             signer,
@@ -280,7 +293,11 @@ enum Written {
 
 /// Streams `body` into a new file at `part`, at most `max` bytes, and syncs it.
 async fn write_part(part: &std::path::Path, body: Body, max: u64) -> Result<u64, Written> {
-    let mut file = tokio::fs::File::create(part).await.map_err(Written::Disk)?;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(part).await.map_err(Written::Disk)?;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -335,4 +352,32 @@ async fn fetch(
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn attachments_are_readable_by_the_server_alone() {
+        let root = std::env::temp_dir().join(format!("samvad-assets-{}", rand::random::<u64>()));
+        let dir = root.join("assets");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700, "an existing directory is made private");
+        let part = dir.join("a.part.1");
+        let written = write_part(&part, Body::from("bytes"), 100).await;
+        assert!(matches!(written, Ok(5)));
+        assert_eq!(mode(&part), 0o600);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -288,6 +288,16 @@ impl Config {
             &self.limits.max_message_bytes,
             256..=16 * 1024 * 1024,
         );
+        // A message travels in one Kafka record, beside a group's member list: Kafka refuses
+        // records over 1 MB by default (producer and broker), and a record it refuses could
+        // never be delivered.
+        if matches!(bus, BusSettings::Kafka(_)) && max_message_bytes > KAFKA_MAX_MESSAGE_BYTES {
+            problems.push(format!(
+                "SAMVAD_MAX_MESSAGE_BYTES: {max_message_bytes} is more than SAMVAD_BUS=kafka \
+                 carries ({KAFKA_MAX_MESSAGE_BYTES}: one Kafka record of 1 MB holds a message \
+                 with a group's members)"
+            ));
+        }
         let rate_limit = number(
             &mut problems,
             "SAMVAD_RATE_LIMIT",
@@ -454,6 +464,9 @@ impl AuthArgs {
     }
 }
 
+/// The largest message the cluster shape carries (see `SAMVAD_MAX_MESSAGE_BYTES`).
+const KAFKA_MAX_MESSAGE_BYTES: u64 = 512 * 1024;
+
 pub(crate) fn number(
     problems: &mut Vec<String>,
     name: &str,
@@ -571,6 +584,35 @@ mod tests {
         let settings = config.validate().unwrap();
         assert_eq!(settings.listen.port(), 7000);
         assert_eq!(settings.max_message_bytes, 1024);
+    }
+
+    #[test]
+    fn a_message_limit_kafka_cannot_carry_is_refused() {
+        let settings = |bytes: &str| {
+            Config::parse_with_env(
+                ["samvad"],
+                &env(&[
+                    ("SAMVAD_AUTH_PROVIDER", "dev"),
+                    ("SAMVAD_BUS", "kafka"),
+                    ("SAMVAD_KAFKA_BROKERS", "127.0.0.1:9092"),
+                    (
+                        "SAMVAD_ACCESS_KEY_SECRETS",
+                        "k1:0123456789abcdef0123456789abcdef",
+                    ),
+                    ("SAMVAD_MAX_MESSAGE_BYTES", bytes),
+                ]),
+            )
+            .unwrap()
+            .validate()
+        };
+        assert_eq!(settings("524288").unwrap().max_message_bytes, 524_288);
+        let problems = settings("1048576").unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("SAMVAD_MAX_MESSAGE_BYTES: 1048576 is more than")),
+            "{problems:?}"
+        );
     }
 
     #[test]
