@@ -61,6 +61,13 @@ const BACKGROUND_FETCH_WAIT: Duration = Duration::from_millis(500);
 /// How long `publish` waits for the broker before reporting failure (nothing is acked then).
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The replicas that must have a record before the broker acks it (`acks=all`), on the topics
+/// Samvad creates: a majority of them, so an ack survives the loss of any minority of brokers
+/// (2 of 3). Without it the broker's default, 1, would let an ack stand on one disk.
+fn min_insync_replicas(replication: i32) -> i32 {
+    replication / 2 + 1
+}
+
 fn kafka(e: KafkaError) -> BusError {
     BusError::Storage(e.to_string())
 }
@@ -163,6 +170,12 @@ impl KafkaBus {
             created: Arc::default(),
             members: Arc::default(),
         };
+        if bus.config.replication < 2 {
+            tracing::warn!(
+                "SAMVAD_KAFKA_REPLICATION=1: the topics Samvad creates keep one copy of each \
+                 record, so an ack survives no broker's loss; use 3 in production"
+            );
+        }
         bus.ensure(&Topic::DURABLE).await?;
         Ok(bus)
     }
@@ -217,14 +230,18 @@ impl KafkaBus {
             created.extend(topics.iter().map(|t| self.name(t)));
             return Ok(());
         }
+        let min_insync = min_insync_replicas(self.config.replication).to_string();
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|(name, durable)| {
-                let topic = NewTopic::new(
+                let mut topic = NewTopic::new(
                     name,
                     self.config.partitions,
                     TopicReplication::Fixed(self.config.replication),
                 );
+                if self.config.replication > 1 {
+                    topic = topic.set("min.insync.replicas", &min_insync);
+                }
                 if *durable {
                     topic
                 } else {
@@ -443,5 +460,14 @@ impl Subscription for KafkaSubscription {
             Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
             Err(e) => Err(kafka(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_ack_waits_for_a_majority_of_replicas() {
+        let majority: Vec<i32> = (1..=5).map(super::min_insync_replicas).collect();
+        assert_eq!(majority, [1, 2, 2, 3, 3]);
     }
 }
