@@ -115,9 +115,9 @@ impl MongoStore {
 
     /// Stores one entry after `last` (the highest seq this append knows of in its
     /// conversation), or finds it stored already. The unique indexes decide: a repeat is found
-    /// only when its insert is refused, so a new message costs one write. Returns the result
-    /// and whether this may be the conversation's first entry, or repairs what a crash cut
-    /// short (a repeat): then the 1:1 participants are made sure of.
+    /// only when its insert is refused, so a new message costs one write. The first entry of a
+    /// conversation, and a repeat (which repairs what a crash may have cut short), make sure of
+    /// the 1:1 participants.
     async fn append_one(
         &self,
         key: &str,
@@ -125,7 +125,7 @@ impl MongoStore {
         body: &str,
         mut last: u64,
         at: i64,
-    ) -> Result<(Appended, bool)> {
+    ) -> Result<Appended> {
         let (appended, first) = loop {
             let seq = last + 1;
             let entry = doc! {
@@ -165,7 +165,7 @@ impl MongoStore {
                 .await
                 .map_err(backend)?;
         }
-        Ok((appended, first))
+        Ok(appended)
     }
 
     async fn state(&self, user: &str, part: &Document) -> Result<ConvState> {
@@ -290,7 +290,7 @@ impl TimelineStore for MongoStore {
                 None => self.last_seq(&key).await?,
             };
             let at = now_ms();
-            let (result, _) = self.append_one(&key, item, &body, known, at).await?;
+            let result = self.append_one(&key, item, &body, known, at).await?;
             let seq = known.max(result.seq());
             last.insert(key, (seq, at));
             appended.push(result);
