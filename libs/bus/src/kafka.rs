@@ -7,10 +7,9 @@
 //! has finished, and committed in the background; a new group starts from the earliest record.
 //! Records are keyed (by recipient, mostly), so each key keeps its order on one partition.
 //! The bus knows which of its consumers hold an assignment, for readiness
-//! ([`KafkaBus::unassigned`]).
+//! ([`Bus::unassigned`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::{Bus, BusError, Received, Record, Subscription, Topic};
+use crate::{Bus, BusError, Membership, Memberships, Received, Record, Subscription, Topic};
 
 /// How to reach and lay out the cluster's topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +78,7 @@ pub struct KafkaBus {
     producer: Arc<BaseProducer<Reports>>,
     admin: Arc<AdminClient<DefaultClientContext>>,
     created: Arc<Mutex<HashSet<String>>>,
-    members: Arc<Mutex<Vec<Weak<Membership>>>>,
+    members: Memberships,
 }
 
 /// The producer's context: a record's delivery report completes the publish waiting for it.
@@ -104,12 +103,6 @@ fn serve_reports(producer: Weak<BaseProducer<Reports>>) {
     }
 }
 
-/// One consumer's standing in its group: whether its last rebalance gave it an assignment.
-struct Membership {
-    group: String,
-    assigned: AtomicBool,
-}
-
 /// A consumer's librdkafka context: it follows the consumer's rebalances.
 struct GroupContext(Arc<Membership>);
 
@@ -118,8 +111,6 @@ impl ClientContext for GroupContext {}
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let group = &self.0.group;
-        // An empty assignment counts: the group has answered, and this member has no partition
-        // only because others hold them all.
         let assigned = match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(
@@ -138,7 +129,7 @@ impl ConsumerContext for GroupContext {
                 false
             }
         };
-        self.0.assigned.store(assigned, Ordering::SeqCst);
+        self.0.set_assigned(assigned);
     }
 }
 
@@ -168,7 +159,7 @@ impl KafkaBus {
             producer,
             admin: Arc::new(admin),
             created: Arc::default(),
-            members: Arc::default(),
+            members: Memberships::default(),
         };
         if bus.config.replication < 2 {
             tracing::warn!(
@@ -178,19 +169,6 @@ impl KafkaBus {
         }
         bus.ensure(&Topic::DURABLE).await?;
         Ok(bus)
-    }
-
-    /// The consumer groups this process reads in whose consumer holds no assignment yet (or is
-    /// in the middle of a rebalance): records on their topics wait until it has one.
-    pub fn unassigned(&self) -> Vec<String> {
-        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        members.retain(|m| m.strong_count() > 0);
-        members
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter(|m| !m.assigned.load(Ordering::SeqCst))
-            .map(|m| m.group.clone())
-            .collect()
     }
 
     fn name(&self, topic: &Topic) -> String {
@@ -353,23 +331,20 @@ impl Bus for KafkaBus {
         if let Some(instance) = &self.config.instance {
             consumer.set("group.instance.id", instance);
         }
-        let membership = Arc::new(Membership {
-            group: format!("{}{group}", self.config.prefix),
-            assigned: AtomicBool::new(false),
-        });
+        let membership = self.members.join(&format!("{}{group}", self.config.prefix));
         let consumer: StreamConsumer<GroupContext> = consumer
             .create_with_context(GroupContext(Arc::clone(&membership)))
             .map_err(kafka)?;
         let name = self.name(topic);
         consumer.subscribe(&[&name]).map_err(kafka)?;
-        self.members
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::downgrade(&membership));
         Ok(Box::new(KafkaSubscription {
             consumer,
             topic: name,
         }))
+    }
+
+    fn unassigned(&self) -> Vec<String> {
+        self.members.waiting()
     }
 }
 

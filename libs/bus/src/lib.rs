@@ -10,11 +10,13 @@
 mod event;
 mod inline;
 mod kafka;
+mod nats;
 
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,6 +26,7 @@ pub use event::{
 };
 pub use inline::{Handler, InlineBus};
 pub use kafka::{KafkaBus, KafkaConfig};
+pub use nats::{NatsBus, NatsConfig};
 
 /// Every topic the services exchange. Names are `{prefix}{name}`; the `.vN` suffix versions the
 /// payload schema so a change can run beside the old one during a rolling upgrade (`.v2`: the
@@ -223,6 +226,57 @@ pub trait Bus: Send + Sync + 'static {
         topic: &Topic,
         group: &str,
     ) -> Result<Box<dyn Subscription>, BusError>;
+
+    /// The consumer groups this process reads in whose member holds no partitions yet (or is
+    /// between assignments): records on their topics wait until it does. For readiness.
+    fn unassigned(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The consumer groups a broker's bus reads in this process, and whether each member has
+/// been given its partitions yet.
+#[derive(Clone, Default)]
+pub(crate) struct Memberships(Arc<Mutex<Vec<Weak<Membership>>>>);
+
+/// One subscription's standing in its group. An empty assignment counts as assigned: the
+/// group has answered, and this member has no partition only because others hold them all.
+pub(crate) struct Membership {
+    pub(crate) group: String,
+    assigned: AtomicBool,
+}
+
+impl Membership {
+    pub(crate) fn set_assigned(&self, assigned: bool) {
+        self.assigned.store(assigned, Ordering::SeqCst);
+    }
+}
+
+impl Memberships {
+    /// A member of `group`, not yet assigned, followed for as long as it is held.
+    pub(crate) fn join(&self, group: &str) -> Arc<Membership> {
+        let membership = Arc::new(Membership {
+            group: group.to_owned(),
+            assigned: AtomicBool::new(false),
+        });
+        self.lock().push(Arc::downgrade(&membership));
+        membership
+    }
+
+    pub(crate) fn waiting(&self) -> Vec<String> {
+        let mut members = self.lock();
+        members.retain(|m| m.strong_count() > 0);
+        members
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|m| !m.assigned.load(Ordering::SeqCst))
+            .map(|m| m.group.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Membership>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// One consumer group member's view of a topic.

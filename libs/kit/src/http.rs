@@ -25,14 +25,12 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if shared.draining.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned());
     }
-    if let Some(kafka) = &shared.kafka {
-        let waiting = kafka.unassigned();
-        if !waiting.is_empty() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("waiting for partitions: {}", waiting.join(", ")),
-            );
-        }
+    let waiting = shared.bus.unassigned();
+    if !waiting.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for partitions: {}", waiting.join(", ")),
+        );
     }
     if let Some(db) = &shared.db
         && db

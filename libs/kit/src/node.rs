@@ -15,7 +15,7 @@ use axum::Router;
 use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
-use samvad_bus::{Bus, InlineBus, KafkaBus};
+use samvad_bus::{Bus, InlineBus, KafkaBus, NatsBus};
 use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
 use samvad_store::{EmbeddedStore, MongoStore, Stores};
@@ -69,9 +69,9 @@ pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     /// The embedded database, if this node has one, asked at `/readyz` whether it answers.
     pub(crate) db: Option<Db>,
-    /// The Kafka bus, if this node reads one, asked at `/readyz` whether every consumer holds
-    /// its partitions: until it does, what is sent to this service waits.
-    pub(crate) kafka: Option<KafkaBus>,
+    /// The bus, asked at `/readyz` whether every consumer holds its partitions: until it
+    /// does, what is sent to this service waits.
+    pub(crate) bus: Arc<dyn Bus>,
     /// The in-line bus, if this node runs one: consumers attach to it.
     pub(crate) inline: Option<InlineBus>,
     tasks: TaskTracker,
@@ -181,7 +181,7 @@ pub async fn start(
         None
     };
     let embedded_db = || db.clone().context("the embedded database is not open");
-    let (mut kafka, mut inline) = (None, None);
+    let mut inline = None;
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusSettings::Memory => {
             let bus = InlineBus::new();
@@ -192,7 +192,12 @@ pub async fn start(
             let bus = KafkaBus::connect(config.clone())
                 .await
                 .context("connecting to Kafka")?;
-            kafka = Some(bus.clone());
+            Arc::new(bus)
+        }
+        BusSettings::Nats(config) => {
+            let bus = NatsBus::connect(config.clone())
+                .await
+                .context("connecting to NATS")?;
             Arc::new(bus)
         }
     };
@@ -266,7 +271,7 @@ pub async fn start(
         shutdown,
         registry: Mutex::new(registry),
         db,
-        kafka,
+        bus: Arc::clone(&bus),
         inline,
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),

@@ -179,19 +179,46 @@ pub fn kafka() -> Server {
     )
 }
 
+/// A private NATS server with JetStream, storing in its scratch directory: `url` is a
+/// `nats://` URL. Up once this returns. The one `deployment/scripts/test` installs in
+/// `target/tools/venv`, whatever `PATH` holds (the client needs NATS 2.10 or later).
+pub fn nats() -> Server {
+    let port = free_port();
+    let dir = scratch();
+    let p = port.to_string();
+    let store = dir.path().join("jetstream").to_string_lossy().into_owned();
+    let server = Server::spawn(
+        &format!("{TOOLS}nats-server"),
+        &[
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--jetstream",
+            "--store_dir",
+            &store,
+        ],
+        format!("nats://127.0.0.1:{port}"),
+        port,
+        dir,
+    );
+    wait_for_port(port);
+    server
+}
+
+/// Where `deployment/scripts/test` installs the Python-packaged servers.
+const TOOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/tools/venv/bin/");
+
 /// A private MongoDB-wire server (SecantusDB, in memory): `url` is a `mongodb://` URL.
 /// `secantusd-py` is looked up on `PATH`, then in the workspace's `target/tools/venv`, where
 /// `deployment/scripts/test` installs it.
 pub fn mongo() -> Server {
     let port = free_port();
-    let venv = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/tools/venv/bin/secantusd-py"
-    );
+    let venv = format!("{TOOLS}secantusd-py");
     let program = if Command::new("secantusd-py").arg("--help").output().is_ok() {
         "secantusd-py"
     } else {
-        venv
+        &venv
     };
     let p = port.to_string();
     Server::spawn(

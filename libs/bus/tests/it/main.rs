@@ -1,12 +1,15 @@
-//! One contract, every subscription bus: Kafka as librdkafka's own mock cluster, and a real
-//! Kafka-protocol broker (tansu) started for the test. (The all-in-one in-line bus has no
+//! One contract, every subscription bus: Kafka as librdkafka's own mock cluster, a real
+//! Kafka-protocol broker (tansu) and a real NATS server with JetStream, each started for the
+//! test. (The all-in-one in-line bus has no
 //! subscriptions; its tests are beside it.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
-use samvad_bus::{Bus, KafkaBus, KafkaConfig, Received, Record, Subscription, Topic};
+use samvad_bus::{
+    Bus, KafkaBus, KafkaConfig, NatsBus, NatsConfig, Received, Record, Subscription, Topic,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -137,4 +140,139 @@ async fn kafka_keeps_the_contract_on_a_real_broker() {
     let bus = bus.expect("tansu came up");
     contract(&bus, "k").await;
     gateway_contract(&bus, "g1").await;
+}
+
+fn nats_config(url: String, instance: &str) -> NatsConfig {
+    NatsConfig {
+        url,
+        credentials: None,
+        ca_file: None,
+        prefix: "t.".into(),
+        partitions: 3,
+        replicas: 1,
+        instance: Some(instance.into()),
+    }
+}
+
+#[tokio::test]
+async fn nats_keeps_the_contract() {
+    let server = samvad_testkit::nats();
+    let bus = NatsBus::connect(nats_config(server.url.clone(), "one"))
+        .await
+        .unwrap();
+    contract(&bus, "k").await;
+    gateway_contract(&bus, "g1").await;
+}
+
+/// Two members of a group on NATS share its partitions, each keeping every key's order; when
+/// one leaves, the other takes its partitions over, starting with what the first had read and
+/// not committed.
+#[tokio::test]
+async fn nats_members_share_a_group_and_take_over() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let server = samvad_testkit::nats();
+    let connect = |instance| NatsBus::connect(nats_config(server.url.clone(), instance));
+    let (one, two) = (connect("one").await.unwrap(), connect("two").await.unwrap());
+    let mut first = one.subscribe(&Topic::Send, "delivery").await.unwrap();
+    let mut second = two.subscribe(&Topic::Send, "delivery").await.unwrap();
+    let keys: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    // (member, key) → the values that member read for that key, in the order read.
+    let mut seen: BTreeMap<(u8, String), Vec<u32>> = BTreeMap::new();
+    let mut note = |member: u8, batch: &[Received]| {
+        for r in batch {
+            seen.entry((member, r.key.clone()))
+                .or_default()
+                .push(value(r));
+        }
+    };
+
+    // The second member joined with every partition held; it gets its share once the first
+    // gives some back, within a few lease rounds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut round = 0;
+    let mut both = false;
+    while !both {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second member got no partition"
+        );
+        round += 1;
+        let records = keys.iter().map(|k| record(k, round)).collect();
+        one.publish(&Topic::Send, records).await.unwrap();
+        let (mut by_first, mut by_second) = (0, 0);
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < until {
+            tokio::select! {
+                Ok(batch) = first.next_batch(64) => {
+                    first.commit(&batch).await.unwrap();
+                    by_first += batch.len();
+                    note(1, &batch);
+                }
+                Ok(batch) = second.next_batch(64) => {
+                    second.commit(&batch).await.unwrap();
+                    by_second += batch.len();
+                    note(2, &batch);
+                }
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+        both = by_first > 0 && by_second > 0;
+    }
+    for ((member, key), values) in &seen {
+        assert!(
+            values.is_sorted(),
+            "member {member} read {key} out of order: {values:?}"
+        );
+    }
+    for round in 1..=round {
+        for key in &keys {
+            assert!(
+                seen.iter()
+                    .any(|((_, k), v)| k == key && v.contains(&round)),
+                "{key}'s record of round {round} reached neither member"
+            );
+        }
+    }
+
+    // The second member reads a batch and leaves without committing it.
+    for i in 0..5 {
+        let records = keys.iter().map(|k| record(k, 1000 + i)).collect();
+        one.publish(&Topic::Send, records).await.unwrap();
+    }
+    let mut uncommitted = BTreeSet::new();
+    while uncommitted.is_empty() {
+        let batch = tokio::time::timeout(WAIT, second.next_batch(256))
+            .await
+            .expect("the second member reads its partitions")
+            .unwrap();
+        uncommitted.extend(
+            batch
+                .iter()
+                .filter(|r| value(r) >= 1000)
+                .map(|r| r.key.clone()),
+        );
+    }
+    drop(second);
+    let mut again: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    while !uncommitted
+        .iter()
+        .all(|k| again.get(k).is_some_and(|v| v.len() >= 5))
+    {
+        let batch = tokio::time::timeout(WAIT, first.next_batch(256))
+            .await
+            .expect("the first member takes the partitions over")
+            .unwrap();
+        first.commit(&batch).await.unwrap();
+        for r in batch.iter().filter(|r| value(r) >= 1000) {
+            again.entry(r.key.clone()).or_default().push(value(r));
+        }
+    }
+    for key in &uncommitted {
+        assert_eq!(
+            again[key],
+            [1000, 1001, 1002, 1003, 1004],
+            "{key}: read again, in order"
+        );
+    }
 }

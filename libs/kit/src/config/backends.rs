@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use clap::Args;
-use samvad_bus::KafkaConfig;
+use std::path::PathBuf;
+
+use samvad_bus::{KafkaConfig, NatsConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
-    /// Message bus: `memory` (in-process, on disk in the data directory) or `kafka`.
+    /// Message bus: `memory` (in-process, on disk in the data directory), `kafka` or `nats`
+    /// (NATS JetStream).
     #[arg(long, env = "SAMVAD_BUS", default_value = "memory")]
     pub bus: String,
 
@@ -15,7 +18,7 @@ pub struct BackendArgs {
     #[arg(long, env = "SAMVAD_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
-    /// `kafka`: prefix of every topic and consumer group.
+    /// `kafka`, `nats`: prefix of every topic and consumer group.
     #[arg(long, env = "SAMVAD_TOPIC_PREFIX", default_value = "samvad.")]
     pub topic_prefix: String,
 
@@ -31,6 +34,28 @@ pub struct BackendArgs {
     /// Kafka answers as soon as a record arrives, whatever this is; tansu waits it out.
     #[arg(long, env = "SAMVAD_KAFKA_FETCH_WAIT_MS", default_value = "500")]
     pub kafka_fetch_wait_ms: String,
+
+    /// `nats`: server URLs, comma separated: nats://host:4222, or tls://host:4222 to require TLS.
+    #[arg(long, env = "SAMVAD_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// `nats`: a credentials file (.creds: a user JWT and its NKey seed) to log in with.
+    #[arg(long, env = "SAMVAD_NATS_CREDENTIALS")]
+    pub nats_credentials: Option<PathBuf>,
+
+    /// `nats`: PEM certificates of the CAs that sign the servers' TLS certificates, if the
+    /// system's roots do not.
+    #[arg(long, env = "SAMVAD_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+
+    /// `nats`: partitions of each topic Samvad creates (the most members of a service's
+    /// consumer group that read at once).
+    #[arg(long, env = "SAMVAD_NATS_PARTITIONS", default_value = "6")]
+    pub nats_partitions: String,
+
+    /// `nats`: replicas of each stream Samvad creates (3 in production).
+    #[arg(long, env = "SAMVAD_NATS_REPLICAS", default_value = "1")]
+    pub nats_replicas: String,
 
     /// Store: `embedded` (SQLite in the data directory) or `mongodb`.
     #[arg(long, env = "SAMVAD_STORE", default_value = "embedded")]
@@ -70,6 +95,7 @@ pub struct BackendArgs {
 pub enum BusSettings {
     Memory,
     Kafka(KafkaConfig),
+    Nats(NatsConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +156,20 @@ impl BackendArgs {
     }
 
     fn bus(&self, instance: Option<&str>, problems: &mut Vec<String>) -> BusSettings {
+        match self.bus.as_str() {
+            "memory" => BusSettings::Memory,
+            "kafka" => self.kafka(instance, problems),
+            "nats" => self.nats(instance, problems),
+            other => {
+                problems.push(format!(
+                    "SAMVAD_BUS: `{other}` is not `memory`, `kafka` or `nats`"
+                ));
+                BusSettings::Memory
+            }
+        }
+    }
+
+    fn kafka(&self, instance: Option<&str>, problems: &mut Vec<String>) -> BusSettings {
         let partitions = super::number(
             problems,
             "SAMVAD_KAFKA_PARTITIONS",
@@ -148,24 +188,58 @@ impl BackendArgs {
             &self.kafka_fetch_wait_ms,
             1..=60_000,
         );
-        match (self.bus.as_str(), &self.kafka_brokers) {
-            ("memory", _) => BusSettings::Memory,
-            ("kafka", Some(brokers)) if !brokers.trim().is_empty() => {
-                BusSettings::Kafka(KafkaConfig {
-                    brokers: brokers.clone(),
-                    prefix: self.topic_prefix.clone(),
-                    partitions: partitions as i32,
-                    replication: replication as i32,
-                    instance: instance.map(str::to_owned),
-                    fetch_wait: Duration::from_millis(fetch_wait_ms),
-                })
-            }
-            ("kafka", _) => {
+        match &self.kafka_brokers {
+            Some(brokers) if !brokers.trim().is_empty() => BusSettings::Kafka(KafkaConfig {
+                brokers: brokers.clone(),
+                prefix: self.topic_prefix.clone(),
+                partitions: partitions as i32,
+                replication: replication as i32,
+                instance: instance.map(str::to_owned),
+                fetch_wait: Duration::from_millis(fetch_wait_ms),
+            }),
+            _ => {
                 problems.push("SAMVAD_KAFKA_BROKERS: required with SAMVAD_BUS=kafka".into());
                 BusSettings::Memory
             }
-            (other, _) => {
-                problems.push(format!("SAMVAD_BUS: `{other}` is not `memory` or `kafka`"));
+        }
+    }
+
+    fn nats(&self, instance: Option<&str>, problems: &mut Vec<String>) -> BusSettings {
+        let partitions = super::number(
+            problems,
+            "SAMVAD_NATS_PARTITIONS",
+            &self.nats_partitions,
+            1..=1_000,
+        );
+        // JetStream keeps an odd number of replicas, at most five.
+        let replicas = super::number(problems, "SAMVAD_NATS_REPLICAS", &self.nats_replicas, 1..=5);
+        if replicas.is_multiple_of(2) {
+            problems.push(format!(
+                "SAMVAD_NATS_REPLICAS: {replicas} is even; JetStream needs a majority, use 1, 3 or 5"
+            ));
+        }
+        for (name, path) in [
+            ("SAMVAD_NATS_CREDENTIALS", &self.nats_credentials),
+            ("SAMVAD_NATS_CA_FILE", &self.nats_ca_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                problems.push(format!("{name}: {} is not a readable file", path.display()));
+            }
+        }
+        match &self.nats_url {
+            Some(url) if !url.trim().is_empty() => BusSettings::Nats(NatsConfig {
+                url: url.clone(),
+                credentials: self.nats_credentials.clone(),
+                ca_file: self.nats_ca_file.clone(),
+                prefix: self.topic_prefix.clone(),
+                partitions: partitions as u32,
+                replicas: replicas as usize,
+                instance: instance.map(str::to_owned),
+            }),
+            _ => {
+                problems.push("SAMVAD_NATS_URL: required with SAMVAD_BUS=nats".into());
                 BusSettings::Memory
             }
         }

@@ -271,8 +271,8 @@ impl Config {
         });
         if bus != BusSettings::Memory && access_key_secrets.is_none() {
             problems.push(
-                "SAMVAD_ACCESS_KEY_SECRETS: required with SAMVAD_BUS=kafka: every process must \
-                 verify the access keys the profile service signs"
+                "SAMVAD_ACCESS_KEY_SECRETS: required with a broker's bus (SAMVAD_BUS=kafka or \
+                 nats): every process must verify the access keys the profile service signs"
                     .into(),
             );
         }
@@ -288,14 +288,17 @@ impl Config {
             &self.limits.max_message_bytes,
             256..=16 * 1024 * 1024,
         );
-        // A message travels in one Kafka record, beside a group's member list: Kafka refuses
-        // records over 1 MB by default (producer and broker), and a record it refuses could
-        // never be delivered.
-        if matches!(bus, BusSettings::Kafka(_)) && max_message_bytes > KAFKA_MAX_MESSAGE_BYTES {
+        // A message travels in one broker record, beside a group's member list: Kafka and
+        // NATS refuse records over 1 MB by default (Kafka's producer and broker, NATS's
+        // max_payload), and a record a broker refuses could never be delivered.
+        if matches!(self.backends.bus.as_str(), "kafka" | "nats")
+            && max_message_bytes > BROKER_MAX_MESSAGE_BYTES
+        {
             problems.push(format!(
-                "SAMVAD_MAX_MESSAGE_BYTES: {max_message_bytes} is more than SAMVAD_BUS=kafka \
-                 carries ({KAFKA_MAX_MESSAGE_BYTES}: one Kafka record of 1 MB holds a message \
-                 with a group's members)"
+                "SAMVAD_MAX_MESSAGE_BYTES: {max_message_bytes} is more than SAMVAD_BUS={} \
+                 carries ({BROKER_MAX_MESSAGE_BYTES}: one record of 1 MB holds a message with a \
+                 group's members)",
+                self.backends.bus
             ));
         }
         let rate_limit = number(
@@ -465,7 +468,7 @@ impl AuthArgs {
 }
 
 /// The largest message the cluster shape carries (see `SAMVAD_MAX_MESSAGE_BYTES`).
-const KAFKA_MAX_MESSAGE_BYTES: u64 = 512 * 1024;
+const BROKER_MAX_MESSAGE_BYTES: u64 = 512 * 1024;
 
 pub(crate) fn number(
     problems: &mut Vec<String>,
@@ -613,6 +616,60 @@ mod tests {
                 .any(|p| p.starts_with("SAMVAD_MAX_MESSAGE_BYTES: 1048576 is more than")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn nats_settings_are_read_and_checked() {
+        let validate = |extra: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("SAMVAD_AUTH_PROVIDER", "dev"),
+                ("SAMVAD_BUS", "nats"),
+                (
+                    "SAMVAD_ACCESS_KEY_SECRETS",
+                    "k1:0123456789abcdef0123456789abcdef",
+                ),
+            ];
+            vars.extend_from_slice(extra);
+            Config::parse_with_env(["samvad"], &env(&vars))
+                .unwrap()
+                .validate()
+        };
+        let settings = validate(&[
+            ("SAMVAD_NATS_URL", "tls://n1:4222,tls://n2:4222"),
+            ("SAMVAD_NATS_REPLICAS", "3"),
+            ("SAMVAD_INSTANCE_ID", "delivery-0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.bus,
+            BusSettings::Nats(samvad_bus::NatsConfig {
+                url: "tls://n1:4222,tls://n2:4222".into(),
+                credentials: None,
+                ca_file: None,
+                prefix: "samvad.".into(),
+                partitions: 6,
+                replicas: 3,
+                instance: Some("delivery-0".into()),
+            })
+        );
+        let problems = validate(&[
+            ("SAMVAD_NATS_REPLICAS", "2"),
+            ("SAMVAD_NATS_CREDENTIALS", "/nonexistent/samvad.creds"),
+            ("SAMVAD_MAX_MESSAGE_BYTES", "1048576"),
+        ])
+        .unwrap_err()
+        .join("\n");
+        for expected in [
+            "SAMVAD_NATS_URL: required with SAMVAD_BUS=nats",
+            "SAMVAD_NATS_REPLICAS: 2 is even",
+            "SAMVAD_NATS_CREDENTIALS: /nonexistent/samvad.creds is not a readable file",
+            "SAMVAD_MAX_MESSAGE_BYTES: 1048576 is more than SAMVAD_BUS=nats carries",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "{expected} missing from:\n{problems}"
+            );
+        }
     }
 
     #[test]

@@ -27,8 +27,6 @@ async fn chat_works_with_presence_in_redis() {
 
 #[tokio::test]
 async fn chat_works_over_kafka_with_mongodb_and_redis() {
-    let mongo = samvad_testkit::mongo();
-    samvad_testkit::wait_for_port(mongo.port);
     let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
     // librdkafka's mock cluster cannot create topics through the admin API; an operator would
     // have created them like this.
@@ -40,12 +38,29 @@ async fn chat_works_over_kafka_with_mongodb_and_redis() {
             .create_topic(&format!("it.{}", topic.name()), 3, 1)
             .unwrap();
     }
-    let redis = samvad_testkit::redis();
     let brokers = kafka.bootstrap_servers();
-    let app = TestApp::spawn_with(&[
+    offline_then_live_over(&[
         ("SAMVAD_BUS", "kafka"),
         ("SAMVAD_KAFKA_BROKERS", &brokers),
         ("SAMVAD_TOPIC_PREFIX", "it."),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn chat_works_over_nats_with_mongodb_and_redis() {
+    let nats = samvad_testkit::nats();
+    offline_then_live_over(&[("SAMVAD_BUS", "nats"), ("SAMVAD_NATS_URL", &nats.url)]).await;
+}
+
+/// On the bus `bus` sets up, with MongoDB and Redis: Alice sends five messages to Bob while he
+/// is offline, then one while he is online; he gets them all, in order.
+async fn offline_then_live_over(bus: &[(&str, &str)]) {
+    let mongo = samvad_testkit::mongo();
+    samvad_testkit::wait_for_port(mongo.port);
+    let redis = samvad_testkit::redis();
+    let mut settings = bus.to_vec();
+    settings.extend([
         ("SAMVAD_INSTANCE_ID", "gw1"),
         ("SAMVAD_PRESENCE", "redis"),
         ("SAMVAD_REDIS_URL", &redis.url),
@@ -55,8 +70,8 @@ async fn chat_works_over_kafka_with_mongodb_and_redis() {
             "SAMVAD_ACCESS_KEY_SECRETS",
             "it:0123456789abcdef0123456789abcdef",
         ),
-    ])
-    .await;
+    ]);
+    let app = TestApp::spawn_with(&settings).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut a = app.connect(&alice, "binary", true).await;

@@ -1,6 +1,6 @@
-//! The cluster shape end to end: every service its own process on Kafka (tansu), MongoDB
-//! (SecantusDB) and Redis, two ws-gateways, nginx in front — started and stopped by
-//! `deployment/scripts/cluster`, exactly as a developer would.
+//! The cluster shape end to end: every service its own process on a bus — Kafka (tansu) or
+//! NATS JetStream —, MongoDB (SecantusDB) and Redis, two ws-gateways, nginx in front — started
+//! and stopped by `deployment/scripts/cluster`, exactly as a developer would.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -20,10 +20,15 @@ use crate::support::{Client, Seen, TestApp, call, chat, group_chat, text_of};
 /// How long a user may wait while the cluster recovers from a killed process.
 const RECOVERY: Duration = Duration::from_secs(60);
 
+/// One cluster at a time: two would starve each other of the machine's two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Cluster {
     script: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
+    /// `kafka` or `nats`.
+    bus: &'static str,
 }
 
 impl Cluster {
@@ -52,14 +57,14 @@ impl Cluster {
         (out.status.success(), String::from_utf8(out.stdout).unwrap())
     }
 
-    /// `cluster up` on this cluster's directory and ports; the app behind its URL.
+    /// `cluster up` on this cluster's directory, ports and bus; the app behind its URL.
     fn start(&self) -> TestApp {
-        let out = self.run(&["up"]);
+        let out = self.run(&["up", "--bus", self.bus]);
         let url = out.lines().last().unwrap();
         TestApp::at(url.trim_start_matches("http://").parse().unwrap())
     }
 
-    fn up() -> (Self, TestApp) {
+    fn up(bus: &'static str) -> (Self, TestApp) {
         let cluster = Self {
             script: PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -68,6 +73,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap(),
             // A base port apart from the script's default and from port-0 servers' range.
             port: 21000 + (std::process::id() % 400) as u16 * 20,
+            bus,
         };
         let app = cluster.start();
         (cluster, app)
@@ -200,8 +206,18 @@ async fn delivered_at_once(a: &mut Client, b: &mut Client, id: &str, text: &str)
 }
 
 #[tokio::test]
-async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
-    let (cluster, app) = Cluster::up();
+async fn the_cluster_on_kafka_delivers_through_nginx_and_survives_kill_9() {
+    delivers_through_nginx_and_survives_kill_9("kafka").await;
+}
+
+#[tokio::test]
+async fn the_cluster_on_nats_delivers_through_nginx_and_survives_kill_9() {
+    delivers_through_nginx_and_survives_kill_9("nats").await;
+}
+
+async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (cluster, app) = Cluster::up(bus);
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let carol = app.user("carol").await;
@@ -377,7 +393,7 @@ async fn the_cluster_delivers_through_nginx_and_survives_kill_9() {
     drop((a, b));
     let deps = cluster.script.with_file_name("deps");
     let out = Command::new(&deps)
-        .args(["stop", "kafka", "mongo", "redis"])
+        .args(["stop", bus, "mongo", "redis"])
         .env("SAMVAD_CLUSTER_DIR", cluster.dir.path())
         .env("SAMVAD_CLUSTER_PORT", cluster.port.to_string())
         .output()
