@@ -19,7 +19,7 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K8S = os.path.join(ROOT, "deployment", "k8s")
-OVERLAYS = ("cluster", "dev", "all-in-one")
+OVERLAYS = ("cluster", "nats", "dev", "all-in-one")
 KUBERNETES_VERSION = "1.37"
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
