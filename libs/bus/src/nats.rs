@@ -150,7 +150,9 @@ impl NatsBus {
                 description: "which member of a Samvad consumer group reads which partition".into(),
                 history: 1,
                 max_age: LEASE_TTL,
-                storage: StorageType::Memory,
+                // On file, like the streams: a bucket in memory would be gone after the
+                // server restarts, and with it every group's way to take partitions.
+                storage: StorageType::File,
                 num_replicas: config.replicas,
                 ..Default::default()
             })

@@ -17,6 +17,7 @@ pub fn free_port() -> u16 {
 /// A child process stopped (SIGKILL) when dropped, with a scratch directory.
 pub struct Server {
     child: Child,
+    command: Vec<String>,
     /// Where to reach it, e.g. `redis://127.0.0.1:41234/`.
     pub url: String,
     pub port: u16,
@@ -25,21 +26,41 @@ pub struct Server {
 
 impl Server {
     fn spawn(program: &str, args: &[&str], url: String, port: u16, dir: tempfile::TempDir) -> Self {
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {program} ({e}); deployment/scripts/test installs it")
-            });
+        let command: Vec<String> = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
         Self {
-            child,
+            child: Self::start(&command, dir.path()),
+            command,
             url,
             port,
             dir,
         }
+    }
+
+    fn start(command: &[String], dir: &Path) -> Child {
+        Command::new(&command[0])
+            .args(&command[1..])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); deployment/scripts/test installs it",
+                    command[0]
+                )
+            })
+    }
+
+    /// Kills the server (SIGKILL, as a crash would) and starts it again on the same port and
+    /// scratch directory; returns once it accepts connections.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::start(&self.command, self.dir.path());
+        wait_for_port(self.port);
     }
 
     pub fn dir(&self) -> &Path {
