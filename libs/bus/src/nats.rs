@@ -23,6 +23,7 @@
 //!   (a store away) gets its batch again until it succeeds, since the record is not at fault.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +38,7 @@ use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Bus, BusError, Memberships, Received, Record, Subscription, Topic};
+use crate::{Bus, BusError, Membership, Memberships, Received, Record, Subscription, Topic};
 
 /// How to reach JetStream and lay out Samvad's streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,13 +173,14 @@ impl NatsBus {
         Ok(bus)
     }
 
-    fn subject(&self, topic: &Topic, partition: u32) -> String {
-        format!("{}{}.{partition}", self.config.prefix, topic.name())
+    /// What the topic's subjects start with: `{base}.{partition}` each.
+    fn subjects(&self, topic: &Topic) -> String {
+        format!("{}{}", self.config.prefix, topic.name())
     }
 
     /// The topic's stream, created if it does not exist (an existing one is used as it is).
     async fn stream(&self, topic: &Topic) -> Result<stream::Stream, BusError> {
-        let name = token(&format!("{}{}", self.config.prefix, topic.name()));
+        let name = token(&self.subjects(topic));
         if let Some(stream) = self.lock_streams().get(&name) {
             return Ok(stream.clone());
         }
@@ -186,7 +188,7 @@ impl NatsBus {
             .js
             .get_or_create_stream(stream::Config {
                 name: name.clone(),
-                subjects: vec![format!("{}{}.*", self.config.prefix, topic.name())],
+                subjects: vec![format!("{}.*", self.subjects(topic))],
                 storage: StorageType::File,
                 num_replicas: self.config.replicas,
                 max_age: if topic.is_durable() {
@@ -219,6 +221,7 @@ impl Bus for NatsBus {
         }
         // Records on these topics are messages: the same key and bytes are the same message.
         let dedup = topic.is_durable() && topic.is_on_message_path();
+        let subjects = self.subjects(topic);
         let mut acks = Vec::with_capacity(records.len());
         for r in &records {
             let value = r.value.to_bytes()?;
@@ -229,14 +232,13 @@ impl Bus for NatsBus {
                 digest.update(r.key.as_bytes());
                 digest.update([0]);
                 digest.update(&value);
-                let id: String = digest
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let mut id = String::with_capacity(64);
+                for byte in digest.finalize() {
+                    let _ = write!(id, "{byte:02x}");
+                }
                 headers.insert("Nats-Msg-Id", id.as_str());
             }
-            let subject = self.subject(topic, partition(&r.key, self.config.partitions));
+            let subject = format!("{subjects}.{}", partition(&r.key, self.config.partitions));
             let ack = self
                 .js
                 .publish_with_headers(subject, headers, value.into_owned().into())
@@ -265,15 +267,11 @@ impl Bus for NatsBus {
             group: token(&group),
             member: Arc::clone(&self.member),
             partitions: self.config.partitions,
-            subject: Arc::new({
-                let bus = self.clone();
-                let topic = topic.clone();
-                move |p| bus.subject(&topic, p)
-            }),
+            subjects: self.subjects(topic),
             records,
             live: Arc::clone(&live),
         };
-        tokio::spawn(member.run(stopped, move || membership.set_assigned(true)));
+        tokio::spawn(member.run(stopped, membership));
         Ok(Box::new(NatsSubscription {
             received,
             live,
@@ -311,7 +309,8 @@ struct Member {
     group: String,
     member: Arc<str>,
     partitions: u32,
-    subject: Arc<dyn Fn(u32) -> String + Send + Sync>,
+    /// The topic's subjects, `{subjects}.{partition}`.
+    subjects: String,
     records: mpsc::Sender<Delivery>,
     live: Live,
 }
@@ -333,17 +332,12 @@ impl Member {
 
     /// Renews leases and takes or gives up partitions every [`LEASE_RENEW`] until the
     /// subscription is dropped, then gives back what it holds so others take it at once.
-    async fn run(self, mut stopped: oneshot::Receiver<()>, first_round: impl FnOnce()) {
+    async fn run(self, mut stopped: oneshot::Receiver<()>, membership: Arc<Membership>) {
         let mut held: BTreeMap<u32, Held> = BTreeMap::new();
         let mut generation = 0;
-        let mut first_round = Some(first_round);
         loop {
             match self.round(&mut held, &mut generation).await {
-                Ok(()) => {
-                    if let Some(done) = first_round.take() {
-                        done();
-                    }
-                }
+                Ok(()) => membership.set_assigned(true),
                 Err(error) => {
                     tracing::warn!(group = self.group, %error, "renewing partition leases failed");
                 }
@@ -483,7 +477,7 @@ impl Member {
             .stream
             .create_consumer(pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: (self.subject)(partition),
+                filter_subject: format!("{}.{partition}", self.subjects),
                 deliver_policy,
                 ack_policy: AckPolicy::All,
                 ack_wait: ACK_WAIT,
