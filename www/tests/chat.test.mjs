@@ -1,192 +1,286 @@
-// Browser end-to-end test of the test page (www/index.html) as the real server serves it at `/`.
-//
-// Starts the samvad binary (SAMVAD_BIN, default ../../target/debug/samvad) on a free port with a
-// temp data dir, drives Debian's Chromium (CHROMIUM, default /usr/bin/chromium) through
-// playwright-core with one browser context per user, and checks a whole exchange:
-// WebSocket and REST sends, SERVER_ACK / CLIENT_ACK, groups and their notification, contact
-// sync, a v3 binary connection, and that message text is never rendered as markup.
+// Browser end-to-end test of the chat page (www/index.html, app.js, client.js) as the real
+// server serves it at `/`: people log in, chat 1:1 and in a group, reload, use a second device,
+// see each other type, and keep chatting through a server crash, acting as a person would —
+// by role and label, never by the page's internal ids.
 //
 //   cd www/tests && npm ci && cd ../.. && cargo build -p samvad && node --test www/tests/
 //
-// A screenshot of alice's page is written to SAMVAD_WWW_SCREENSHOT (default
-// $TMPDIR/samvad-www.png) for a person to look at.
+// Screenshots of the main states (list, thread, group, offline, phone) are written to
+// SAMVAD_WWW_SCREENSHOTS (default target/www-screenshots) for a person to look at.
 
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { STEP, serverAndBrowser, logTail } from './support.mjs';
+import { STEP, SCREENSHOTS, serverAndBrowser, logTail } from './support.mjs';
 
-const SCREENSHOT = process.env.SAMVAD_WWW_SCREENSHOT || join(tmpdir(), 'samvad-www.png');
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
 
-/** A page for one user in its own browser context (own cookies), with page errors collected. */
-async function openUser(browser, base, name, { fakeClock = false } = {}) {
-  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+/** Polls `check` (which returns a truthy value when satisfied) for at most `ms`. */
+async function until(what, check, ms = STEP) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (e) { last = e; }
+    if (Date.now() > end) assert.fail(`${what}: not within ${ms} ms (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** One person's browser (its own context: its own storage, so its own device). */
+async function person(browser, base, name, viewport = DESKTOP) {
+  const context = await browser.newContext({ viewport });
   context.setDefaultTimeout(STEP);
-  // A fake clock lets the test fast-forward through the 30 s ping interval.
-  if (fakeClock) await context.clock.install();
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name} console: ${m.text()}`); });
-  await page.goto(base + '/', { timeout: STEP });
-  return { name, page, context, errors };
+  await page.goto(`${base}/`);
+  return { name, context, page, errors };
 }
 
-async function login(u) {
-  await u.page.fill('#username', u.name);
-  await u.page.fill('#token', 'dev-token');
-  await u.page.click('#login');
-  await u.page.waitForFunction(() => document.querySelector('#accesskey').value.length > 0, null, { timeout: STEP });
-  assert.match(await u.page.textContent('#login-status'), new RegExp(`Logged in as ${u.name}`));
+/** Another tab-less device of the same person: a second context. */
+const secondDevice = person;
+
+async function logIn(u) {
+  await u.page.getByRole('textbox', { name: 'Username' }).fill(u.name);
+  await u.page.getByRole('button', { name: 'Log in' }).click();
+  await u.page.getByText(`Signed in as ${u.name}`).waitFor();
 }
 
-async function connect(u, { format = 'text', auth = 'cookie' } = {}) {
-  await u.page.selectOption('#format', format);
-  await u.page.selectOption('#auth-mode', auth);
-  await u.page.click('#connect');
-  await u.page.waitForFunction(() => /^connected/.test(document.querySelector('#conn-status').textContent), null, { timeout: STEP });
+const list = (u) => u.page.getByRole('list', { name: 'Conversations' });
+const entry = (u, name) => list(u).getByRole('listitem', { name, exact: true });
+const thread = (u) => u.page.getByRole('list', { name: 'Messages' });
+const box = (u) => u.page.getByRole('textbox', { name: 'Message' });
+
+/** The texts of the messages in the open thread, in order (notices included). */
+async function texts(u) {
+  return thread(u).getByRole('listitem').evaluateAll((items) => items
+    .filter((li) => !li.classList.contains('older'))
+    .map((li) => (li.querySelector('.text') || li).textContent.trim()));
 }
 
-async function send(u, { to, text, channel = 'chat', rest = false }) {
-  await u.page.selectOption('#channel', channel);
-  await u.page.fill('#to', to);
-  await u.page.fill('#text', text);
-  await u.page.setChecked('#via-rest', rest);
-  await u.page.click('#send');
-  // The id of the message just sent: the newest of my bubbles with this text.
-  const mine = u.page.locator('#messages .msg.mine').filter({ hasText: text }).last();
-  await mine.waitFor({ timeout: STEP });
-  return mine.getAttribute('data-id');
+async function say(u, text) {
+  await box(u).fill(text);
+  await u.page.getByRole('button', { name: 'Send' }).click();
 }
 
-/** Waits until `u` shows a received message from `from` containing `text`; returns its bubble. */
-async function received(u, from, text) {
-  const bubble = u.page.locator(`#messages .msg.theirs[data-from="${from}"]`).filter({ hasText: text });
-  await bubble.first().waitFor({ timeout: STEP });
-  return bubble.first();
+async function open(u, name) {
+  await entry(u, name).getByRole('button').click();
+  await u.page.getByRole('heading', { name, exact: true }).waitFor();
 }
 
-/** Waits for a log entry of `kind` in direction `dir` mentioning `id`. */
-async function logged(u, dir, kind, id) {
-  await u.page
-    .locator(`#log .entry[data-dir="${dir}"][data-kind="${kind}"]`)
-    .filter({ hasText: id })
-    .first()
-    .waitFor({ state: 'attached', timeout: STEP });
+/** The message of mine with this text, and its state ("Sent", "Read"…). */
+async function stateOf(u, text) {
+  const item = thread(u).getByRole('listitem').filter({ hasText: text });
+  return item.locator('.state').textContent();
 }
 
-describe('the test page, served by the real server', { timeout: 60_000 }, () => {
+async function unread(u, name) {
+  const badge = entry(u, name).locator('.badge');
+  return (await badge.count()) === 0 ? 0 : Number((await badge.textContent()).replace(/\D/g, ''));
+}
+
+async function shot(u, file) {
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  await u.page.screenshot({ path: join(SCREENSHOTS, file) });
+}
+
+async function startChat(u, peer) {
+  await u.page.getByRole('button', { name: 'New chat' }).click();
+  const dialog = u.page.getByRole('dialog', { name: 'New chat' });
+  await dialog.getByLabel('Username').fill(peer);
+  await dialog.getByRole('button', { name: 'Start chat' }).click();
+  await u.page.getByRole('heading', { name: peer, exact: true }).waitFor();
+}
+
+describe('the chat page, served by the real server', { timeout: 180_000 }, () => {
   const env = serverAndBrowser();
-  const users = [];
-  const pages = {};
+  const people = {};
 
-  test('two browsers chat: WebSocket, REST, acks, groups, contacts, binary', { timeout: 40_000 }, async () => {
+  const check = (what, fn) => test(what, { timeout: 60_000 }, async () => {
     try {
-      await chat();
+      await fn();
     } catch (e) {
+      // What each page showed when it failed, for the person reading the failure.
+      for (const [key, u] of Object.entries(people)) await shot(u, `failed-${key}.png`).catch(() => {});
       e.message += logTail(env.server);
       throw e;
     }
+    const errors = Object.values(people).flatMap((u) => u.errors);
+    assert.deepEqual(errors, [], 'no page threw');
   });
 
-  // The close handshake: the page closes with 1000 and should see the server's close come back.
-  test('a client close gets a clean close back', { timeout: 12_000 }, async () => {
-    const { bob } = pages;
-    assert.ok(bob, 'needs the chat test to have run');
-    await connect(bob, { auth: 'subprotocol' });
-    await bob.page.click('#disconnect');
-    const close = bob.page.locator('#log .entry[data-kind="close"][data-dir]').last();
-    await bob.page.waitForFunction(() => document.querySelector('#conn-status').textContent === 'disconnected', null, { timeout: STEP });
-    assert.match(await close.textContent(), /code 1000/);
+  check('two people log in and chat 1:1; a reload keeps the session and the history', async () => {
+    const { browser, server } = env;
+    people.alice = await person(browser, server.base, 'alice');
+    people.bob = await person(browser, server.base, 'bob');
+    people.carol = await person(browser, server.base, 'carol', PHONE);
+    const { alice, bob, carol } = people;
+    for (const u of [alice, bob, carol]) await logIn(u);
+
+    // A stranger is refused by name; bob is found.
+    await alice.page.getByRole('button', { name: 'New chat' }).click();
+    const dialog = alice.page.getByRole('dialog', { name: 'New chat' });
+    await dialog.getByLabel('Username').fill('nobody-here');
+    await dialog.getByRole('button', { name: 'Start chat' }).click();
+    await dialog.getByText('Nobody called nobody-here uses Samvad yet.').waitFor();
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    await startChat(alice, 'bob');
+    await say(alice, 'hello bob');
+    await until('alice sees her message sent', async () => ['Sent', 'Delivered'].includes(await stateOf(alice, 'hello bob')));
+    await say(alice, '<b>not bold</b>');
+
+    await until('bob has 2 unread from alice', async () => (await unread(bob, 'alice')) === 2);
+    assert.match(await entry(bob, 'alice').textContent(), /not bold/);
+    await shot(bob, 'list.png');
+    await open(bob, 'alice');
+    await until('bob sees both', async () => (await texts(bob)).join('|') === 'hello bob|<b>not bold</b>');
+    assert.equal(await thread(bob).locator('b').count(), 0, 'text is never markup');
+    assert.equal(await unread(bob, 'alice'), 0);
+    await until('alice sees them read', async () => (await stateOf(alice, 'hello bob')) === 'Read');
+
+    await say(bob, 'hi alice');
+    await until('alice sees the reply live', async () => (await texts(alice)).includes('hi alice'));
+    await shot(alice, 'thread.png');
+
+    await bob.page.reload();
+    await bob.page.getByText('Signed in as bob').waitFor();
+    await open(bob, 'alice');
+    await until('the history after a reload, once each', async () =>
+      (await texts(bob)).join('|') === 'hello bob|<b>not bold</b>|hi alice');
+    assert.equal(await stateOf(bob, 'hi alice'), 'Read', 'alice read it while her thread was open');
   });
 
-  async function chat() {
-    const alice = await openUser(env.browser, env.server.base, 'alice');
-    const bob = await openUser(env.browser, env.server.base, 'bob');
-    users.push(alice, bob);
-    Object.assign(pages, { alice, bob });
-    assert.equal(await alice.page.title(), 'Samvad — test client');
+  check('a second device sees the same thread, and reading on one clears the count on the other', async () => {
+    const { browser, server } = env;
+    const { alice, bob } = people;
+    people.laptop = await secondDevice(browser, server.base, 'alice');
+    const laptop = people.laptop;
+    await logIn(laptop);
+    await until('the laptop lists bob, nothing unread', async () => (await entry(laptop, 'bob').count()) === 1 && (await unread(laptop, 'bob')) === 0);
 
-    // Both must exist before either can be messaged.
-    await login(alice);
-    await login(bob);
-    await connect(alice, { auth: 'cookie' });
-    await connect(bob, { auth: 'subprotocol' });
+    // Alice looks at another chat on her first device; bob writes.
+    await startChat(alice, 'carol');
+    await say(bob, 'are you there?');
+    await until('unread on both devices', async () => (await unread(alice, 'bob')) === 1 && (await unread(laptop, 'bob')) === 1);
+    await open(laptop, 'bob');
+    await until('the laptop shows the whole thread, her own messages too', async () =>
+      (await texts(laptop)).join('|') === 'hello bob|<b>not bold</b>|hi alice|are you there?');
+    await until('read on the laptop clears the phone', async () => (await unread(alice, 'bob')) === 0);
 
-    // alice → bob over the WebSocket; the text must arrive as text, never as markup.
-    const hello = 'hello bob <b>not bold</b> & <img src=x onerror=alert(1)>';
-    const helloId = await send(alice, { to: 'bob', text: hello });
-    const bubble = await received(bob, 'alice', hello);
-    assert.equal(await bubble.locator('.body').textContent(), hello);
-    assert.equal(await bob.page.locator('#messages .body *, #messages img').count(), 0, 'message text was rendered as HTML');
-    // alice's SERVER_ACK (durable), and bob's automatic CLIENT_ACK, both in the logs.
-    await logged(alice, 'in', 'SERVER_ACK', helloId);
-    await alice.page.locator(`#messages .msg.mine[data-id="${helloId}"] .status.acked`).waitFor({ timeout: STEP });
-    await logged(bob, 'out', 'CLIENT_ACK', helloId);
+    // What she sends from the laptop shows on her other device (sync).
+    await say(laptop, 'yes, on my laptop');
+    await open(alice, 'bob');
+    await until('her other device shows it as hers', async () =>
+      (await thread(alice).locator('li.mine').filter({ hasText: 'yes, on my laptop' }).count()) === 1);
+    await until('bob got it once', async () => (await texts(bob)).filter((t) => t === 'yes, on my laptop').length === 1);
+  });
 
-    // bob → alice over REST, acked in the response.
-    const replyId = await send(bob, { to: 'alice', text: 'hi alice, via REST', rest: true });
-    await received(alice, 'bob', 'hi alice, via REST');
-    await logged(bob, 'in', 'SERVER_ACK', replyId);
-    await logged(alice, 'out', 'CLIENT_ACK', replyId);
+  check('typing shows on the other side, and stops', async () => {
+    const { alice, bob } = people;
+    await box(bob).pressSequentially('I am typ', { delay: 20 });
+    await alice.page.getByText('bob is typing…').waitFor();
+    await say(bob, 'I am typing no more');
+    await until('the indicator goes with the message', async () => (await alice.page.getByText('bob is typing…').count()) === 0);
+  });
 
-    // alice creates a group with bob; bob is told, and a group message reaches him.
-    await alice.page.fill('#group-name', 'crew');
-    await alice.page.fill('#group-members', 'bob');
-    await alice.page.click('#create-group');
-    await alice.page.waitForFunction(() => document.querySelector('#channel').value === 'group'
-      && document.querySelector('#to').value.length > 0, null, { timeout: STEP });
-    const groupId = await alice.page.inputValue('#to');
-    await alice.page.locator(`#groups li[data-group-id="${groupId}"]`).waitFor({ timeout: STEP });
-    await bob.page.locator('#messages .sys').filter({ hasText: 'alice created group “crew” with you' }).first()
-      .waitFor({ timeout: STEP });
-    await alice.page.locator('#messages .sys').filter({ hasText: 'You created group “crew” with bob' }).first()
-      .waitFor({ timeout: STEP });
-    const groupText = 'hello crew';
-    const groupMsgId = await send(alice, { channel: 'group', to: groupId, text: groupText });
-    const groupBubble = await received(bob, 'alice', groupText);
-    assert.equal(await groupBubble.getAttribute('data-to'), groupId);
-    assert.match(await groupBubble.locator('.who').textContent(), /crew/);
-    await logged(alice, 'in', 'SERVER_ACK', groupMsgId);
+  check('a picture is sent as an attachment and shown inline on the other side', async () => {
+    const { alice, bob } = people;
+    const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==', 'base64');
+    await box(alice).fill('our dot');
+    await alice.page.getByLabel('Attach a file').setInputFiles({ name: 'dot.png', mimeType: 'image/png', buffer: png });
+    const picture = (u) => thread(u).getByRole('img', { name: 'dot.png' });
+    await until('bob sees the picture, loaded', async () =>
+      (await picture(bob).count()) === 1 && picture(bob).evaluate((img) => img.complete && img.naturalWidth === 1));
+    assert.match(await thread(bob).getByRole('listitem').filter({ has: bob.page.getByRole('img', { name: 'dot.png' }) }).textContent(), /our dot/);
+    await until('alice sees it too', async () => (await picture(alice).count()) === 1);
+  });
 
-    // bob lists his groups and sees the new one.
-    await bob.page.click('#list-groups');
-    await bob.page.locator(`#groups li[data-group-id="${groupId}"]`).filter({ hasText: 'crew' }).waitFor({ timeout: STEP });
+  check('a group: made, spoken in, a member removed, a member leaving, notices in the thread', async () => {
+    const { alice, bob, carol } = people;
+    await alice.page.getByRole('button', { name: 'New group' }).click();
+    const dialog = alice.page.getByRole('dialog', { name: 'New group' });
+    await dialog.getByLabel('Group name').fill('Trip');
+    await dialog.getByLabel('Members').fill('bob, carol');
+    await dialog.getByRole('button', { name: 'Create group' }).click();
+    await alice.page.getByRole('heading', { name: 'Trip', exact: true }).waitFor();
+    await until('alice sees the notice', async () => (await texts(alice)).includes('You created the group with bob, carol'));
 
-    // Contact sync reports who exists.
-    await alice.page.fill('#contacts', 'bob, nobody-here');
-    await alice.page.click('#sync-contacts');
-    await alice.page.locator('#contacts-result').filter({ hasText: 'not found: nobody-here' }).waitFor({ timeout: STEP });
-    assert.match(await alice.page.textContent('#contacts-result'), /On Samvad: bob/);
+    // carol is on a phone: the list, then the thread, then back.
+    await until('carol is told', async () => (await entry(carol, 'Trip').count()) === 1);
+    await open(carol, 'Trip');
+    await until('carol sees the notice', async () => (await texts(carol)).includes('alice created the group with bob, you'));
+    await say(carol, 'hi all');
+    await until('alice sees carol in the group', async () => (await texts(alice)).includes('hi all'));
+    assert.match(await thread(alice).getByRole('listitem').filter({ hasText: 'hi all' }).textContent(), /carol/);
+    await shot(carol, 'phone.png');
+    await carol.page.getByRole('button', { name: 'Back to conversations' }).click();
+    await list(carol).waitFor();
 
-    // A third user on a v3 binary connection, both ways, exercising the page's protobuf codec.
-    const carol = await openUser(env.browser, env.server.base, 'carol', { fakeClock: true });
-    users.push(carol);
-    await login(carol);
-    await connect(carol, { format: 'binary', auth: 'subprotocol' });
-    await send(alice, { to: 'carol', text: 'binary hello' });
-    await received(carol, 'alice', 'binary hello');
-    const carolId = await send(carol, { to: 'alice', text: 'binary reply ✓' });
-    await received(alice, 'carol', 'binary reply ✓');
-    await logged(carol, 'in', 'SERVER_ACK', carolId);
-    const carolRestId = await send(carol, { to: 'alice', text: 'binary over REST', rest: true });
-    await received(alice, 'carol', 'binary over REST');
-    await logged(carol, 'in', 'SERVER_ACK', carolRestId);
+    await open(bob, 'Trip');
+    await until('bob sees carol', async () => (await texts(bob)).includes('hi all'));
+    await say(bob, 'when do we leave?');
 
-    // Keep-alive: 30 s later the page pings and logs the server's pong.
-    await carol.page.clock.fastForward(30_500);
-    await carol.page.locator('#log .entry[data-dir="out"][data-kind="ping"]').first().waitFor({ state: 'attached', timeout: STEP });
-    await carol.page.locator('#log .entry[data-dir="in"][data-kind="pong"]').first().waitFor({ state: 'attached', timeout: STEP });
+    await alice.page.getByRole('button', { name: 'Members' }).click();
+    const members = alice.page.getByRole('dialog', { name: 'Members of Trip' });
+    await members.getByRole('button', { name: 'Remove carol' }).click();
+    await until('carol is gone from the members', async () => (await members.getByRole('listitem', { name: 'carol', exact: true }).count()) === 0);
+    await members.getByRole('button', { name: 'Close' }).click();
+    await until('the removal is in the thread', async () => (await texts(alice)).includes('You removed carol'));
+    await open(carol, 'Trip');
+    await carol.page.getByText('You are no longer a member of this group.').waitFor();
 
-    // Disconnect.
-    await bob.page.click('#disconnect');
-    await bob.page.waitForFunction(() => document.querySelector('#conn-status').textContent === 'disconnected', null, { timeout: STEP });
-    assert.equal(await bob.page.isEnabled('#connect'), true);
+    await bob.page.getByRole('button', { name: 'Members' }).click();
+    await bob.page.getByRole('dialog', { name: 'Members of Trip' }).getByRole('button', { name: 'Leave group' }).click();
+    await bob.page.getByText('You are no longer a member of this group.').waitFor();
+    await until('alice sees bob leave', async () => (await texts(alice)).includes('bob left'));
+    assert.deepEqual(await texts(alice), [
+      'You created the group with bob, carol', 'hi all', 'when do we leave?', 'You removed carol', 'bob left',
+    ]);
+    await shot(alice, 'group.png');
+  });
 
-    await alice.page.evaluate(() => { document.querySelector('aside').scrollTop = 0; });
-    await alice.page.screenshot({ path: SCREENSHOT, timeout: STEP });
-    const errors = users.flatMap((u) => u.errors);
-    assert.deepEqual(errors, [], 'page errors');
-  }
+  check('the server is killed and restarted: the pages reconnect, a message typed offline arrives once', async () => {
+    const { server } = env;
+    const { alice, bob } = people;
+    await open(alice, 'bob');
+    await open(bob, 'alice');
+    const before = await texts(bob);
+
+    await server.crash();
+    const banner = (u) => u.page.getByRole('status').filter({ hasText: /offline|Reconnecting/ });
+    for (const u of [alice, bob]) await banner(u).waitFor();
+    await say(alice, 'typed while the server was down');
+    await until('it waits in the outbox', async () => (await stateOf(alice, 'typed while the server was down')) === 'Queued');
+    await shot(alice, 'offline.png');
+
+    await server.restart();
+    for (const u of [alice, bob]) {
+      await until(`${u.name} is back online`, async () => (await banner(u).count()) === 0, 40_000);
+    }
+    await until('bob has it, once', async () =>
+      JSON.stringify(await texts(bob)) === JSON.stringify([...before, 'typed while the server was down']), 20_000);
+    await until('alice sees it read', async () => (await stateOf(alice, 'typed while the server was down')) === 'Read');
+    await say(bob, 'and after the restart');
+    await until('alice has the reply', async () => (await texts(alice)).includes('and after the restart'));
+
+    // Nothing doubled in the history either.
+    await bob.page.reload();
+    await open(bob, 'alice');
+    await until('the history once each', async () =>
+      JSON.stringify(await texts(bob)) === JSON.stringify([...before, 'typed while the server was down', 'and after the restart']));
+  });
+
+  check('log out forgets the session', async () => {
+    const { bob } = people;
+    await bob.page.getByRole('button', { name: 'Log out' }).click();
+    await bob.page.getByRole('button', { name: 'Log in' }).waitFor();
+    await bob.page.reload();
+    await bob.page.getByRole('button', { name: 'Log in' }).waitFor();
+    assert.equal(await bob.page.getByText('Signed in as').isVisible(), false);
+  });
 });

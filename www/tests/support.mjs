@@ -18,13 +18,17 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const STEP = 10_000; // the most any single wait may take
 const ANSI = /\x1b\[[0-9;]*m/g;
 
-/** Starts the server; resolves with { base, proc, logs(), stop() } once it logs its address. */
-async function startServer() {
-  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run \`cargo build -p samvad\` or set SAMVAD_BIN`);
-  const dataDir = mkdtempSync(join(tmpdir(), 'samvad-www-data-'));
+/** Where the tests write screenshots for a person to look at (SAMVAD_WWW_SCREENSHOTS). */
+export const SCREENSHOTS = resolve(here, process.env.SAMVAD_WWW_SCREENSHOTS || '../../target/www-screenshots');
+
+/**
+ * Starts one server process on `listen` with data in `dataDir`; resolves with
+ * { base, logs(), exited, proc } once it logs its address.
+ */
+async function spawnServer(listen, dataDir) {
   const proc = spawn(SERVER_BIN, [], {
     env: {
-      ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: '127.0.0.1:0', SAMVAD_DATA_DIR: dataDir,
+      ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: listen, SAMVAD_DATA_DIR: dataDir,
       SAMVAD_AUTH_PROVIDER: 'dev', SAMVAD_DRAIN_SECS: '0', SAMVAD_CLOSE_SPREAD_SECS: '0',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -33,17 +37,10 @@ async function startServer() {
   const orphanGuard = () => { try { proc.kill('SIGKILL'); } catch { /* already gone */ } };
   process.once('exit', orphanGuard);
   let out = '';
-  const exited = new Promise((res) => proc.once('exit', (code, signal) => res({ code, signal })));
-  const stop = async () => {
+  const exited = new Promise((res) => proc.once('exit', (code, signal) => {
     process.removeListener('exit', orphanGuard);
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(t);
-    }
-    rmSync(dataDir, { recursive: true, force: true });
-  };
+    res({ code, signal });
+  }));
   const base = await new Promise((res, rej) => {
     const timer = setTimeout(() => rej(new Error(`server did not log its address within ${STEP} ms:\n${out}`)), STEP);
     const onData = (chunk) => {
@@ -55,8 +52,50 @@ async function startServer() {
     proc.stderr.on('data', onData);
     proc.once('error', (e) => { clearTimeout(timer); rej(e); });
     exited.then(({ code, signal }) => { clearTimeout(timer); rej(new Error(`server exited (${code ?? signal}) before listening:\n${out}`)); });
-  }).catch(async (e) => { await stop(); throw e; });
-  return { base, logs: () => out, stop };
+  }).catch(async (e) => { proc.kill('SIGKILL'); await exited; throw e; });
+  return { base, proc, exited, logs: () => out };
+}
+
+async function kill(proc, exited, signal) {
+  if (proc.exitCode === null && proc.signalCode === null) {
+    proc.kill(signal);
+    const t = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(t);
+  }
+}
+
+/**
+ * Starts the server (a temp data dir, a free port); resolves with { base, logs(), stop(),
+ * crash(), restart() }: `crash` kills it with SIGKILL, `restart` starts it again on the same
+ * address and data, as an operator's supervisor would.
+ */
+async function startServer() {
+  assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run \`cargo build -p samvad\` or set SAMVAD_BIN`);
+  const dataDir = mkdtempSync(join(tmpdir(), 'samvad-www-data-'));
+  let current;
+  let earlier = '';
+  try {
+    current = await spawnServer('127.0.0.1:0', dataDir);
+  } catch (e) {
+    rmSync(dataDir, { recursive: true, force: true });
+    throw e;
+  }
+  const server = {
+    base: current.base,
+    logs: () => earlier + current.logs(),
+    async crash() { await kill(current.proc, current.exited, 'SIGKILL'); },
+    async restart() {
+      await kill(current.proc, current.exited, 'SIGKILL');
+      earlier += current.logs();
+      current = await spawnServer(server.base.replace('http://', ''), dataDir);
+    },
+    async stop() {
+      await kill(current.proc, current.exited, 'SIGTERM');
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  return server;
 }
 
 /** Launches headless Chromium (a fresh temporary profile, removed on close). */

@@ -68,6 +68,16 @@ impl Message {
         }
     }
 
+    /// Whether this is the system's traffic rather than something a person wrote: acks,
+    /// notifications and state changes (receipts, `meta.action == "state"`). It is v2.1's
+    /// `head.category` `system`, and it never counts as unread (PROTOCOL §7).
+    pub fn is_system(&self) -> bool {
+        matches!(
+            self.kind,
+            MessageType::ServerAck | MessageType::ClientAck | MessageType::Notification
+        ) || self.meta.get("action").is_some_and(|a| a == "state")
+    }
+
     /// Checks a message a client sent: non-empty id (≤ [`MAX_ID_BYTES`] bytes), kind not
     /// ServerAck, destination non-empty for MESSAGE/NOTIFICATION/CUSTOM, content empty or valid
     /// JSON (nested at most 128 deep — the server only accepts JSON content, and the error says

@@ -213,9 +213,5 @@ pub(crate) fn encode(msg: &Message, minor: Minor) -> String {
 
 /// v2.1 `head.category`: acks, notifications and state changes (receipts) are `system`.
 fn category(msg: &Message) -> &'static str {
-    let system = matches!(
-        msg.kind,
-        MessageType::ServerAck | MessageType::ClientAck | MessageType::Notification
-    ) || msg.meta.get("action").is_some_and(|a| a == "state");
-    if system { "system" } else { "user" }
+    if msg.is_system() { "system" } else { "user" }
 }

@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     last_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS timeline (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL, device TEXT NOT NULL,
-    id TEXT NOT NULL, at INTEGER NOT NULL, message TEXT NOT NULL, PRIMARY KEY (conv, seq));
+    id TEXT NOT NULL, at INTEGER NOT NULL, message TEXT NOT NULL,
+    system INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (conv, seq));
 CREATE UNIQUE INDEX IF NOT EXISTS timeline_dedupe ON timeline (conv, sender, id);
 CREATE INDEX IF NOT EXISTS timeline_by_id ON timeline (id);
 CREATE INDEX IF NOT EXISTS timeline_by_age ON timeline (at);
@@ -32,9 +33,12 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (username, device, conv)) WITHOUT ROWID;
 ";
 
-/// Databases made before a part could end gain the column that says where it did.
+/// Databases made before a part could end gain the column that says where it did, and
+/// those made before unread counts left out receipts the column that marks them (their older
+/// entries all count, as they did).
 pub(super) fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
-    super::add_column(t, "participants", "until_seq", "INTEGER")
+    super::add_column(t, "participants", "until_seq", "INTEGER")?;
+    super::add_column(t, "timeline", "system", "INTEGER NOT NULL DEFAULT 0")
 }
 
 const BEFORE: &str = "SELECT seq, device, at, message FROM timeline
@@ -112,10 +116,19 @@ fn append_one(
         .optional()?;
     let seq = last.unwrap_or(0) + 1;
     t.prepare_cached(
-        "INSERT INTO timeline (conv, seq, sender, device, id, at, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO timeline (conv, seq, sender, device, id, at, message, system)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![key, seq, m.source, item.device, m.id, at, body])?;
+    .execute(params![
+        key,
+        seq,
+        m.source,
+        item.device,
+        m.id,
+        at,
+        body,
+        m.is_system()
+    ])?;
     t.prepare_cached(
         "INSERT INTO conversations (conv, last_seq, first_seq, last_at) VALUES (?1, ?2, 1, ?3)
          ON CONFLICT (conv) DO UPDATE SET last_seq = excluded.last_seq, last_at = excluded.last_at",
@@ -160,7 +173,8 @@ fn state(
     let floor = since.max(read);
     let unread: i64 = c
         .prepare_cached(
-            "SELECT count(*) FROM timeline WHERE conv = ?1 AND seq > ?2 AND sender != ?3",
+            "SELECT count(*) FROM timeline
+             WHERE conv = ?1 AND seq > ?2 AND sender != ?3 AND system = 0",
         )?
         .query_row(params![key, floor, user], |r| r.get(0))?;
     Ok(ConvState {

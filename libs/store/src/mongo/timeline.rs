@@ -128,10 +128,13 @@ impl MongoStore {
     ) -> Result<Appended> {
         let (appended, first) = loop {
             let seq = last + 1;
-            let entry = doc! {
+            let mut entry = doc! {
                 "conv": key, "seq": seq as i64, "sender": &item.message.source,
                 "device": &item.device, "id": &item.message.id, "at": at, "message": body,
             };
+            if item.message.is_system() {
+                entry.insert("system", true); // never unread
+            }
             match self.timeline.insert_one(entry).await {
                 Ok(_) => break (Appended::New(seq), last == 0),
                 Err(e) if is_duplicate(&e) => {
@@ -188,6 +191,7 @@ impl MongoStore {
                 "conv": &key,
                 "seq": { "$gt": since.max(read) as i64 },
                 "sender": { "$ne": user },
+                "system": { "$ne": true },
             })
             .await
             .map_err(backend)?;

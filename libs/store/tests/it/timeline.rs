@@ -413,4 +413,17 @@ pub async fn contract(s: &dyn TimelineStore) {
     .await
     .unwrap();
     assert_eq!(cursors().await, [(de, 3), (ef, 2)]);
+
+    // Unread counts what people wrote: a receipt or a notice is stored, and never unread.
+    let gh = Conv::direct("gus", "hal");
+    let mut receipt = entry(&gh, "hal", "default", "h2");
+    receipt.message.meta.insert("action".into(), "state".into());
+    receipt.message.content = br#"{"ids":["g1"],"state":"READ"}"#.to_vec();
+    let mut notice = entry(&gh, "hal", "default", "h3");
+    notice.message.kind = samvad_protocol::MessageType::Notification;
+    s.append(&[entry(&gh, "hal", "default", "h1"), receipt, notice])
+        .await
+        .unwrap();
+    let gus = s.conversation("gus", &gh).await.unwrap().unwrap();
+    assert_eq!((gus.last_seq, gus.unread), (3, 1));
 }
