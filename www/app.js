@@ -2,7 +2,7 @@
 // WebSocket (PROTOCOL §4 and §7). Everything the server says is put on the page as text, never
 // as markup.
 
-import { ApiError, Connection, Outbox, api, deviceId, frame, logIn, logOut, savedSession, target } from './client.js';
+import { ApiError, Connection, Outbox, api, deviceId, frame, logIn, logOut, savedSession, tabs, target } from './client.js';
 
 /** How long a typing indicator lasts without news, and how often one is sent while typing. */
 const TYPING_SHOWN_MS = 6_000;
@@ -153,12 +153,32 @@ function stored(f, live) {
   const [it, isNew] = put(c, item);
   if (isNew && live && !it.notice && it.from !== me && f.seq > before && f.seq > c.readSeq) {
     c.unread += 1;
-    if (c.channel === 'chat' && !readable(c)) {
-      send(c.name, { body: { ids: [f.id], state: 'DELIVERED' }, action: 'state', contentType: 'state' }, { silent: true, direct: true });
-    }
+    if (c.channel === 'chat' && !readable(c)) delivered(c, f.id);
   }
   if (!it.notice) c.typing.delete(it.from);
   return it;
+}
+
+const arrived = new Map(); // conv → ids not yet confirmed DELIVERED
+let arrivedTimer = null;
+
+/**
+ * Tells the sender a message arrived: one DELIVERED receipt per conversation for what came in
+ * within 300 ms, so a backlog costs one receipt, not one per message. Its id is made from the
+ * last message's, so the tabs of one device send the same receipt and the server keeps one.
+ */
+function delivered(c, id) {
+  if (!arrived.has(c.name)) arrived.set(c.name, []);
+  arrived.get(c.name).push(id);
+  arrivedTimer ??= setTimeout(() => {
+    arrivedTimer = null;
+    for (const [name, ids] of arrived) {
+      const last = ids[ids.length - 1];
+      const id = last.length <= 240 ? `delivered:${last}` : undefined; // ids are ≤ 256 bytes
+      send(name, { id, body: { ids, state: 'DELIVERED' }, action: 'state', contentType: 'state' }, { direct: true });
+    }
+    arrived.clear();
+  }, 300);
 }
 
 /** A receipt (`meta.action` `state`) from someone else: their state of our messages. */
@@ -313,7 +333,10 @@ function send(convName, what, { silent = false, direct = false } = {}) {
   const c = conv(convName);
   const entry = { conv: convName, frame: f, silent, afterSeq: c.lastSeq };
   app.outbox.add(entry);
-  if (!silent) showOutgoing(entry);
+  if (!silent) {
+    showOutgoing(entry);
+    app.tabs.post({ sent: entry });
+  }
   if (app.conn.send(f)) markSending(entry);
   return entry;
 }
@@ -352,11 +375,24 @@ function flushOutbox() {
 function onServerAck(f) {
   const entry = app.outbox.take(f.id);
   if (!entry) return;
+  acked(entry);
+  if (!entry.silent) app.tabs.post({ acked: entry });
+}
+
+function acked(entry) {
   const item = ownItem(entry);
   if (item && (STATE_RANK[item.state] ?? 0) < STATE_RANK.sent) {
     item.state = 'sent';
     drawLater(entry.conv);
   }
+}
+
+/** What another tab of this device did: sent a message, had it acked, read a thread. */
+function fromTab(m) {
+  if (!app) return;
+  if (m.sent) showOutgoing(m.sent);
+  else if (m.acked) acked(m.acked);
+  else if (m.read) readUpTo(m.read[0], m.read[1]);
 }
 
 function onErrorFrame(f) {
@@ -393,6 +429,7 @@ function readIfShown(c) {
   send(c.name, { body: { ids: unseen.map((i) => i.id), state: 'READ' }, action: 'state', contentType: 'state' }, { silent: true });
   c.readSeq = unseen[unseen.length - 1].seq;
   c.unread = 0;
+  app.tabs.post({ read: [c.name, c.readSeq] });
   drawList();
 }
 
@@ -400,7 +437,11 @@ function readIfShown(c) {
 function onRead(f) {
   const name = f.conv || f.body.conv;
   const seq = Number(f.seq ?? f.body.seq);
-  if (!name || !Number.isFinite(seq)) return;
+  if (name && Number.isFinite(seq)) readUpTo(name, seq);
+}
+
+/** `name` was read up to `seq` elsewhere: another device, or another tab of this one. */
+function readUpTo(name, seq) {
   const c = conv(name);
   if (seq <= c.readSeq) return;
   c.readSeq = seq;
@@ -520,6 +561,21 @@ async function onOpened() {
   } catch { /* the socket is what matters; the list catches up on the next change */ }
   drawList();
   drawThreadHeader();
+  // A thread read before the socket opened may lack what another tab of this device acked
+  // meanwhile (the server owes the device nothing for it): read on from the last seq shown.
+  await Promise.all([...app.convs.values()].filter((c) => c.loaded).map((c) => catchUp(c).catch(() => {})));
+}
+
+async function catchUp(c) {
+  let known = 0;
+  for (const i of c.items.values()) if (i.seq > known) known = i.seq;
+  for (let more = known < c.lastSeq; more;) {
+    const page = await app.api.page(c.name, { after: known });
+    merge(c, page);
+    for (const f of page.messages) if (f.seq > known) known = f.seq;
+    more = page.more && page.messages.length > 0;
+  }
+  drawLater(c.name);
 }
 
 /** A connection refused before it served: an expired or revoked key means signing in again. */
@@ -887,7 +943,7 @@ async function start(session) {
   app = {
     session, api: api(session), outbox: new Outbox(session),
     convs: new Map(), groups: new Map(), groupNames: savedGroupNames(session), presence: new Map(),
-    open: null, conn: null, stickToBottom: false,
+    open: null, conn: null, stickToBottom: false, tabs: tabs(session, fromTab),
   };
   $('login-view').hidden = true;
   $('app-view').hidden = false;
@@ -913,6 +969,7 @@ async function start(session) {
 
 function signOut(message = '') {
   if (app && app.conn) app.conn.close();
+  if (app) app.tabs.close();
   if (app) {
     logOut(app.session);
     localStorage.removeItem(namesKey(app.session));

@@ -191,23 +191,41 @@ function ackFrame(from, id, conv, seq) {
 /**
  * What was typed and not yet acked by the server, kept in the browser's storage so that a
  * reload or a dropped connection loses nothing: each entry is resent, under its own id, every
- * time the connection opens, until its SERVER_ACK (the server drops a repeat).
+ * time the connection opens, until its SERVER_ACK (the server drops a repeat). Read from
+ * storage on every use: the tabs of one browser (one device) share it.
  */
 export class Outbox {
   constructor(session) {
     this.key = KEYS.outbox(session.user, session.device);
-    try { this.entries = JSON.parse(localStorage.getItem(this.key)) || []; } catch { this.entries = []; }
   }
-  save() { localStorage.setItem(this.key, JSON.stringify(this.entries)); }
-  add(entry) { this.entries.push(entry); this.save(); }
+  get entries() {
+    try { return JSON.parse(localStorage.getItem(this.key)) || []; } catch { return []; }
+  }
+  add(entry) {
+    const all = this.entries;
+    all.push(entry);
+    localStorage.setItem(this.key, JSON.stringify(all));
+  }
   /** Removes the entry with this id; returns it, or undefined. */
   take(id) {
-    const i = this.entries.findIndex((e) => e.frame.id === id);
+    const all = this.entries;
+    const i = all.findIndex((e) => e.frame.id === id);
     if (i < 0) return undefined;
-    const [e] = this.entries.splice(i, 1);
-    this.save();
+    const [e] = all.splice(i, 1);
+    localStorage.setItem(this.key, JSON.stringify(all));
     return e;
   }
+}
+
+/**
+ * What one tab tells the other tabs of its device, which the server does not (it never sends a
+ * device what it sent itself): `{sent: entry}`, `{acked: id}`, `{read: [conv, seq]}`.
+ */
+export function tabs(session, handle) {
+  if (typeof BroadcastChannel !== 'function') return { post() {}, close() {} };
+  const channel = new BroadcastChannel(`samvad.${session.user}.${session.device}`);
+  channel.onmessage = (ev) => handle(ev.data);
+  return { post: (m) => channel.postMessage(m), close: () => channel.close() };
 }
 
 /**

@@ -18,7 +18,7 @@ const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 390, height: 844 };
 
 /** Polls `check` (which returns a truthy value when satisfied) for at most `ms`. */
-async function until(what, check, ms = STEP) {
+async function until(what, check, ms = STEP, seen = undefined) {
   const end = Date.now() + ms;
   let last;
   for (;;) {
@@ -26,7 +26,10 @@ async function until(what, check, ms = STEP) {
       last = await check();
       if (last) return last;
     } catch (e) { last = e; }
-    if (Date.now() > end) assert.fail(`${what}: not within ${ms} ms (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    if (Date.now() > end) {
+      const saw = seen ? ` (saw ${JSON.stringify(await seen().catch((e) => e.message))})` : '';
+      assert.fail(`${what}: not within ${ms} ms${saw}${last instanceof Error ? `: ${last.message}` : ''}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -165,6 +168,7 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
 
     // Alice looks at another chat on her first device; bob writes.
     await startChat(alice, 'carol');
+    await say(alice, 'hi carol');
     await say(bob, 'are you there?');
     await until('unread on both devices', async () => (await unread(alice, 'bob')) === 1 && (await unread(laptop, 'bob')) === 1);
     await open(laptop, 'bob');
@@ -178,10 +182,66 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
     await until('her other device shows it as hers', async () =>
       (await thread(alice).locator('li.mine').filter({ hasText: 'yes, on my laptop' }).count()) === 1);
     await until('bob got it once', async () => (await texts(bob)).filter((t) => t === 'yes, on my laptop').length === 1);
+    await laptop.context.close(); // the laptop is put away (it would read what comes next)
+  });
+
+  check('two tabs of one browser are one device: what one sends and reads shows in the other', async () => {
+    const { alice, bob } = people;
+    const page = await alice.context.newPage();
+    const tab = { name: 'alice', context: alice.context, page, errors: alice.errors };
+    page.on('pageerror', (e) => alice.errors.push(`alice (tab): ${e.message}`));
+    await page.goto(`${env.server.base}/`);
+    await page.getByText('Signed in as alice').waitFor(); // the session is the browser's
+    await open(alice, 'carol');
+    await say(bob, 'two tabs?');
+    await until('unread in both tabs', async () => (await unread(alice, 'bob')) === 1 && (await unread(tab, 'bob')) === 1,
+      STEP, async () => [await unread(alice, 'bob'), await unread(tab, 'bob'), await list(tab).textContent()]);
+    await open(alice, 'bob');
+    await until('read in one tab clears the other', async () => (await unread(tab, 'bob')) === 0);
+    await say(alice, 'yes, two tabs');
+    await open(tab, 'bob');
+    await until('the other tab shows what this one sent', async () =>
+      (await thread(tab).locator('li.mine').filter({ hasText: 'yes, two tabs' }).count()) === 1);
+    await until('bob got it once', async () => (await texts(bob)).filter((t) => t === 'yes, two tabs').length === 1);
+    await page.close();
+  });
+
+  check('a long conversation loads its older pages on scrolling up', async () => {
+    const { alice } = people;
+    // dave writes 130 messages over REST, as a server-side sender would.
+    const login = await fetch(`${env.server.base}/v1.0/login`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ username: 'dave', authToken: 'dev', notificationToken: '', deviceId: 'script' }),
+    }).then((r) => r.json());
+    const messages = Array.from({ length: 130 }, (_, i) => JSON.stringify({
+      _v: 2.1, id: `dave-${i + 1}`, head: { type: 'chat', to: 'alice', from: 'dave', contentType: 'text' }, meta: {}, body: { text: `line ${i + 1}` },
+    }));
+    for (const batch of [messages.slice(0, 65), messages.slice(65)]) {
+      const sent = await fetch(`${env.server.base}/v1.0/messages?format=text&ack=true`, {
+        method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${login.accesskey}` },
+        body: JSON.stringify(batch),
+      });
+      assert.equal(sent.status, 201, await sent.text());
+    }
+    await until('alice is told of 130 unread', async () => (await unread(alice, 'dave')) === 130);
+    await alice.page.reload(); // what arrived live is gone: the thread is read from history
+    await until('still 130 unread', async () => (await unread(alice, 'dave')) === 130);
+    await open(alice, 'dave');
+    await until('the latest page, newest at the bottom', async () => {
+      const t = await texts(alice);
+      return t.length < 130 && t[t.length - 1] === 'line 130';
+    }, STEP, async () => (await texts(alice)).slice(-3).concat(String((await texts(alice)).length)));
+    await thread(alice).evaluate((ol) => { ol.parentElement.scrollTop = 0; });
+    await until('the older ones, after a scroll to the top', async () => {
+      const t = await texts(alice);
+      return t.length === 130 && t[0] === 'line 1' && t[129] === 'line 130';
+    });
+    assert.equal(await unread(alice, 'dave'), 0);
   });
 
   check('typing shows on the other side, and stops', async () => {
     const { alice, bob } = people;
+    await open(alice, 'bob');
     await box(bob).pressSequentially('I am typ', { delay: 20 });
     await alice.page.getByText('bob is typing…').waitFor();
     await say(bob, 'I am typing no more');
@@ -190,6 +250,7 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
 
   check('a picture is sent as an attachment and shown inline on the other side', async () => {
     const { alice, bob } = people;
+    await open(alice, 'bob');
     const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==', 'base64');
     await box(alice).fill('our dot');
     await alice.page.getByLabel('Attach a file').setInputFiles({ name: 'dot.png', mimeType: 'image/png', buffer: png });
@@ -238,8 +299,15 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
     await bob.page.getByRole('dialog', { name: 'Members of Trip' }).getByRole('button', { name: 'Leave group' }).click();
     await bob.page.getByText('You are no longer a member of this group.').waitFor();
     await until('alice sees bob leave', async () => (await texts(alice)).includes('bob left'));
+
+    await alice.page.getByRole('button', { name: 'Members' }).click();
+    await members.getByRole('textbox', { name: 'Add members' }).fill('dave');
+    await members.getByRole('button', { name: 'Add', exact: true }).click();
+    await until('dave is a member', async () => (await members.getByRole('listitem', { name: 'dave', exact: true }).count()) === 1);
+    await members.getByRole('button', { name: 'Close' }).click();
+    await until('the addition is in the thread', async () => (await texts(alice)).includes('You added dave'));
     assert.deepEqual(await texts(alice), [
-      'You created the group with bob, carol', 'hi all', 'when do we leave?', 'You removed carol', 'bob left',
+      'You created the group with bob, carol', 'hi all', 'when do we leave?', 'You removed carol', 'bob left', 'You added dave',
     ]);
     await shot(alice, 'group.png');
   });
