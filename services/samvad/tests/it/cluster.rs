@@ -256,6 +256,26 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
         seen_group = text_of(&m) == "hello trio";
     }
 
+    // The chat page through nginx: the page, its modules and styles, and the console.
+    for (path, kind, has) in [
+        ("/", "text/html", "src=\"/app.js\""),
+        ("/app.js", "text/javascript", "from './client.js'"),
+        ("/client.js", "text/javascript", "export class Connection"),
+        ("/app.css", "text/css", ".thread"),
+        ("/console", "text/html", "<script"),
+    ] {
+        let got = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(got.status(), 200, "{path}");
+        let headers = got.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert_eq!(
+            headers.contains_key("content-security-policy"),
+            path != "/console",
+            "{path}"
+        );
+        assert!(got.text().await.unwrap().contains(has), "{path}");
+    }
+
     // REST send through nginx.
     let frame = samvad_protocol::encode_text(
         &chat("rest-1", "bob", "alice", "over rest"),
