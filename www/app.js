@@ -642,6 +642,16 @@ function stateLabel(c, i) {
   return STATE_LABEL[i.state] || '';
 }
 
+/** An item's row, made again only when what it shows changed (a picture is not fetched again). */
+function row(c, i) {
+  const sig = `${i.state}|${stateLabel(c, i)}|${i.text}`;
+  if (!i.el || i.sig !== sig) {
+    i.el = drawItem(c, i);
+    i.sig = sig;
+  }
+  return i.el;
+}
+
 function drawItem(c, i) {
   if (i.notice) return el('li', { className: 'notice' }, i.text);
   const mine = i.from === app.session.user;
@@ -655,6 +665,16 @@ function drawItem(c, i) {
   return el('li', { className: mine ? 'mine' : 'theirs' }, body);
 }
 
+/** Signed download URLs, asked for once per file and again after a minute (they expire). */
+function downloadUrl(fileId) {
+  const known = app.urls.get(fileId);
+  if (known && Date.now() - known.at < 60_000) return known.url;
+  const url = app.api.downloadUrl(fileId);
+  app.urls.set(fileId, { url, at: Date.now() });
+  url.catch(() => app.urls.delete(fileId));
+  return url;
+}
+
 /** An attachment: an image shown inline, anything else a link; URLs are asked for when drawn. */
 function attachment(a) {
   const box = el('div', { className: 'attachment' });
@@ -663,12 +683,12 @@ function attachment(a) {
   if (isImage) {
     const img = el('img', { alt: name, className: 'picture' });
     box.append(img);
-    app.api.downloadUrl(a.fileId).then((url) => { img.src = url; }, () => { img.alt = `${name} (not available)`; });
+    downloadUrl(a.fileId).then((url) => { img.src = url; }, () => { img.alt = `${name} (not available)`; });
   } else {
     const link = el('a', { href: '#', className: 'file' }, `⬇ ${name}`);
     link.addEventListener('click', async (ev) => {
       ev.preventDefault();
-      try { window.open(await app.api.downloadUrl(a.fileId), '_blank', 'noopener'); } catch (e) { flash(e.message); }
+      try { window.open(await downloadUrl(a.fileId), '_blank', 'noopener'); } catch (e) { flash(e.message); }
     });
     box.append(link);
   }
@@ -711,7 +731,7 @@ function drawThread() {
   const box = $('messages');
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const items = sorted(c);
-  const rows = items.map((i) => drawItem(c, i));
+  const rows = items.map((i) => row(c, i));
   if (c.more && c.loaded && c.oldest !== undefined) rows.unshift(el('li', { className: 'notice older' }, 'Scroll up for older messages'));
   else if (c.loaded && items.length === 0) rows.push(el('li', { className: 'notice' }, 'No messages yet. Say hello!'));
   $('message-list').replaceChildren(...rows);
@@ -943,7 +963,7 @@ async function start(session) {
   app = {
     session, api: api(session), outbox: new Outbox(session),
     convs: new Map(), groups: new Map(), groupNames: savedGroupNames(session), presence: new Map(),
-    open: null, conn: null, stickToBottom: false, tabs: tabs(session, fromTab),
+    open: null, conn: null, stickToBottom: false, tabs: tabs(session, fromTab), urls: new Map(),
   };
   $('login-view').hidden = true;
   $('app-view').hidden = false;
