@@ -10,6 +10,7 @@ mod error;
 mod http;
 mod metrics;
 mod node;
+mod serve;
 mod user;
 
 pub use config::{

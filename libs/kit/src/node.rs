@@ -125,7 +125,7 @@ impl Context {
 pub struct Node {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -152,7 +152,7 @@ impl Node {
             self.server.await
         };
         match tokio::time::timeout(STOP_WORK, done).await {
-            Ok(served) => served.context("http server task")??,
+            Ok(served) => served.context("http server task")?,
             Err(_) => tracing::warn!(
                 secs = STOP_WORK.as_secs(),
                 "work still in progress after the stop allowance; stopping anyway"
@@ -323,14 +323,12 @@ pub async fn start(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .into_future(),
-    );
+    let server = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        ctx.settings.request_head,
+        shutdown,
+    ));
     tracing::info!(%addr, "listening");
     Ok(Node {
         addr,

@@ -132,6 +132,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_SLOW_CLIENT_SECS", default_value = "10")]
     pub slow_client_secs: String,
 
+    /// Seconds a client has to send a request's line and headers, and on a kept-alive HTTP
+    /// connection to start its next request; slower connections are closed.
+    #[arg(long, env = "SAMVAD_REQUEST_HEAD_SECS", default_value = "10")]
+    pub request_head_secs: String,
+
     /// Most WebSocket connections one user may hold open on one gateway.
     #[arg(long, env = "SAMVAD_MAX_CONNECTIONS_PER_USER", default_value = "32")]
     pub max_connections_per_user: String,
@@ -186,6 +191,7 @@ pub struct Settings {
     pub rate_burst: u32,
     pub max_group_members: usize,
     pub slow_client: Duration,
+    pub request_head: Duration,
     pub max_connections_per_user: usize,
     pub drain: Duration,
     pub close_spread: Duration,
@@ -319,6 +325,12 @@ impl Config {
             &self.limits.slow_client_secs,
             1..=600,
         );
+        let request_head_secs = number(
+            &mut problems,
+            "SAMVAD_REQUEST_HEAD_SECS",
+            &self.limits.request_head_secs,
+            1..=600,
+        );
         let max_connections_per_user = number(
             &mut problems,
             "SAMVAD_MAX_CONNECTIONS_PER_USER",
@@ -367,6 +379,7 @@ impl Config {
                 rate_burst: rate_burst as u32,
                 max_group_members: max_group_members as usize,
                 slow_client: Duration::from_secs(slow_client_secs),
+                request_head: Duration::from_secs(request_head_secs),
                 max_connections_per_user: max_connections_per_user as usize,
                 drain: Duration::from_secs(drain_secs),
                 close_spread: Duration::from_secs(close_spread_secs),

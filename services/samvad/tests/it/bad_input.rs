@@ -250,3 +250,49 @@ async fn one_user_cannot_hold_more_than_the_connection_limit() {
     bob_still_hears_alice(&mut a, &mut m, "after-limit").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_slow_to_send_its_request_head_is_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(&[("SAMVAD_REQUEST_HEAD_SECS", "1")]).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", false).await;
+    let mut b = app.connect(&bob, "text", false).await;
+    // One connection trickles a head and stops; another sends nothing; a third finishes a
+    // request and then idles on its kept-alive connection.
+    let mut trickle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for (name, tcp) in [
+        ("trickle", &mut trickle),
+        ("silent", &mut silent),
+        ("idle", &mut idle),
+    ] {
+        let mut seen = Vec::new();
+        // Well within the default of 10 s: the setting is what closed it.
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tcp.read_to_end(&mut seen),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "{name}: the server closes the connection"
+        );
+        let seen = String::from_utf8_lossy(&seen);
+        if name == "idle" {
+            assert!(seen.starts_with("HTTP/1.1 200"), "{name}: {seen}");
+        }
+    }
+    // Open WebSockets wait for no request head: idle as long, they live on.
+    bob_still_hears_alice(&mut a, &mut b, "after-slow-heads").await;
+    app.stop().await;
+}

@@ -267,7 +267,10 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
         let got = app.http.get(app.url(path)).send().await.unwrap();
         assert_eq!(got.status(), 200, "{path}");
         let headers = got.headers().clone();
-        assert!(headers["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
         assert_eq!(
             headers.contains_key("content-security-policy"),
             path != "/console",

@@ -175,7 +175,11 @@ async fn reading_on_one_device_moves_every_device_and_the_unread_counts() {
     // stored in the conversation though it is (seq 4).
     let (_, hers) = page(&app, &alice, "/v1.0/conversations").await;
     assert_eq!(
-        (hers[0]["conv"].clone(), hers[0]["lastSeq"].clone(), hers[0]["unread"].clone()),
+        (
+            hers[0]["conv"].clone(),
+            hers[0]["lastSeq"].clone(),
+            hers[0]["unread"].clone()
+        ),
         (json!("chat:bob"), json!(4), json!(0))
     );
     app.stop().await;
