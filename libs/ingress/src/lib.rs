@@ -2,8 +2,6 @@
 //! stamp with the authenticated sender and the server's id and time, and publish durably.
 //! A message that passes these checks and is published is the message the server acks.
 
-mod rate;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,8 +11,6 @@ use samvad_kit::{ApiError, Context, DoorLabel, Metrics, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_store::{Conv, StoreError, Stores};
 use tokio::sync::mpsc;
-
-pub use rate::{PerUser, TokenBucket};
 
 /// Usernames known to exist, remembered so most sends skip the profile lookup. Bounded: past
 /// the bound it is cleared and refills.

@@ -10,6 +10,7 @@ mod error;
 mod http;
 mod metrics;
 mod node;
+mod rate;
 mod serve;
 mod user;
 
@@ -20,6 +21,7 @@ pub use config::{
 pub use error::{ApiError, JsonBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};
 pub use node::{Context, Node, ServiceDef, main, start};
+pub use rate::{PerUser, TokenBucket};
 pub use user::User;
 
 /// mimalloc rather than glibc's malloc, whose per-thread arenas fragment under many

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub accepted: Family<DoorLabel, Counter>,
     /// Client messages refused, by reason.
     pub refused: Family<ReasonLabel, Counter>,
+    /// Requests refused by a rate limit other than a message flood (`login`, `contact_sync`).
+    pub limited: Family<ReasonLabel, Counter>,
     /// Open WebSocket connections.
     pub connections: Gauge,
     /// Messages handled by delivery: `live`, `offline`, `repeat`, `ephemeral_dropped`.
@@ -64,6 +66,11 @@ impl Metrics {
             "messages_refused",
             "Client messages refused, by reason",
             self.refused.clone(),
+        );
+        registry.register(
+            "requests_limited",
+            "Requests refused by a rate limit (logins, contact syncs), by what was limited",
+            self.limited.clone(),
         );
         registry.register(
             "ws_connections",

@@ -3,11 +3,11 @@
 //! whether one's presence is shown; another's for whoever shares a conversation with them)
 //! and contact sync. Each login registers the device for push.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, Record, Topic};
-use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
+use samvad_kit::{ApiError, Context, JsonBody, PerUser, ReasonLabel, ServiceDef, User};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -29,6 +29,46 @@ const MAX_NAME: usize = 64;
 /// Most users one presence request may ask about.
 const MAX_PRESENCE: usize = 100;
 
+#[derive(Clone, FromRef)]
+struct Profiles {
+    ctx: Context,
+    limits: Limits,
+}
+
+/// Per-user budgets: logins per username (each one a device, and a token checked), contact
+/// syncs per user (each one a probe of who uses Samvad).
+#[derive(Clone)]
+struct Limits {
+    logins: PerUser,
+    syncs: PerUser,
+}
+
+impl Limits {
+    fn per_minute(n: u32) -> PerUser {
+        PerUser::new(f64::from(n) / 60.0, n)
+    }
+
+    /// `Ok` while `user` has budget left for `what`; else a 429 saying so, and counted.
+    fn take(
+        ctx: &Context,
+        budget: &PerUser,
+        user: &str,
+        what: &'static str,
+    ) -> Result<(), ApiError> {
+        if budget.take(user, 1) {
+            return Ok(());
+        }
+        ctx.metrics
+            .limited
+            .get_or_create(&ReasonLabel { reason: what })
+            .inc();
+        Err(ApiError::too_many(format!(
+            "too many {}s for {user}: wait a minute and try again",
+            what.replace('_', " ")
+        )))
+    }
+}
+
 fn routes(ctx: &Context) -> Router {
     Router::new()
         .route("/v1.0/login", post(login))
@@ -37,7 +77,13 @@ fn routes(ctx: &Context) -> Router {
         .route("/v1.0/profile/{username}", get(profile_of))
         .route("/v1.0/contactbook/sync", post(sync))
         .route("/v1.0/presence", get(presence))
-        .with_state(ctx.clone())
+        .with_state(Profiles {
+            ctx: ctx.clone(),
+            limits: Limits {
+                logins: Limits::per_minute(ctx.settings.logins_per_minute),
+                syncs: Limits::per_minute(ctx.settings.contact_syncs_per_minute),
+            },
+        })
 }
 
 #[derive(Deserialize)]
@@ -90,9 +136,11 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
 
 async fn login(
     State(ctx): State<Context>,
+    State(limits): State<Limits>,
     JsonBody(login): JsonBody<Login>,
 ) -> Result<Json<Value>, ApiError> {
     check_username(&login.username)?;
+    Limits::take(&ctx, &limits.logins, &login.username, "login")?;
     if login.notification_token.len() > MAX_TOKEN {
         return Err(ApiError::bad_request(format!(
             "notificationToken may be at most {MAX_TOKEN} bytes"
@@ -333,9 +381,11 @@ struct Sync {
 
 async fn sync(
     State(ctx): State<Context>,
-    _: User,
+    State(limits): State<Limits>,
+    User { name, .. }: User,
     JsonBody(sync): JsonBody<Sync>,
 ) -> Result<Json<Value>, ApiError> {
+    Limits::take(&ctx, &limits.syncs, &name, "contact_sync")?;
     if sync.users.len() > MAX_SYNC {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_SYNC} users per sync"

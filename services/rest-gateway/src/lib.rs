@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use samvad_ingress::{Ingress, PerUser, Rejection};
-use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
+use samvad_ingress::{Ingress, Rejection};
+use samvad_kit::{ApiError, Context, JsonBody, PerUser, ServiceDef, User};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -44,7 +44,7 @@ fn routes(ctx: &Context) -> Router {
         .with_state(Rest {
             ctx: ctx.clone(),
             ingress: Ingress::new(ctx, "rest"),
-            flood: PerUser::new(ctx.settings.rate_limit, ctx.settings.rate_burst),
+            flood: PerUser::new(f64::from(ctx.settings.rate_limit), ctx.settings.rate_burst),
         })
 }
 

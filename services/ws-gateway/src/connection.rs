@@ -14,7 +14,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
 use futures_util::SinkExt;
 use samvad_bus::Outgoing;
-use samvad_ingress::{Rejection, TokenBucket};
+use samvad_ingress::Rejection;
+use samvad_kit::TokenBucket;
 use samvad_protocol::{Channel, MessageType};
 use samvad_store::{Conv, DeviceRef, Page, Position, SYSTEM_DEVICE};
 use serde_json::json;
@@ -113,7 +114,7 @@ pub(crate) async fn run(
         behind: VecDeque::new(),
         unacked: VecDeque::new(),
         bucket: TokenBucket::new(
-            gateway.ctx.settings.rate_limit,
+            f64::from(gateway.ctx.settings.rate_limit),
             gateway.ctx.settings.rate_burst,
         ),
         refusals: 0,

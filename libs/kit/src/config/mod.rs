@@ -132,6 +132,14 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_SLOW_CLIENT_SECS", default_value = "10")]
     pub slow_client_secs: String,
 
+    /// Logins one username may make per minute (and at once); more get 429.
+    #[arg(long, env = "SAMVAD_LOGINS_PER_MINUTE", default_value = "10")]
+    pub logins_per_minute: String,
+
+    /// Contact syncs one user may make per minute (and at once); more get 429.
+    #[arg(long, env = "SAMVAD_CONTACT_SYNCS_PER_MINUTE", default_value = "30")]
+    pub contact_syncs_per_minute: String,
+
     /// Seconds a client has to send a request's line and headers, and on a kept-alive HTTP
     /// connection to start its next request; slower connections are closed.
     #[arg(long, env = "SAMVAD_REQUEST_HEAD_SECS", default_value = "10")]
@@ -192,6 +200,8 @@ pub struct Settings {
     pub max_group_members: usize,
     pub slow_client: Duration,
     pub request_head: Duration,
+    pub logins_per_minute: u32,
+    pub contact_syncs_per_minute: u32,
     pub max_connections_per_user: usize,
     pub drain: Duration,
     pub close_spread: Duration,
@@ -331,6 +341,18 @@ impl Config {
             &self.limits.request_head_secs,
             1..=600,
         );
+        let logins_per_minute = number(
+            &mut problems,
+            "SAMVAD_LOGINS_PER_MINUTE",
+            &self.limits.logins_per_minute,
+            1..=100_000,
+        );
+        let contact_syncs_per_minute = number(
+            &mut problems,
+            "SAMVAD_CONTACT_SYNCS_PER_MINUTE",
+            &self.limits.contact_syncs_per_minute,
+            1..=100_000,
+        );
         let max_connections_per_user = number(
             &mut problems,
             "SAMVAD_MAX_CONNECTIONS_PER_USER",
@@ -380,6 +402,8 @@ impl Config {
                 max_group_members: max_group_members as usize,
                 slow_client: Duration::from_secs(slow_client_secs),
                 request_head: Duration::from_secs(request_head_secs),
+                logins_per_minute: logins_per_minute as u32,
+                contact_syncs_per_minute: contact_syncs_per_minute as u32,
                 max_connections_per_user: max_connections_per_user as usize,
                 drain: Duration::from_secs(drain_secs),
                 close_spread: Duration::from_secs(close_spread_secs),

@@ -296,3 +296,53 @@ async fn a_client_slow_to_send_its_request_head_is_let_go() {
     bob_still_hears_alice(&mut a, &mut b, "after-slow-heads").await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn logins_and_contact_syncs_are_limited_per_user() {
+    use serde_json::json;
+
+    use crate::support::call;
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_LOGINS_PER_MINUTE", "3"),
+        ("SAMVAD_CONTACT_SYNCS_PER_MINUTE", "2"),
+    ])
+    .await;
+    // A flood of logins (each one a new device) for one name: the budget, then 429.
+    for n in 0..3 {
+        app.device("alice", &format!("phone-{n}")).await;
+    }
+    let (status, body) = call(app.http.post(app.url("/v1.0/login")).json(
+        &json!({"username": "alice", "authToken": "dev", "deviceId": "phone-4", "notificationToken": ""}),
+    ))
+    .await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        body["error"],
+        "too many logins for alice: wait a minute and try again"
+    );
+    let bob = app.user("bob").await; // another name has its own budget
+
+    for _ in 0..2 {
+        let (status, body) = call(
+            app.as_user(reqwest::Method::POST, "/v1.0/contactbook/sync", &bob)
+                .json(&json!({"users": ["alice", "nobody"]})),
+        )
+        .await;
+        assert_eq!((status, body), (200, json!({"alice": true})));
+    }
+    let (status, body) = call(
+        app.as_user(reqwest::Method::POST, "/v1.0/contactbook/sync", &bob)
+            .json(&json!({"users": ["alice"]})),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert!(body["error"].as_str().unwrap().contains("contact syncs"));
+
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"samvad_requests_limited_total{reason="login"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"samvad_requests_limited_total{reason="contact_sync"} 1"#));
+    app.stop().await;
+}

@@ -1,5 +1,5 @@
-//! Flood control: a token bucket (messages per second, with bursts) per WebSocket connection,
-//! and one per user for the REST door.
+//! Flood control: token buckets (so many per second, with bursts) — one per WebSocket
+//! connection, and one per user for the REST door, for logins and for contact syncs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use std::time::Instant;
 /// (a full bucket is what a new one would be).
 const USERS_MAX: usize = 100_000;
 
-/// Messages per second with bursts.
+/// So many per second, with bursts.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     rate: f64,
@@ -19,9 +19,10 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(rate: u32, burst: u32) -> Self {
+    /// `rate` tokens a second (a fraction: one a minute is `1.0 / 60.0`), at most `burst`.
+    pub fn new(rate: f64, burst: u32) -> Self {
         Self {
-            rate: f64::from(rate),
+            rate,
             burst: f64::from(burst),
             tokens: f64::from(burst),
             at: Instant::now(),
@@ -55,13 +56,13 @@ impl TokenBucket {
 /// A token bucket per user.
 #[derive(Clone)]
 pub struct PerUser {
-    rate: u32,
+    rate: f64,
     burst: u32,
     buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
 }
 
 impl PerUser {
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub fn new(rate: f64, burst: u32) -> Self {
         Self {
             rate,
             burst,
@@ -96,12 +97,12 @@ mod tests {
 
     #[test]
     fn a_bucket_gives_its_burst_then_nothing_and_a_batch_takes_all_or_none() {
-        let mut b = TokenBucket::new(1, 3);
+        let mut b = TokenBucket::new(1.0, 3);
         assert!(!b.take_n(4), "more than the burst");
         assert!(b.take_n(2));
         assert!(b.take());
         assert!(!b.take());
-        let users = PerUser::new(1, 2);
+        let users = PerUser::new(1.0, 2);
         assert!(users.take("ann", 2));
         assert!(!users.take("ann", 1));
         assert!(users.take("ben", 2), "each user has their own");
