@@ -151,8 +151,8 @@ function stored(f, live) {
     };
   }
   const [it, isNew] = put(c, item);
-  if (isNew && live && !it.notice && it.from !== me && f.seq > before && f.seq > c.readSeq) {
-    c.unread += 1;
+  if (isNew && live && !it.notice && it.from !== me && f.seq > c.readSeq) {
+    if (f.seq > before) c.unread += 1; // what the list counted already is not counted again
     if (c.channel === 'chat' && !readable(c)) delivered(c, f.id);
   }
   if (!it.notice) c.typing.delete(it.from);
@@ -193,6 +193,8 @@ function receipt(c, f) {
   mine.forEach((i, n) => { if (ids.includes(i.id)) upto = n; });
   for (let n = 0; n <= upto; n++) {
     const i = mine[n];
+    // What is not stored yet (or was refused) was not read, wherever it sorts.
+    if ((STATE_RANK[i.state] ?? 0) < STATE_RANK.sent && !ids.includes(i.id)) continue;
     if (c.channel === 'group') {
       if (rank === 2) i.readBy.add(f.from);
     } else if ((STATE_RANK[i.state] ?? 0) < rank + 1) {
@@ -253,8 +255,8 @@ async function loadConversations() {
   for (const s of list) {
     const c = conv(s.conv);
     c.lastSeq = Math.max(c.lastSeq, s.lastSeq);
+    if (s.readSeq >= c.readSeq) c.unread = s.unread; // else our READ is not in it yet
     c.readSeq = Math.max(c.readSeq, s.readSeq);
-    c.unread = s.unread;
     c.lastAt = Math.max(c.lastAt, s.lastAt || 0);
   }
   for (const c of app.convs.values()) {
@@ -273,7 +275,11 @@ function refreshConversations() {
 
 /** Puts a history page in its conversation: messages, notices, and the receipts among them. */
 function merge(c, page) {
-  for (const f of page.messages) stored({ ...f, conv: f.conv || c.name }, false);
+  for (const f of page.messages) {
+    stored({ ...f, conv: f.conv || c.name }, false);
+    // Receipts take places in a page too: the next page is before the first entry, shown or not.
+    if (f.seq !== undefined && (c.oldest === undefined || f.seq < c.oldest)) c.oldest = f.seq;
+  }
 }
 
 /** The latest page of a conversation (once; again after a gap). */
@@ -313,6 +319,7 @@ async function loadOlder(c) {
   const box = $('messages');
   const fromBottom = box.scrollHeight - box.scrollTop;
   await c.loading.catch(() => {});
+  if (!app || app.open !== c.name) return; // another thread is shown now
   drawThread();
   box.scrollTop = box.scrollHeight - fromBottom;
 }
@@ -395,14 +402,30 @@ function fromTab(m) {
   else if (m.read) readUpTo(m.read[0], m.read[1]);
 }
 
+let retryTimer = null;
+
+/** Sends the outbox again in a moment (what a refusal asked to be sent again). */
+function retrySoon(ms) {
+  retryTimer ??= setTimeout(() => { retryTimer = null; if (app && app.conn) flushOutbox(); }, ms);
+}
+
+/**
+ * A refused frame: one the server asks to have again (it could not take it, or it came too
+ * fast: the refusal then names no id) stays in the outbox and goes again shortly; anything
+ * else is not sent, and says why.
+ */
 function onErrorFrame(f) {
-  const entry = f.id ? app.outbox.take(f.id) : undefined;
+  if (!f.id || /send it again/.test(f.error)) {
+    retrySoon(f.id ? 2_000 : 1_000);
+    return;
+  }
+  const entry = app.outbox.take(f.id);
   const item = entry && ownItem(entry);
   if (item) {
     item.state = 'failed';
     item.error = f.error;
     drawLater(entry.conv);
-  } else {
+  } else if (!entry || !entry.silent) {
     flash(`The server refused a message: ${f.error}`);
   }
 }
@@ -576,14 +599,17 @@ async function catchUp(c) {
     more = page.more && page.messages.length > 0;
   }
   drawLater(c.name);
+  readIfShown(c);
 }
+
+const ENDED = 'Your session has ended. Log in again: what you typed meanwhile will be sent.';
 
 /** A connection refused before it served: an expired or revoked key means signing in again. */
 async function onRefused() {
   try {
     await app.api.profile();
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) signOut('Your session has ended. Please log in again.');
+    if (e instanceof ApiError && e.status === 401) signOut(ENDED, { forget: false });
   }
 }
 
@@ -611,6 +637,8 @@ function drawList() {
   const convs = [...app.convs.values()]
     .filter((c) => c.lastSeq > 0 || c.items.size > 0 || c.name === app.open || (c.channel === 'group' && app.groups.has(c.peer)))
     .sort((a, b) => b.lastAt - a.lastAt || a.name.localeCompare(b.name));
+  // Rebuilt on every change: a keyboard user keeps their place in it.
+  const focused = document.activeElement?.closest?.('#conversations li')?.dataset.conv;
   list.replaceChildren(...convs.map((c) => {
     const name = title(c);
     const who = typers(c);
@@ -622,8 +650,9 @@ function drawList() {
         el('span', { className: 'conv-last' }, line)),
       c.unread > 0 ? el('span', { className: 'badge' }, String(c.unread), el('span', { className: 'sr-only' }, ' unread')) : null);
     button.addEventListener('click', () => openConv(c.name));
-    return el('li', { 'aria-label': name }, button);
+    return el('li', { 'aria-label': name, 'data-conv': c.name }, button);
   }));
+  if (focused) [...list.children].find((li) => li.dataset.conv === focused)?.querySelector('button').focus();
   $('no-conversations').hidden = convs.length > 0;
   document.title = totalUnread() > 0 ? `(${totalUnread()}) Samvad` : 'Samvad';
 }
@@ -657,6 +686,7 @@ function drawItem(c, i) {
   const mine = i.from === app.session.user;
   const body = el('div', { className: 'bubble' });
   if (c.channel === 'group' && !mine) body.append(el('span', { className: 'from' }, i.from));
+  else body.append(el('span', { className: 'sr-only' }, mine ? 'You: ' : `${i.from}: `));
   if (i.attachment) body.append(attachment(i.attachment));
   if (i.text) body.append(el('p', { className: 'text' }, i.text));
   const meta = el('span', { className: 'meta' }, el('time', { dateTime: new Date(i.at).toISOString() }, clock(i.at)));
@@ -720,7 +750,8 @@ function drawTyping(c) {
     const g = app.groups.get(c.peer);
     if (g) line = g.members.map((m) => m.username).join(', ');
   }
-  $('thread-status').textContent = line;
+  // A live region: said again only when it changes.
+  if ($('thread-status').textContent !== line) $('thread-status').textContent = line;
   drawList();
 }
 
@@ -732,11 +763,17 @@ function drawThread() {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const items = sorted(c);
   const rows = items.map((i) => row(c, i));
-  if (c.more && c.loaded && c.oldest !== undefined) rows.unshift(el('li', { className: 'notice older' }, 'Scroll up for older messages'));
+  if (c.more && c.loaded && c.oldest !== undefined) {
+    const older = el('button', { type: 'button', className: 'small' }, 'Load older messages');
+    older.addEventListener('click', () => loadOlder(c));
+    rows.unshift(el('li', { className: 'notice older' }, older));
+  }
   else if (c.loaded && items.length === 0) rows.push(el('li', { className: 'notice' }, 'No messages yet. Say hello!'));
   $('message-list').replaceChildren(...rows);
   if (atBottom || app.stickToBottom) box.scrollTop = box.scrollHeight;
   app.stickToBottom = false;
+  // A page of mostly receipts may not fill the box, and then nothing can be scrolled up.
+  if (c.more && c.loaded && !c.loading && box.scrollHeight <= box.clientHeight + 60) loadOlder(c);
 }
 
 async function openConv(name) {
@@ -895,10 +932,10 @@ async function attach() {
   const c = app.open && app.convs.get(app.open);
   if (!file || !c) return;
   $('upload-status').textContent = `Uploading ${file.name}…`;
+  const caption = $('message').value.trim(); // what was typed for this thread, not the next
+  $('message').value = '';
   try {
     const { fileId, contentType } = await app.api.upload(file);
-    const caption = $('message').value.trim();
-    $('message').value = '';
     app.stickToBottom = true;
     send(c.name, { body: { text: caption, attachment: { fileId, name: file.name, contentType, size: file.size } }, contentType: 'attachment' });
     $('upload-status').textContent = '';
@@ -973,7 +1010,7 @@ async function start(session) {
     await loadGroups();
     await loadConversations();
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) { signOut('Your session has ended. Please log in again.'); return; }
+    if (e instanceof ApiError && e.status === 401) { signOut(ENDED, { forget: false }); return; }
     flash(`Could not load your conversations: ${e.message}`);
   }
   for (const entry of app.outbox.entries) if (!entry.silent) showOutgoing(entry);
@@ -987,20 +1024,22 @@ async function start(session) {
   offerPush().catch(() => {});
 }
 
-function signOut(message = '') {
-  if (app && app.conn) app.conn.close();
-  if (app) app.tabs.close();
+/**
+ * Signs out and starts the page afresh (no timer or request of the session outlives it).
+ * Logging out forgets what the browser kept; a session the server ended keeps the outbox, sent
+ * once the user logs in again.
+ */
+function signOut(message = '', { forget = true } = {}) {
   if (app) {
-    logOut(app.session);
-    localStorage.removeItem(namesKey(app.session));
+    if (app.conn) app.conn.close();
+    app.tabs.close();
+    logOut(app.session, { keepOutbox: !forget });
+    if (forget) localStorage.removeItem(namesKey(app.session));
   }
   app = null;
   sessionStorage.removeItem('samvad.authToken');
-  $('app-view').hidden = true;
-  $('login-view').hidden = false;
-  $('login-error').textContent = message;
-  $('login-error').hidden = !message;
-  $('username').focus();
+  if (message) sessionStorage.setItem('samvad.notice', message);
+  location.reload();
 }
 
 async function submitLogin(ev) {
@@ -1084,5 +1123,12 @@ wire();
 deviceId();
 const saved = savedSession();
 if (saved && saved.device === deviceId()) start(saved);
-else { $('login-view').hidden = false; $('username').focus(); }
+else {
+  const notice = sessionStorage.getItem('samvad.notice');
+  sessionStorage.removeItem('samvad.notice');
+  $('login-error').textContent = notice || '';
+  $('login-error').hidden = !notice;
+  $('login-view').hidden = false;
+  $('username').focus();
+}
 

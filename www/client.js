@@ -84,10 +84,10 @@ export async function logIn(username, authToken, notificationToken = '') {
   return session;
 }
 
-/** Forgets the session (the outbox too: what was not sent is not sent). */
-export function logOut(session) {
+/** Forgets the session, and the outbox unless `keepOutbox` (what was not sent is not sent). */
+export function logOut(session, { keepOutbox = false } = {}) {
   localStorage.removeItem(KEYS.session);
-  if (session) localStorage.removeItem(KEYS.outbox(session.user, session.device));
+  if (session && !keepOutbox) localStorage.removeItem(KEYS.outbox(session.user, session.device));
 }
 
 /** The REST calls of a session. */

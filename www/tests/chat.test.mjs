@@ -10,7 +10,7 @@
 
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { STEP, SCREENSHOTS, serverAndBrowser, logTail } from './support.mjs';
 
@@ -99,6 +99,10 @@ async function startChat(u, peer) {
   await dialog.getByRole('button', { name: 'Start chat' }).click();
   await u.page.getByRole('heading', { name: peer, exact: true }).waitFor();
 }
+
+// Pictures of an earlier run's failure would mislead whoever looks after this one.
+mkdirSync(SCREENSHOTS, { recursive: true });
+for (const f of readdirSync(SCREENSHOTS)) if (f.startsWith('failed-')) rmSync(join(SCREENSHOTS, f));
 
 describe('the chat page, served by the real server', { timeout: 180_000 }, () => {
   const env = serverAndBrowser();
