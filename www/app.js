@@ -13,6 +13,11 @@ const PREVIEWS = 30;
 
 const $ = (id) => document.getElementById(id);
 
+/** A mouse or trackpad (not a touch screen): Enter sends, and an opened thread takes focus. */
+const FINE_POINTER = matchMedia('(pointer: fine)');
+/** The phone layout: the list or a thread, and the browser's Back returns to the list. */
+const NARROW = matchMedia('(max-width: 700px)');
+
 /** A new element: `el('li', {className: 'x'}, 'text', child)`. */
 function el(tag, props = {}, ...children) {
   const e = document.createElement(tag);
@@ -782,9 +787,10 @@ async function openConv(name) {
   app.open = name;
   app.stickToBottom = true;
   document.body.classList.add('thread-open');
+  if (NARROW.matches && !history.state?.thread) history.pushState({ thread: true }, '');
   drawThread();
   drawList();
-  $('message').focus();
+  if (FINE_POINTER.matches) $('message').focus(); // a touch keyboard would cover the thread
   if (c.channel === 'chat') {
     app.api.presence([c.peer]).then((p) => {
       if (p[c.peer]) { app.presence.set(c.peer, p[c.peer]); drawThreadHeader(); }
@@ -1064,6 +1070,14 @@ async function submitLogin(ev) {
   }
 }
 
+function closeThread() {
+  stoppedTyping();
+  app.open = null;
+  document.body.classList.remove('thread-open');
+  drawThreadHeader();
+  drawList();
+}
+
 function wire() {
   $('login-form').addEventListener('submit', submitLogin);
   $('logout').addEventListener('click', () => signOut());
@@ -1071,16 +1085,15 @@ function wire() {
   $('composer').addEventListener('submit', submitMessage);
   $('message').addEventListener('input', typed);
   $('message').addEventListener('keydown', (ev) => {
-    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) submitMessage(ev);
+    // On a touch screen Enter is a new line; the Send button sends.
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && FINE_POINTER.matches) submitMessage(ev);
   });
   $('file').addEventListener('change', attach);
   $('back').addEventListener('click', () => {
-    stoppedTyping();
-    app.open = null;
-    document.body.classList.remove('thread-open');
-    drawThreadHeader();
-    drawList();
+    if (history.state?.thread) history.back(); // closes the thread, on popstate
+    else closeThread();
   });
+  addEventListener('popstate', () => { if (app && app.open) closeThread(); });
   $('messages').addEventListener('scroll', () => {
     const c = app && app.open && app.convs.get(app.open);
     if (c && $('messages').scrollTop < 60) loadOlder(c);

@@ -285,6 +285,11 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
     await shot(carol, 'phone.png');
     await carol.page.getByRole('button', { name: 'Back to conversations' }).click();
     await list(carol).waitFor();
+    await open(carol, 'Trip');
+    await carol.page.goBack(); // the phone's own Back returns to the list, not away from the page
+    await list(carol).waitFor();
+    assert.equal(await carol.page.getByRole('heading', { name: 'Trip', exact: true }).isVisible(), false);
+    assert.match(carol.page.url(), /\/$/);
 
     await open(bob, 'Trip');
     await until('bob sees carol', async () => (await texts(bob)).includes('hi all'));
