@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -46,7 +46,27 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     (StatusCode::OK, "ready".to_owned())
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+/// Whether `given` is the token, compared in constant time: the time taken says nothing of how
+/// much of a guess was right.
+fn same_token(given: &[u8], token: &[u8]) -> bool {
+    given.len() == token.len() && given.iter().zip(token).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
+    if let Some(token) = &shared.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_token(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "metrics need Authorization: Bearer <SAMVAD_METRICS_TOKEN>".to_owned(),
+            );
+        }
+    }
     let mut text = String::new();
     let registry = shared
         .registry

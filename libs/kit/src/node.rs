@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn Bus>,
     /// The in-line bus, if this node runs one: consumers attach to it.
     pub(crate) inline: Option<InlineBus>,
+    /// The bearer token `/metrics` asks for, if one is set.
+    pub(crate) metrics_token: Option<String>,
     tasks: TaskTracker,
     failed: AtomicBool,
 }
@@ -273,6 +275,7 @@ pub async fn start(
         db,
         bus: Arc::clone(&bus),
         inline,
+        metrics_token: settings.metrics_token.clone(),
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });

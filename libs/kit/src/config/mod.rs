@@ -165,6 +165,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_MAX_GROUP_MEMBERS", default_value = "1024")]
     pub max_group_members: String,
 
+    /// A bearer token `GET /metrics` asks for (`Authorization: Bearer <token>`); unset, the
+    /// metrics are open to whoever reaches the port.
+    #[arg(long, env = "SAMVAD_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+
     /// Web origins allowed to open WebSockets, comma separated, besides the server's own
     /// host; `*` allows any.
     #[arg(long, env = "SAMVAD_ALLOWED_ORIGINS", default_value = "")]
@@ -208,6 +213,7 @@ pub struct Settings {
     /// How long history is kept; `None`: for ever.
     pub retention: Option<Duration>,
     pub allowed_origins: Vec<String>,
+    pub metrics_token: Option<String>,
     pub push: PushSettings,
     pub assets: AssetSettings,
     pub bus: BusSettings,
@@ -384,6 +390,14 @@ impl Config {
             2..=100_000,
         );
 
+        if let Some(token) = self.limits.metrics_token.as_deref()
+            && !token.is_empty()
+            && token.len() < 16
+        {
+            problems.push(
+                "SAMVAD_METRICS_TOKEN must be at least 16 characters (it guards /metrics)".into(),
+            );
+        }
         match (listen, auth) {
             (Ok(listen), Some(auth)) if problems.is_empty() => Ok(Settings {
                 listen,
@@ -416,6 +430,7 @@ impl Config {
                     .filter(|o| !o.is_empty())
                     .map(str::to_owned)
                     .collect(),
+                metrics_token: self.limits.metrics_token.clone().filter(|t| !t.is_empty()),
                 push,
                 assets,
                 bus,
@@ -651,6 +666,34 @@ mod tests {
             problems
                 .iter()
                 .any(|p| p.starts_with("SAMVAD_MAX_MESSAGE_BYTES: 1048576 is more than")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_metrics_token_too_short_to_guard_anything_is_refused() {
+        let validate = |token: &str| {
+            Config::parse_with_env(
+                ["samvad"],
+                &env(&[
+                    ("SAMVAD_AUTH_PROVIDER", "dev"),
+                    ("SAMVAD_METRICS_TOKEN", token),
+                ]),
+            )
+            .unwrap()
+            .validate()
+        };
+        assert_eq!(validate("").unwrap().metrics_token, None, "empty is unset");
+        assert_eq!(
+            validate("0123456789abcdef")
+                .unwrap()
+                .metrics_token
+                .as_deref(),
+            Some("0123456789abcdef")
+        );
+        let problems = validate("secret").unwrap_err();
+        assert!(
+            problems[0].starts_with("SAMVAD_METRICS_TOKEN"),
             "{problems:?}"
         );
     }

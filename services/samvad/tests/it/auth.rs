@@ -171,3 +171,30 @@ async fn login_refuses_bad_requests() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_ask_for_their_token_when_one_is_set() {
+    let token = "scrape-me-0123456789";
+    let app = TestApp::spawn_with(&[("SAMVAD_METRICS_TOKEN", token)]).await;
+    let url = app.url("/metrics");
+    let open = app.http.get(&url).send().await.unwrap();
+    assert_eq!(open.status(), 401);
+    let wrong = app
+        .http
+        .get(&url)
+        .bearer_auth("scrape-me-0123456780")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let scraped = app.http.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("samvad_ws_connections")
+    );
+    app.stop().await;
+}

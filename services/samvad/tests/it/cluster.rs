@@ -279,6 +279,10 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
         assert!(got.text().await.unwrap().contains(has), "{path}");
     }
 
+    // Metrics are scraped from each process, never passed on by nginx.
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 404);
+
     // REST send through nginx.
     let frame = samvad_protocol::encode_text(
         &chat("rest-1", "bob", "alice", "over rest"),
