@@ -354,10 +354,28 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
 
   check('log out forgets the session', async () => {
     const { bob } = people;
+    assert.equal(await bob.page.getByRole('button', { name: 'Turn on notifications' }).isVisible(), false,
+      'no notifications offered where the server has no Web Push');
     await bob.page.getByRole('button', { name: 'Log out' }).click();
     await bob.page.getByRole('button', { name: 'Log in' }).waitFor();
     await bob.page.reload();
     await bob.page.getByRole('button', { name: 'Log in' }).waitFor();
     assert.equal(await bob.page.getByText('Signed in as').isVisible(), false);
+  });
+});
+
+describe('the chat page on a server with Web Push', { timeout: 60_000 }, () => {
+  // RFC 8291's example key pair.
+  const env = serverAndBrowser({
+    SAMVAD_PUSH_PROVIDERS: 'webpush',
+    SAMVAD_VAPID_PRIVATE_KEY: 'yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw',
+    SAMVAD_VAPID_SUBJECT: 'mailto:ops@samvad.test',
+  });
+
+  test('offers to turn notifications on, which the page without a key does not', async () => {
+    const erin = await person(env.browser, env.server.base, 'erin');
+    await logIn(erin);
+    await erin.page.getByRole('button', { name: 'Turn on notifications' }).waitFor();
+    assert.deepEqual(erin.errors, []);
   });
 });

@@ -25,11 +25,11 @@ export const SCREENSHOTS = resolve(here, process.env.SAMVAD_WWW_SCREENSHOTS || '
  * Starts one server process on `listen` with data in `dataDir`; resolves with
  * { base, logs(), exited, proc } once it logs its address.
  */
-async function spawnServer(listen, dataDir) {
+async function spawnServer(listen, dataDir, settings) {
   const proc = spawn(SERVER_BIN, [], {
     env: {
       ...process.env, NO_COLOR: '1', SAMVAD_LISTEN: listen, SAMVAD_DATA_DIR: dataDir,
-      SAMVAD_AUTH_PROVIDER: 'dev', SAMVAD_DRAIN_SECS: '0', SAMVAD_CLOSE_SPREAD_SECS: '0',
+      SAMVAD_AUTH_PROVIDER: 'dev', SAMVAD_DRAIN_SECS: '0', SAMVAD_CLOSE_SPREAD_SECS: '0', ...settings,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -70,13 +70,13 @@ async function kill(proc, exited, signal) {
  * crash(), restart() }: `crash` kills it with SIGKILL, `restart` starts it again on the same
  * address and data, as an operator's supervisor would.
  */
-async function startServer() {
+async function startServer(settings) {
   assert.ok(existsSync(SERVER_BIN), `no server binary at ${SERVER_BIN}: run \`cargo build -p samvad\` or set SAMVAD_BIN`);
   const dataDir = mkdtempSync(join(tmpdir(), 'samvad-www-data-'));
   let current;
   let earlier = '';
   try {
-    current = await spawnServer('127.0.0.1:0', dataDir);
+    current = await spawnServer('127.0.0.1:0', dataDir, settings);
   } catch (e) {
     rmSync(dataDir, { recursive: true, force: true });
     throw e;
@@ -88,7 +88,7 @@ async function startServer() {
     async restart() {
       await kill(current.proc, current.exited, 'SIGKILL');
       earlier += current.logs();
-      current = await spawnServer(server.base.replace('http://', ''), dataDir);
+      current = await spawnServer(server.base.replace('http://', ''), dataDir, settings);
     },
     async stop() {
       await kill(current.proc, current.exited, 'SIGTERM');
@@ -112,13 +112,14 @@ async function launchBrowser() {
 }
 
 /**
- * Registers, in the calling suite, hooks that start the server and Chromium before its tests and
- * stop them after; returns `{ server, browser }`, filled in once the suite runs.
+ * Registers, in the calling suite, hooks that start the server (with these extra settings) and
+ * Chromium before its tests and stop them after; returns `{ server, browser }`, filled in once
+ * the suite runs.
  */
-export function serverAndBrowser() {
+export function serverAndBrowser(settings = {}) {
   const env = { server: null, browser: null };
   before(async () => {
-    env.server = await startServer();
+    env.server = await startServer(settings);
     env.browser = await launchBrowser();
   }, { timeout: 25_000 });
   after(async () => {
