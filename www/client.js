@@ -248,6 +248,10 @@ export class Connection {
     this.ackTimer = null;
     this.onOnline = () => this.retryNow();
     addEventListener('online', this.onOnline);
+    // A reload or a closed tab would otherwise drop the acks of the last 100 ms, and the server
+    // would send those messages again.
+    this.onHide = () => this.flushAcks();
+    addEventListener('pagehide', this.onHide);
   }
 
   get open() { return this.ws !== null && this.ws.readyState === WebSocket.OPEN; }
@@ -321,23 +325,26 @@ export class Connection {
     }
     const known = this.pendingAcks.get(f.conv);
     if (!known || known.seq < f.seq) this.pendingAcks.set(f.conv, { id: f.id, seq: f.seq });
-    if (!this.ackTimer) {
-      this.ackTimer = setTimeout(() => {
-        this.ackTimer = null;
-        for (const [conv, { id, seq }] of this.pendingAcks) {
-          // Unsent, the device still owes them: the server sends them again on the next open.
-          this.send(ackFrame(this.session.user, id, conv, seq));
-        }
-        this.pendingAcks.clear();
-      }, 100);
+    if (!this.ackTimer) this.ackTimer = setTimeout(() => this.flushAcks(), 100);
+  }
+
+  /** Sends the acks waiting for their batch now (before the page goes away, say). */
+  flushAcks() {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = null;
+    for (const [conv, { id, seq }] of this.pendingAcks) {
+      // Unsent, the device still owes them: the server sends them again on the next open.
+      this.send(ackFrame(this.session.user, id, conv, seq));
     }
+    this.pendingAcks.clear();
   }
 
   close() {
+    this.flushAcks();
     this.stopped = true;
     clearTimeout(this.timer);
-    clearTimeout(this.ackTimer);
     removeEventListener('online', this.onOnline);
+    removeEventListener('pagehide', this.onHide);
     if (this.ws) this.ws.close(1000, 'log out');
     this.ws = null;
     clearInterval(this.pinger);
