@@ -49,6 +49,14 @@ impl ApiError {
         }
     }
 
+    /// The request names a host this server does not answer for.
+    pub fn misdirected(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::MISDIRECTED_REQUEST,
+            message: message.into(),
+        }
+    }
+
     /// Our failure, not the client's: the detail goes to the log, the client gets a generic
     /// message.
     pub fn internal(error: impl std::fmt::Display) -> Self {

@@ -1,14 +1,23 @@
-//! The routes every process answers: liveness, readiness and Prometheus metrics.
+//! The routes every process answers — liveness, readiness and Prometheus metrics — and the
+//! check every request passes first: the `Host` it names.
 
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::config::AllowedHosts;
 use crate::node::Shared;
+use crate::{ApiError, ReasonLabel};
 
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -87,4 +96,111 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl 
         )],
         text,
     )
+}
+
+/// Refuses a request whose `Host` names a host this server is not (421), so that a web page
+/// whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot talk to a server on
+/// loopback as if it were its own origin. Requests without a `Host` pass: no browser sends one.
+pub(crate) async fn check_host(
+    State(check): State<Arc<HostCheck>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    match host {
+        Some(host) if !host_allowed(&check.allowed, host) => {
+            check
+                .refused
+                .get_or_create(&ReasonLabel { reason: "host" })
+                .inc();
+            ApiError::misdirected(format!(
+                "this server does not answer for host {host:?} (see SAMVAD_ALLOWED_HOSTS)"
+            ))
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// What [`check_host`] needs.
+pub(crate) struct HostCheck {
+    pub(crate) allowed: AllowedHosts,
+    /// Where refusals are counted.
+    pub(crate) refused: Family<ReasonLabel, Counter>,
+}
+
+/// Whether a `Host` header value (a name or an IP literal, with or without a port) is allowed.
+fn host_allowed(allowed: &AllowedHosts, host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8080`
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    match allowed {
+        AllowedHosts::Any => true,
+        AllowedHosts::Only { names, loopback } => {
+            names.contains(&name)
+                || *loopback
+                    && (name == "localhost"
+                        || name.ends_with(".localhost")
+                        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_matched_by_name_without_port_or_case() {
+        let only = AllowedHosts::Only {
+            names: vec!["chat.example.com".into()],
+            loopback: true,
+        };
+        for host in [
+            "chat.example.com",
+            "Chat.Example.com:443",
+            "chat.example.com.",
+            "localhost:8080",
+            "app.localhost",
+            "127.0.0.1:8080",
+            "127.9.9.9",
+            "[::1]:8080",
+            "[::1]",
+        ] {
+            assert!(host_allowed(&only, host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "chat.example.com.evil.example",
+            "localhost.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+            "",
+            "127.0.0.1:80:80",
+            // An IPv6 address without brackets is no Host value.
+            "::1",
+            "\u{fffd}",
+        ] {
+            assert!(!host_allowed(&only, host), "{host}");
+        }
+        let names_only = AllowedHosts::Only {
+            names: vec!["chat.example.com".into()],
+            loopback: false,
+        };
+        assert!(!host_allowed(&names_only, "127.0.0.1:8080"));
+        assert!(host_allowed(&AllowedHosts::Any, "evil.example"));
+    }
 }

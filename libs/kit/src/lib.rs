@@ -15,8 +15,8 @@ mod serve;
 mod user;
 
 pub use config::{
-    AssetSettings, AssetStorage, AuthProvider, BusSettings, Config, PresenceSettings, PushSettings,
-    S3Settings, Settings, StoreSettings,
+    AllowedHosts, AssetSettings, AssetStorage, AuthProvider, BusSettings, Config, PresenceSettings,
+    PushSettings, S3Settings, Settings, StoreSettings,
 };
 pub use error::{ApiError, JsonBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub refused: Family<ReasonLabel, Counter>,
     /// Requests refused by a rate limit other than a message flood (`login`, `contact_sync`).
     pub limited: Family<ReasonLabel, Counter>,
+    /// Requests refused before any service saw them, by reason (`host`).
+    pub refused_requests: Family<ReasonLabel, Counter>,
     /// Open WebSocket connections.
     pub connections: Gauge,
     /// Messages handled by delivery: `live`, `offline`, `repeat`, `ephemeral_dropped`.
@@ -71,6 +73,11 @@ impl Metrics {
             "requests_limited",
             "Requests refused by a rate limit (logins, contact syncs), by what was limited",
             self.limited.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests refused before any service saw them (a Host not served here), by reason",
+            self.refused_requests.clone(),
         );
         registry.register(
             "ws_connections",

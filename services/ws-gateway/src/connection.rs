@@ -460,7 +460,10 @@ impl Conn {
             Frame::Binary(bytes) => samvad_protocol::decode_binary(bytes, &limits),
             Frame::Ping(_) | Frame::Pong(_) | Frame::Close(_) => return Ok(()),
         };
-        if !self.bucket.take() {
+        // A connection's budget is for every frame; its user's, shared by all their
+        // connections, for what is sent to others (acks only end a duty, and cost little).
+        let ack = matches!(&decoded, Ok(m) if m.kind == MessageType::ClientAck);
+        if !self.bucket.take() || !ack && !self.gateway.sends.take(&self.device.user, 1) {
             self.gateway.ingress.count_refusal("rate_limit");
             self.refusals += 1;
             if self.refusals >= FLOOD_CLOSE {

@@ -24,7 +24,7 @@ use axum::routing::get;
 use samvad_auth::Identity;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
-use samvad_kit::{ApiError, Context, ServiceDef};
+use samvad_kit::{ApiError, Context, PerUser, ServiceDef};
 use samvad_protocol::{Encoding, Message};
 use samvad_store::Conv;
 use serde::Deserialize;
@@ -111,6 +111,9 @@ pub(crate) struct Gateway(Arc<GatewayState>);
 pub(crate) struct GatewayState {
     pub(crate) ctx: Context,
     pub(crate) ingress: Ingress,
+    /// What each user may send (acks aside) across all their connections here, so that more
+    /// sockets do not buy a faster flood.
+    pub(crate) sends: PerUser,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     next_id: AtomicU64,
 }
@@ -127,6 +130,7 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
     let gateway = Gateway(Arc::new(GatewayState {
         ctx: ctx.clone(),
         ingress: Ingress::new(ctx, "ws"),
+        sends: PerUser::new(f64::from(ctx.settings.rate_limit), ctx.settings.rate_burst),
         conns: Mutex::default(),
         next_id: AtomicU64::new(0),
     }));

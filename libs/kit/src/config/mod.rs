@@ -174,6 +174,23 @@ pub struct LimitArgs {
     /// host; `*` allows any.
     #[arg(long, env = "SAMVAD_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
+
+    /// Host names requests may address, comma separated; `*` for any. Unset: any, unless the
+    /// server listens on loopback, where only loopback names and SAMVAD_PUBLIC_URL's host.
+    #[arg(long, env = "SAMVAD_ALLOWED_HOSTS", default_value = "")]
+    pub allowed_hosts: String,
+}
+
+/// The `Host` names requests may carry (`SAMVAD_ALLOWED_HOSTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    Any,
+    /// These names (lowercase, no port), and with `loopback` also `localhost`, `*.localhost`
+    /// and loopback addresses.
+    Only {
+        names: Vec<String>,
+        loopback: bool,
+    },
 }
 
 /// Which login-token check to run.
@@ -213,6 +230,7 @@ pub struct Settings {
     /// How long history is kept; `None`: for ever.
     pub retention: Option<Duration>,
     pub allowed_origins: Vec<String>,
+    pub allowed_hosts: AllowedHosts,
     pub metrics_token: Option<String>,
     pub push: PushSettings,
     pub assets: AssetSettings,
@@ -398,6 +416,7 @@ impl Config {
                 "SAMVAD_METRICS_TOKEN must be at least 16 characters (it guards /metrics)".into(),
             );
         }
+        let allowed_hosts = self.allowed_hosts(listen.as_ref().ok(), &assets);
         match (listen, auth) {
             (Ok(listen), Some(auth)) if problems.is_empty() => Ok(Settings {
                 listen,
@@ -430,6 +449,7 @@ impl Config {
                     .filter(|o| !o.is_empty())
                     .map(str::to_owned)
                     .collect(),
+                allowed_hosts,
                 metrics_token: self.limits.metrics_token.clone().filter(|t| !t.is_empty()),
                 push,
                 assets,
@@ -521,6 +541,46 @@ impl AuthArgs {
 
 /// The largest message the cluster shape carries (see `SAMVAD_MAX_MESSAGE_BYTES`).
 const BROKER_MAX_MESSAGE_BYTES: u64 = 512 * 1024;
+
+impl Config {
+    /// What `SAMVAD_ALLOWED_HOSTS` says, or the default for where the server listens: a server
+    /// on loopback is meant to be reached as localhost (or behind a proxy on the same host), so
+    /// it answers for loopback names and its public URL's host only.
+    fn allowed_hosts(&self, listen: Option<&SocketAddr>, assets: &AssetSettings) -> AllowedHosts {
+        let names: Vec<String> = self
+            .limits
+            .allowed_hosts
+            .split(',')
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if names.iter().any(|h| h == "*") {
+            return AllowedHosts::Any;
+        }
+        if !names.is_empty() {
+            return AllowedHosts::Only {
+                names,
+                loopback: false,
+            };
+        }
+        if !listen.is_some_and(|addr| addr.ip().is_loopback()) {
+            return AllowedHosts::Any;
+        }
+        let public = assets.public_url.as_deref().and_then(|url| {
+            let rest = url.split_once("://")?.1;
+            let authority = rest.split('/').next()?;
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next()?,
+                None => authority.split(':').next()?,
+            };
+            Some(host.to_ascii_lowercase())
+        });
+        AllowedHosts::Only {
+            names: public.into_iter().collect(),
+            loopback: true,
+        }
+    }
+}
 
 pub(crate) fn number(
     problems: &mut Vec<String>,

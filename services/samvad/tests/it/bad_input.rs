@@ -4,7 +4,7 @@ use samvad_protocol::{Encoding, MessageType};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{Client, Seen, TestApp, chat, text_of};
+use crate::support::{Client, Seen, TestApp, User, chat, text_of};
 
 /// Bob (or whoever `b` is) still gets alice's messages: nothing the bad client did touched him.
 async fn bob_still_hears_alice(a: &mut Client, b: &mut Client, id: &str) {
@@ -91,14 +91,21 @@ async fn an_oversize_frame_closes_with_1009_and_only_that_connection() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_flood_is_refused_and_then_closed_without_touching_others() {
+/// A server that lets a user send 1 message a second after a burst of 5, alice and bob
+/// connected, and mallory logged in.
+async fn flood_scene() -> (TestApp, Client, Client, User) {
     let app = TestApp::spawn_with(&[("SAMVAD_RATE_LIMIT", "1"), ("SAMVAD_RATE_BURST", "5")]).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mallory = app.user("mallory").await;
-    let mut a = app.connect(&alice, "text", false).await;
-    let mut b = app.connect(&bob, "text", false).await;
+    let a = app.connect(&alice, "text", false).await;
+    let b = app.connect(&bob, "text", false).await;
+    (app, a, b, mallory)
+}
+
+#[tokio::test]
+async fn a_flood_is_refused_and_then_closed_without_touching_others() {
+    let (app, mut a, mut b, mallory) = flood_scene().await;
     let mut m = app.connect(&mallory, "text", true).await;
     for i in 0..200 {
         m.send_raw(Frame::Text(
@@ -220,6 +227,49 @@ async fn a_client_that_reads_nothing_is_let_go_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn more_connections_do_not_buy_a_faster_flood() {
+    let (app, mut a, mut b, mallory) = flood_scene().await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        sockets.push(app.connect(&mallory, "text", true).await);
+    }
+    // Each socket stays within its own burst; together they are three times the user's.
+    let started = std::time::Instant::now();
+    for (s, m) in sockets.iter_mut().enumerate() {
+        for i in 0..5 {
+            m.send(&chat(&format!("f-{s}-{i}"), "mallory", "bob", "spam"))
+                .await;
+        }
+    }
+    let (mut acks, mut refusals) = (0, 0);
+    for m in &mut sockets {
+        for _ in 0..5 {
+            match m.next().await {
+                Seen::Message(ack) if ack.kind == MessageType::ServerAck => acks += 1,
+                Seen::Error(e) => {
+                    assert!(e["error"].as_str().unwrap().contains("rate limit"), "{e}");
+                    refusals += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    // The user's burst, and what refilled at one a second while the test ran.
+    let most = 5 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        (5..=most).contains(&acks),
+        "{acks} accepted of 15; at most {most}"
+    );
+    assert_eq!(acks + refusals, 15);
+    for _ in 0..acks {
+        let spam = b.message().await;
+        b.client_ack(&spam).await;
+    }
+    bob_still_hears_alice(&mut a, &mut b, "after-many-sockets").await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn one_user_cannot_hold_more_than_the_connection_limit() {
     let app = TestApp::spawn_with(&[("SAMVAD_MAX_CONNECTIONS_PER_USER", "2")]).await;
     let alice = app.user("alice").await;
@@ -263,12 +313,12 @@ async fn a_client_slow_to_send_its_request_head_is_let_go() {
     // request and then idles on its kept-alive connection.
     let mut trickle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     trickle
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         .await
         .unwrap();
     let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     for (name, tcp) in [
@@ -344,5 +394,77 @@ async fn logins_and_contact_syncs_are_limited_per_user() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"samvad_requests_limited_total{reason="contact_sync"} 1"#));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_that_points_its_name_at_loopback_is_refused() {
+    use serde_json::json;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    use crate::support::call;
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let port = app.addr.port();
+    let get = |host: &str| {
+        app.as_user(reqwest::Method::GET, "/v1.0/conversations", &alice)
+            .header("host", format!("{host}:{port}"))
+    };
+    // What a page at evil.example sends once its name resolves to 127.0.0.1 (DNS rebinding).
+    let (status, body) = call(get("evil.example")).await;
+    assert_eq!(status, 421, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("evil.example"),
+        "{body}"
+    );
+    let (status, _) = call(
+        app.http
+            .post(app.url("/v1.0/login"))
+            .header("host", format!("evil.example:{port}"))
+            .json(&json!({"username": "eve", "authToken": "dev", "notificationToken": ""})),
+    )
+    .await;
+    assert_eq!(status, 421);
+    let mut upgrade = format!("ws://{}/v1.0/wss/?format=text", app.addr)
+        .into_client_request()
+        .unwrap();
+    let headers = upgrade.headers_mut();
+    headers.insert("host", format!("evil.example:{port}").parse().unwrap());
+    headers.insert(
+        "origin",
+        format!("http://evil.example:{port}").parse().unwrap(),
+    );
+    headers.insert("accesskey", alice.key.parse().unwrap());
+    match tokio_tungstenite::connect_async(upgrade).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 421)
+        }
+        other => panic!("the upgrade was not refused: {:?}", other.map(|_| ())),
+    }
+    // The server's own names pass.
+    for host in ["localhost", "127.0.0.1", "[::1]"] {
+        assert_eq!(call(get(host)).await.0, 200, "{host}");
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"samvad_requests_refused_total{reason="host"} 3"#),
+        "{metrics}"
+    );
+    app.stop().await;
+
+    // Named hosts are the only ones then (the test itself calls 127.0.0.1).
+    let app = TestApp::spawn_with(&[("SAMVAD_ALLOWED_HOSTS", "chat.example.com, 127.0.0.1")]).await;
+    let alice = app.user("alice").await;
+    let port = app.addr.port();
+    for (host, status) in [
+        ("chat.example.com", 200),
+        ("localhost", 421),
+        ("evil.example", 421),
+    ] {
+        let request = app
+            .as_user(reqwest::Method::GET, "/v1.0/conversations", &alice)
+            .header("host", format!("{host}:{port}"));
+        assert_eq!(call(request).await.0, status, "{host}");
+    }
     app.stop().await;
 }
