@@ -534,7 +534,13 @@ async fn wait_for_signal() -> Stop {
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A log that cannot be written (a full disk under a log file, its file-size limit) must
+    // cost only the lines: by default the subscriber would say so with `eprintln!`, which
+    // panics when stderr fails too, and take down whichever thread logged — the database
+    // writer, reporting the very failure, so that no write ever succeeded again.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     if json {
         builder.json().init();
     } else {

@@ -2,11 +2,11 @@
 //! write that fails (here: past the file-size limit, as a full disk would) fails only itself.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use samvad_protocol::MessageType;
 use serde_json::Value;
@@ -19,42 +19,52 @@ struct Server {
 }
 
 impl Server {
-    /// Starts the `samvad` binary on a free port and waits for its `listening` log line.
+    /// Starts the `samvad` binary on a free port and waits for its `listening` log line. Its
+    /// log goes to `samvad.log` in its data directory, as an operator's `samvad >> samvad.log
+    /// 2>&1` would: a full disk fails the log's writes too.
     fn start(data_dir: &Path) -> Self {
         Self::start_with(data_dir, &[])
     }
 
     fn start_with(data_dir: &Path, extra: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_samvad"))
+        let path = data_dir.join("samvad.log");
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let start = log.metadata().unwrap().len() as usize;
+        let child = Command::new(env!("CARGO_BIN_EXE_samvad"))
             .envs(extra.iter().copied())
             .env("SAMVAD_LISTEN", "127.0.0.1:0")
             .env("SAMVAD_AUTH_PROVIDER", "dev")
             .env("SAMVAD_DATA_DIR", data_dir)
             .env("SAMVAD_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent
-                    && let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["fields"]["message"] == "listening"
-                {
-                    let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_owned());
-                    sent = true;
-                }
+        let listening = || {
+            let text = std::fs::read(&path).unwrap_or_default();
+            String::from_utf8_lossy(text.get(start..).unwrap_or_default())
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|v| v["fields"]["message"] == "listening")
+                .and_then(|v| v["fields"]["addr"].as_str()?.parse().ok())
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Some(addr) = listening() {
+                break addr;
             }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not start listening")
-            .parse()
-            .unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         Self { child, addr }
     }
 
