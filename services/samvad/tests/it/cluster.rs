@@ -11,6 +11,7 @@ use reqwest::Method;
 use samvad_protocol::MessageType;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::assets;
 use crate::history::texts;
@@ -278,6 +279,23 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
         );
         assert!(got.text().await.unwrap().contains(has), "{path}");
     }
+
+    // The page's WebSocket through nginx, as a browser opens it: with the page's Origin, which
+    // the gateway compares with the Host nginx must pass on (and every service answers only
+    // for the Host the client asked for).
+    let dave = app.user("dave").await;
+    let mut request = format!("ws://{}/v1.0/wss/?format=text", app.addr)
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("origin", format!("http://{}", app.addr).parse().unwrap());
+    headers.insert("accesskey", dave.key.parse().unwrap());
+    let opened = tokio_tungstenite::connect_async(request).await;
+    assert!(
+        opened.is_ok(),
+        "the page's own origin is refused: {opened:?}"
+    );
+    drop(opened);
 
     // Metrics are scraped from each process, never passed on by nginx.
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
