@@ -19,11 +19,16 @@ use std::thread;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 /// Most jobs one transaction takes; more wait for the next one.
 const MAX_BATCH: usize = 1024;
+/// Read connections opened at start.
 const READERS: usize = 4;
+/// Most reads running at once, and read connections kept: a burst of reads (10,000 sockets
+/// closing together, each looking up whom to tell) waits its turn instead of opening a
+/// connection, with a page cache of its own, per read.
+const MAX_READS: usize = READERS * 4;
 /// How long a connection waits for another's lock (a previous process still closing) before
 /// reporting the database busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +66,8 @@ pub struct Db {
     /// Dropped with the last clone, which stops the checkpointer.
     _checkpointer: mpsc::Sender<()>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// A permit per read running (at most [`MAX_READS`]).
+    reading: Arc<Semaphore>,
     path: Arc<PathBuf>,
 }
 
@@ -114,6 +121,7 @@ impl Db {
             writer,
             _checkpointer: checkpointer,
             readers: Arc::new(Mutex::new(readers)),
+            reading: Arc::new(Semaphore::new(MAX_READS)),
             path: Arc::new(path.to_owned()),
         })
     }
@@ -176,11 +184,16 @@ impl Db {
     {
         let readers = Arc::clone(&self.readers);
         let path = Arc::clone(&self.path);
+        let permit = Arc::clone(&self.reading)
+            .acquire_owned()
+            .await
+            .map_err(|_| DbError::Closed)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = readers.lock().ok().and_then(|mut pool| pool.pop());
             let conn = match conn {
                 Some(conn) => conn,
-                // Pool drained by concurrent readers: open one more; it joins the pool after.
+                // More reads at once than connections yet: open one more; it joins the pool.
                 None => Connection::open_with_flags(
                     path.as_path(),
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -188,7 +201,7 @@ impl Db {
             };
             let result = f(&conn);
             if let Ok(mut pool) = readers.lock()
-                && pool.len() < READERS * 4
+                && pool.len() < MAX_READS
             {
                 pool.push(conn);
             }
@@ -343,6 +356,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_reads_runs_a_bounded_number_at_once() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut reads = Vec::new();
+        for _ in 0..200 {
+            let (db, running, most) = (db.clone(), Arc::clone(&running), Arc::clone(&most));
+            reads.push(tokio::spawn(async move {
+                db.read(move |c| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                })
+                .await
+            }));
+        }
+        for read in reads {
+            assert_eq!(read.await.unwrap().unwrap(), 1);
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((2..=MAX_READS).contains(&most), "{most} reads ran at once");
     }
 
     #[tokio::test]
