@@ -1,9 +1,8 @@
 //! The routes every process answers — liveness, readiness and Prometheus metrics — and the
 //! check every request passes first: the `Host` it names.
 
-use std::sync::Arc;
-
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -11,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -132,30 +130,31 @@ pub(crate) struct HostCheck {
     pub(crate) refused: Family<ReasonLabel, Counter>,
 }
 
-/// Whether a `Host` header value (a name or an IP literal, with or without a port) is allowed.
-fn host_allowed(allowed: &AllowedHosts, host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
+/// The host of an authority (`Host` header, or a URL's `host:port`): a name or an IP literal,
+/// without port or brackets, without a trailing dot, in lowercase.
+pub(crate) fn host_name(authority: &str) -> String {
+    let name = match authority.strip_prefix('[') {
         // `[::1]:8080`
         Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                name
-            } else {
-                host
-            }
-        }),
+        None => authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(name, _)| name),
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    match allowed {
-        AllowedHosts::Any => true,
-        AllowedHosts::Only { names, loopback } => {
-            names.contains(&name)
-                || *loopback
-                    && (name == "localhost"
-                        || name.ends_with(".localhost")
-                        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
-        }
-    }
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a `Host` header value (a name or an IP literal, with or without a port) is allowed.
+fn host_allowed(allowed: &AllowedHosts, host: &str) -> bool {
+    let AllowedHosts::Only { names, loopback } = allowed else {
+        return true;
+    };
+    let name = host_name(host);
+    names.contains(&name)
+        || *loopback
+            && (name == "localhost"
+                || name.ends_with(".localhost")
+                || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
 }
 
 #[cfg(test)]

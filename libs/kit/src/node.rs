@@ -317,13 +317,16 @@ pub async fn start(
         tracing::info!(service = service.name, "started");
     }
 
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        Arc::new(crate::http::HostCheck {
-            allowed: ctx.settings.allowed_hosts.clone(),
-            refused: ctx.metrics.refused_requests.clone(),
-        }),
-        crate::http::check_host,
-    ));
+    // Answering for any host costs a request nothing.
+    if ctx.settings.allowed_hosts != crate::config::AllowedHosts::Any {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(crate::http::HostCheck {
+                allowed: ctx.settings.allowed_hosts.clone(),
+                refused: ctx.metrics.refused_requests.clone(),
+            }),
+            crate::http::check_host,
+        ));
+    }
     let addr = listener.local_addr()?;
     let shutdown = shared.shutdown.clone();
     // Without TCP_NODELAY, a small frame written while the client has not yet acknowledged the

@@ -551,7 +551,7 @@ impl Config {
             .limits
             .allowed_hosts
             .split(',')
-            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .map(|h| crate::http::host_name(h.trim()))
             .filter(|h| !h.is_empty())
             .collect();
         if names.iter().any(|h| h == "*") {
@@ -567,13 +567,8 @@ impl Config {
             return AllowedHosts::Any;
         }
         let public = assets.public_url.as_deref().and_then(|url| {
-            let rest = url.split_once("://")?.1;
-            let authority = rest.split('/').next()?;
-            let host = match authority.strip_prefix('[') {
-                Some(v6) => v6.split(']').next()?,
-                None => authority.split(':').next()?,
-            };
-            Some(host.to_ascii_lowercase())
+            let authority = url.split_once("://")?.1.split('/').next()?;
+            Some(crate::http::host_name(authority))
         });
         AllowedHosts::Only {
             names: public.into_iter().collect(),
