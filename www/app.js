@@ -1032,10 +1032,15 @@ async function start(session) {
 
 /**
  * Signs out and starts the page afresh (no timer or request of the session outlives it).
- * Logging out forgets what the browser kept; a session the server ended keeps the outbox, sent
- * once the user logs in again.
+ * Logging out ends the device's session on the server (its key stops working everywhere) and
+ * forgets what the browser kept; a session the server ended keeps the outbox, sent once the
+ * user logs in again.
  */
-function signOut(message = '', { forget = true } = {}) {
+async function signOut(message = '', { forget = true } = {}) {
+  if (app && forget) {
+    // Best effort: a server out of reach still gets the browser's side of the logout.
+    await api(app.session).call('POST', '/v1.0/logout').catch(() => {});
+  }
   if (app) {
     if (app.conn) app.conn.close();
     app.tabs.close();

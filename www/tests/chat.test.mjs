@@ -357,12 +357,17 @@ describe('the chat page, served by the real server', { timeout: 180_000 }, () =>
       JSON.stringify(await texts(bob)) === JSON.stringify([...before, 'typed while the server was down', 'and after the restart']));
   });
 
-  check('log out forgets the session', async () => {
+  check('log out ends the session, here and on the server', async () => {
     const { bob } = people;
     assert.equal(await bob.page.getByRole('button', { name: 'Turn on notifications' }).isVisible(), false,
       'no notifications offered where the server has no Web Push');
+    const key = await bob.page.evaluate(() => JSON.parse(localStorage.getItem('samvad.session')).key);
+    const asBob = () => bob.page.evaluate(async (k) =>
+      (await fetch('/v1.0/conversations', { headers: { authorization: `Bearer ${k}` } })).status, key);
+    assert.equal(await asBob(), 200);
     await bob.page.getByRole('button', { name: 'Log out' }).click();
     await bob.page.getByRole('button', { name: 'Log in' }).waitFor();
+    assert.equal(await asBob(), 401, 'the server ended the key too');
     await bob.page.reload();
     await bob.page.getByRole('button', { name: 'Log in' }).waitFor();
     assert.equal(await bob.page.getByText('Signed in as').isVisible(), false);

@@ -21,6 +21,10 @@ struct Claims {
     /// act as the default device.
     #[serde(default = "default_device")]
     dev: String,
+    /// The device's session (the device's link to its user, made at its first login and ended
+    /// by its logout): a key outlives neither. Keys from before sessions have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    sid: String,
     iat: u64,
     exp: u64,
 }
@@ -48,8 +52,19 @@ impl Identity {
     }
 }
 
+/// What a genuine, unexpired access key says: whom it speaks for, the device session it was
+/// issued in (empty for a key from before sessions), and when it stops being accepted (its
+/// expiry plus the clock skew tolerated, in seconds since the Unix epoch). Whether that
+/// session still stands is the caller's to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub who: Identity,
+    pub session: String,
+    pub expires: u64,
+}
+
 /// Signed, expiring access keys (HS256 JWTs with a `kid` header; claims: sub=username,
-/// dev=device id, iat, exp).
+/// dev=device id, sid=device session, iat, exp).
 ///
 /// Several `(kid, secret)` pairs can be configured: the first signs, all verify, so a secret is
 /// rotated by putting a new pair first and dropping the old one once its keys have expired.
@@ -122,6 +137,7 @@ impl AccessKeys {
         // Sign once now, so that `issue` cannot fail later on a request path.
         access_keys.sign(
             &Identity::new("probe", DEFAULT_DEVICE),
+            "probe",
             unix_now(),
             unix_now() + 1,
         )?;
@@ -133,21 +149,23 @@ impl AccessKeys {
         &self.urls
     }
 
-    /// A fresh access key for `who`, valid for the configured lifetime.
-    pub fn issue(&self, who: &Identity) -> String {
+    /// A fresh access key for `who` in device session `session`, valid for the configured
+    /// lifetime.
+    pub fn issue(&self, who: &Identity, session: &str) -> String {
         let now = unix_now();
-        self.sign(who, now, now.saturating_add(self.ttl.as_secs()))
+        self.sign(who, session, now, now.saturating_add(self.ttl.as_secs()))
             // `new` proved that signing works: HS256 over claims we serialise ourselves has no
             // failure mode left.
             .expect("HS256 signing with a validated key cannot fail")
     }
 
-    fn sign(&self, who: &Identity, iat: u64, exp: u64) -> Result<String, AuthError> {
+    fn sign(&self, who: &Identity, session: &str, iat: u64, exp: u64) -> Result<String, AuthError> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing_kid.clone());
         let claims = Claims {
             sub: who.user.clone(),
             dev: who.device.clone(),
+            sid: session.to_owned(),
             iat,
             exp,
         };
@@ -156,8 +174,8 @@ impl AccessKeys {
     }
 
     /// Verifies signature (key chosen by kid among ours; unknown kid refused), expiry, algorithm
-    /// HS256 only. Returns whom the key speaks for.
-    pub fn verify(&self, key: &str) -> Result<Identity, AuthError> {
+    /// HS256 only. Returns what the key says.
+    pub fn verify(&self, key: &str) -> Result<Access, AuthError> {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(AuthError::InvalidAccessKey);
         }
@@ -184,19 +202,23 @@ impl AccessKeys {
         {
             return Err(AuthError::InvalidAccessKey);
         }
-        Ok(Identity {
-            user: claims.sub,
-            device: claims.dev,
+        Ok(Access {
+            who: Identity {
+                user: claims.sub,
+                device: claims.dev,
+            },
+            session: claims.sid,
+            expires: claims.exp.saturating_add(LEEWAY_SECS),
         })
     }
 
     /// Verify credentials: key valid, and if `user` is present it must equal the key's username
-    /// (else [`AuthError::UserMismatch`]). Returns whom the key speaks for.
-    pub fn authenticate(&self, creds: &Credentials) -> Result<Identity, AuthError> {
-        let who = self.verify(&creds.key)?;
+    /// (else [`AuthError::UserMismatch`]). Returns what the key says.
+    pub fn authenticate(&self, creds: &Credentials) -> Result<Access, AuthError> {
+        let access = self.verify(&creds.key)?;
         match &creds.user {
-            Some(user) if *user != who.user => Err(AuthError::UserMismatch),
-            _ => Ok(who),
+            Some(user) if *user != access.who.user => Err(AuthError::UserMismatch),
+            _ => Ok(access),
         }
     }
 }
@@ -225,14 +247,14 @@ mod tests {
     #[test]
     fn an_issued_key_verifies_to_its_username() {
         let keys = keys(&[pair("k1", 1)]);
-        let key = keys.issue(&Identity::new("+919999900001", DEFAULT_DEVICE));
-        assert_eq!(keys.verify(&key).unwrap().user, "+919999900001");
+        let key = keys.issue(&Identity::new("+919999900001", DEFAULT_DEVICE), "s1");
+        assert_eq!(keys.verify(&key).unwrap().who.user, "+919999900001");
     }
 
     #[test]
     fn an_issued_key_carries_kid_and_expires_after_the_ttl() {
         let keys = AccessKeys::new(vec![pair("k1", 1)], Duration::from_secs(600)).unwrap();
-        let key = keys.issue(&Identity::new("alice", DEFAULT_DEVICE));
+        let key = keys.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1");
         let header = jsonwebtoken::decode_header(&key).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
         assert_eq!(header.kid.as_deref(), Some("k1"));
@@ -249,6 +271,7 @@ mod tests {
         let key = keys
             .sign(
                 &Identity::new("alice", DEFAULT_DEVICE),
+                "s1",
                 now - 7200,
                 now - 3600,
             )
@@ -266,6 +289,7 @@ mod tests {
         let key = keys
             .sign(
                 &Identity::new("alice", DEFAULT_DEVICE),
+                "s1",
                 now + 3600,
                 now + 7200,
             )
@@ -279,7 +303,7 @@ mod tests {
     #[test]
     fn a_tampered_key_is_refused() {
         let keys = keys(&[pair("k1", 1)]);
-        let key = keys.issue(&Identity::new("alice", DEFAULT_DEVICE));
+        let key = keys.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1");
         let mut parts: Vec<String> = key.split('.').map(str::to_owned).collect();
         let now = unix_now();
         parts[1] = b64(&format!(
@@ -309,7 +333,7 @@ mod tests {
         // Same secret, other kid: the kid alone decides, and "k9" is not ours.
         let ours = keys(&[pair("k1", 1)]);
         assert!(matches!(
-            ours.verify(&theirs.issue(&Identity::new("alice", DEFAULT_DEVICE))),
+            ours.verify(&theirs.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1")),
             Err(AuthError::InvalidAccessKey)
         ));
     }
@@ -319,7 +343,7 @@ mod tests {
         let theirs = keys(&[pair("k1", 2)]);
         let ours = keys(&[pair("k1", 1)]);
         assert!(matches!(
-            ours.verify(&theirs.issue(&Identity::new("alice", DEFAULT_DEVICE))),
+            ours.verify(&theirs.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1")),
             Err(AuthError::InvalidAccessKey)
         ));
     }
@@ -328,7 +352,8 @@ mod tests {
     fn a_key_speaks_for_one_device_and_an_older_key_for_the_default_one() {
         let keys = keys(&[pair("k1", 1)]);
         let tablet = Identity::new("alice", "tablet");
-        assert_eq!(keys.verify(&keys.issue(&tablet)).unwrap(), tablet);
+        let access = keys.verify(&keys.issue(&tablet, "s7")).unwrap();
+        assert_eq!((access.who, access.session.as_str()), (tablet, "s7"));
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some("k1".into());
         let now = unix_now();
@@ -339,10 +364,9 @@ mod tests {
             &EncodingKey::from_secret(&[1; 32]),
         )
         .unwrap();
-        assert_eq!(
-            keys.verify(&key).unwrap(),
-            Identity::new("alice", DEFAULT_DEVICE)
-        );
+        let access = keys.verify(&key).unwrap();
+        assert_eq!(access.who, Identity::new("alice", DEFAULT_DEVICE));
+        assert_eq!(access.session, "", "a key from before sessions has none");
     }
 
     #[test]
@@ -352,6 +376,7 @@ mod tests {
         let claims = Claims {
             sub: "alice".into(),
             dev: DEFAULT_DEVICE.into(),
+            sid: String::new(),
             iat: now,
             exp: now + 60,
         };
@@ -370,14 +395,14 @@ mod tests {
     #[test]
     fn rotation_keeps_keys_signed_by_the_older_secret_valid() {
         let old = keys(&[pair("2024", 1)]);
-        let issued_before_rotation = old.issue(&Identity::new("alice", DEFAULT_DEVICE));
+        let issued_before_rotation = old.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1");
         let rotated = keys(&[pair("2025", 2), pair("2024", 1)]);
         assert_eq!(
-            rotated.verify(&issued_before_rotation).unwrap().user,
+            rotated.verify(&issued_before_rotation).unwrap().who.user,
             "alice"
         );
 
-        let issued_after_rotation = rotated.issue(&Identity::new("bob", DEFAULT_DEVICE));
+        let issued_after_rotation = rotated.issue(&Identity::new("bob", DEFAULT_DEVICE), "s1");
         assert_eq!(
             jsonwebtoken::decode_header(&issued_after_rotation)
                 .unwrap()
@@ -385,7 +410,10 @@ mod tests {
                 .as_deref(),
             Some("2025")
         );
-        assert_eq!(rotated.verify(&issued_after_rotation).unwrap().user, "bob");
+        assert_eq!(
+            rotated.verify(&issued_after_rotation).unwrap().who.user,
+            "bob"
+        );
         // Once the old secret is dropped, its keys stop working.
         let retired = keys(&[pair("2025", 2)]);
         assert!(matches!(
@@ -421,6 +449,7 @@ mod tests {
         let claims = Claims {
             sub: "alice".into(),
             dev: DEFAULT_DEVICE.into(),
+            sid: String::new(),
             iat: now,
             exp: now + 3600,
         };
@@ -436,7 +465,7 @@ mod tests {
         let keys = keys(&[pair("k1", 1)]);
         let huge = format!(
             "{}.{}.x",
-            keys.issue(&Identity::new("alice", DEFAULT_DEVICE)),
+            keys.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1"),
             "A".repeat(MAX_KEY_LEN)
         );
         for key in ["", "not-a-jwt", "a.b.c", huge.as_str()] {
@@ -478,14 +507,14 @@ mod tests {
         let keys = keys(&[pair("k1", 1)]);
         let creds = |user: Option<&str>| Credentials {
             user: user.map(str::to_owned),
-            key: keys.issue(&Identity::new("alice", DEFAULT_DEVICE)),
+            key: keys.issue(&Identity::new("alice", DEFAULT_DEVICE), "s1"),
             subprotocol: None,
         };
         assert_eq!(
-            keys.authenticate(&creds(Some("alice"))).unwrap().user,
+            keys.authenticate(&creds(Some("alice"))).unwrap().who.user,
             "alice"
         );
-        assert_eq!(keys.authenticate(&creds(None)).unwrap().user, "alice");
+        assert_eq!(keys.authenticate(&creds(None)).unwrap().who.user, "alice");
         assert!(matches!(
             keys.authenticate(&creds(Some("bob"))),
             Err(AuthError::UserMismatch)

@@ -19,6 +19,9 @@ pub enum AuthError {
     /// The access key was ours but has expired.
     #[error("access key expired; log in again")]
     ExpiredAccessKey,
+    /// The access key was ours, but its device has been logged out since it was issued.
+    #[error("access key revoked: this device was logged out; log in again")]
+    RevokedAccessKey,
     /// The request names a `user` other than the one the access key was issued to.
     #[error("user does not match the access key")]
     UserMismatch,
@@ -44,6 +47,7 @@ impl AuthError {
             AuthError::MissingCredentials
             | AuthError::InvalidAccessKey
             | AuthError::ExpiredAccessKey
+            | AuthError::RevokedAccessKey
             | AuthError::UserMismatch
             | AuthError::TokenRefused(_) => true,
             AuthError::JwksUnavailable { .. } | AuthError::Misconfigured(_) => false,
@@ -123,6 +127,7 @@ mod tests {
             (AuthError::MissingCredentials, 401, true),
             (AuthError::InvalidAccessKey, 401, true),
             (AuthError::ExpiredAccessKey, 401, true),
+            (AuthError::RevokedAccessKey, 401, true),
             (AuthError::UserMismatch, 401, true),
             (AuthError::TokenRefused(TokenRefusal::Expired), 401, true),
             (

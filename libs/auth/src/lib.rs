@@ -14,7 +14,7 @@ mod key_cache;
 mod login;
 mod url_signer;
 
-pub use access_keys::{AccessKeys, DEFAULT_DEVICE, Identity};
+pub use access_keys::{Access, AccessKeys, DEFAULT_DEVICE, Identity};
 pub use credentials::{Credentials, credentials};
 pub use error::{AuthError, TokenRefusal};
 pub use jwks::{JwksConfig, JwksVerifier};

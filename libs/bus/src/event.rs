@@ -71,12 +71,15 @@ pub struct Outgoing {
     pub message: Message,
 }
 
-/// What delivery hands one gateway instance: `items`, in order, for the connections each of
-/// `users` has there. `Gateway(id)` topic, keyed by conversation.
+/// What one gateway instance is handed, for the connections each of `users` has there:
+/// `items`, in order (from delivery, keyed by conversation); or devices of theirs that were
+/// unlinked, whose connections close (from profile, keyed by user). `Gateway(id)` topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatewayEvent {
     pub users: Vec<String>,
     pub items: Vec<Outgoing>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlinked: Vec<String>,
 }
 
 #[cfg(test)]
@@ -115,6 +118,7 @@ mod tests {
                 device: "phone".into(),
                 message: message(),
             }],
+            unlinked: vec!["tablet".into()],
         });
         both_ways(Routed {
             recipients: vec!["bob".into()],

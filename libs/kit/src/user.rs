@@ -2,6 +2,7 @@
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use samvad_auth::{Access, AuthError, Credentials};
 
 use crate::{ApiError, Context};
 
@@ -24,10 +25,28 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let ctx = Context::from_ref(state);
         let creds = samvad_auth::credentials(&parts.headers)?;
-        let who = ctx.access_keys.authenticate(&creds)?;
+        let access = ctx.authenticate(&creds).await?;
         Ok(Self {
-            name: who.user,
-            device: who.device,
+            name: access.who.user,
+            device: access.who.device,
         })
+    }
+}
+
+impl Context {
+    /// What `creds` prove: a genuine, unexpired access key whose device is still linked in
+    /// the session the key was issued in. A key from before a logout (or before the device was
+    /// unlinked to make room for another) is refused, however long it has left to run.
+    pub async fn authenticate(&self, creds: &Credentials) -> Result<Access, ApiError> {
+        let access = self.access_keys.authenticate(creds)?;
+        let linked = self
+            .stores
+            .profiles
+            .session(&access.who.user, &access.who.device)
+            .await?;
+        if linked.as_deref() != Some(access.session.as_str()) {
+            return Err(AuthError::RevokedAccessKey.into());
+        }
+        Ok(access)
     }
 }

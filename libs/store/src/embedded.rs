@@ -8,8 +8,8 @@ mod asset;
 mod timeline;
 
 use crate::{
-    Device, Group, GroupStore, Member, Profile, ProfileStore, Removal, Result, Role, StoreError,
-    now_ms,
+    Device, Group, GroupStore, Linked, LoggedIn, Member, Profile, ProfileStore, Removal, Result,
+    Role, StoreError, new_session, now_ms,
 };
 
 const SCHEMA: &str = "
@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS profiles (
     show_presence INTEGER NOT NULL DEFAULT 1) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS devices (
     username TEXT NOT NULL, device_id TEXT NOT NULL, token TEXT NOT NULL,
-    version REAL NOT NULL, updated_at INTEGER NOT NULL,
+    version REAL NOT NULL, updated_at INTEGER NOT NULL, session TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (username, device_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS groups (
     group_id TEXT PRIMARY KEY, name TEXT NOT NULL, profile_pic TEXT,
@@ -67,10 +67,11 @@ fn add_column(t: &Transaction<'_>, table: &str, name: &str, column: &str) -> rus
     Ok(())
 }
 
-/// Brings a database from before profile pictures up to date.
+/// Brings a database from before profile pictures, or before device sessions, up to date.
 fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
     add_column(t, "profiles", "profile_pic", "TEXT")?;
-    add_column(t, "profiles", "show_presence", "INTEGER NOT NULL DEFAULT 1")
+    add_column(t, "profiles", "show_presence", "INTEGER NOT NULL DEFAULT 1")?;
+    add_column(t, "devices", "session", "TEXT NOT NULL DEFAULT ''")
 }
 
 fn load_group(conn: &rusqlite::Connection, group_id: &str) -> rusqlite::Result<Option<Group>> {
@@ -125,13 +126,13 @@ fn insert_member(
 
 #[async_trait::async_trait]
 impl ProfileStore for EmbeddedStore {
-    async fn login(&self, username: &str, device: &Device) -> Result<bool> {
+    async fn login(&self, username: &str, device: &Device, max_devices: usize) -> Result<LoggedIn> {
         let username = username.to_owned();
         let device = device.clone();
         self.db
             .write(move |t| {
                 let now = now_ms();
-                let created = t.execute(
+                let is_new = t.execute(
                     "INSERT INTO profiles (username, created_at) VALUES (?1, ?2)
                      ON CONFLICT (username) DO NOTHING",
                     params![username, now],
@@ -140,25 +141,60 @@ impl ProfileStore for EmbeddedStore {
                     // A token belongs to one device: a phone that changed hands must not get
                     // the previous user's pushes.
                     t.execute(
-                        "DELETE FROM devices WHERE token = ?1 AND username != ?2",
+                        "UPDATE devices SET token = '' WHERE token = ?1 AND username != ?2",
                         params![device.notification_token, username],
                     )?;
                 }
+                let session = t
+                    .query_row(
+                        "UPDATE devices SET token = ?3, version = ?4, updated_at = ?5
+                         WHERE username = ?1 AND device_id = ?2 RETURNING session",
+                        params![
+                            username,
+                            device.device_id,
+                            device.notification_token,
+                            f64::from(device.message_version),
+                            now
+                        ],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .optional()?;
+                if let Some(session) = session {
+                    return Ok(LoggedIn {
+                        is_new,
+                        session,
+                        unlinked: Vec::new(),
+                    });
+                }
+                let mut stmt = t.prepare_cached(
+                    "DELETE FROM devices WHERE username = ?1 AND device_id IN (
+                        SELECT device_id FROM devices WHERE username = ?1
+                        ORDER BY updated_at DESC, device_id LIMIT -1 OFFSET ?2)
+                     RETURNING device_id",
+                )?;
+                let unlinked = stmt
+                    .query_map(params![username, max_devices.saturating_sub(1)], |r| {
+                        r.get(0)
+                    })?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                let session = new_session();
                 t.execute(
-                    "INSERT INTO devices (username, device_id, token, version, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (username, device_id) DO UPDATE SET
-                        token = excluded.token, version = excluded.version,
-                        updated_at = excluded.updated_at",
+                    "INSERT INTO devices (username, device_id, token, version, updated_at, session)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     params![
                         username,
                         device.device_id,
                         device.notification_token,
                         f64::from(device.message_version),
-                        now
+                        now,
+                        session
                     ],
                 )?;
-                Ok(created)
+                Ok(LoggedIn {
+                    is_new,
+                    session,
+                    unlinked,
+                })
             })
             .await
             .map_err(backend)
@@ -219,21 +255,54 @@ impl ProfileStore for EmbeddedStore {
             .map_err(backend)
     }
 
-    async fn devices(&self, username: &str) -> Result<Vec<Device>> {
+    async fn devices(&self, username: &str) -> Result<Vec<Linked>> {
         let username = username.to_owned();
         self.db
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT device_id, token, version FROM devices WHERE username = ?1",
+                    "SELECT device_id, token, version, session, updated_at FROM devices
+                     WHERE username = ?1 ORDER BY device_id",
                 )?;
                 stmt.query_map([username], |r| {
-                    Ok(Device {
-                        device_id: r.get(0)?,
-                        notification_token: r.get(1)?,
-                        message_version: r.get::<_, f64>(2)? as f32,
+                    Ok(Linked {
+                        device: Device {
+                            device_id: r.get(0)?,
+                            notification_token: r.get(1)?,
+                            message_version: r.get::<_, f64>(2)? as f32,
+                        },
+                        session: r.get(3)?,
+                        last_login: r.get(4)?,
                     })
                 })?
                 .collect()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn session(&self, username: &str, device_id: &str) -> Result<Option<String>> {
+        let (username, device_id) = (username.to_owned(), device_id.to_owned());
+        self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT session FROM devices WHERE username = ?1 AND device_id = ?2",
+                )?
+                .query_row(params![username, device_id], |r| r.get(0))
+                .optional()
+            })
+            .await
+            .map_err(backend)
+    }
+
+    async fn unlink(&self, username: &str, device_id: &str) -> Result<bool> {
+        let (username, device_id) = (username.to_owned(), device_id.to_owned());
+        self.db
+            .write(move |t| {
+                t.execute(
+                    "DELETE FROM devices WHERE username = ?1 AND device_id = ?2",
+                    params![username, device_id],
+                )
+                .map(|deleted| deleted == 1)
             })
             .await
             .map_err(backend)
@@ -245,10 +314,11 @@ impl ProfileStore for EmbeddedStore {
         self.db
             .write(move |t| {
                 t.execute(
-                    "DELETE FROM devices WHERE username = ?1 AND device_id = ?2 AND token = ?3",
+                    "UPDATE devices SET token = '' WHERE username = ?1 AND device_id = ?2
+                     AND token = ?3 AND token != ''",
                     params![username, device_id, token],
                 )
-                .map(|deleted| deleted == 1)
+                .map(|changed| changed == 1)
             })
             .await
             .map_err(backend)

@@ -52,13 +52,43 @@ pub struct Profile {
     pub show_presence: bool,
 }
 
-/// A device registered at login, for push.
+/// A device as a login names it: where its pushes go (an empty token: nowhere) and in which
+/// message version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
     pub device_id: String,
     pub notification_token: String,
     pub message_version: f32,
+}
+
+/// A device linked to its user by logging in, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linked {
+    pub device: Device,
+    /// The link's session, which the device's access keys carry: made when the device is
+    /// linked, so that a key issued before a logout never works after a new login. Empty for
+    /// a device linked before sessions were (its keys carry none either).
+    pub session: String,
+    /// When it last logged in, in milliseconds since the Unix epoch.
+    pub last_login: i64,
+}
+
+/// What a login did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedIn {
+    /// Whether the profile was made by it.
+    pub is_new: bool,
+    /// The device's session.
+    pub session: String,
+    /// The devices unlinked to keep the user within the limit: those whose last login was
+    /// longest ago.
+    pub unlinked: Vec<String>,
+}
+
+/// A new device session: unique, which is all it needs to be (keys are signed).
+fn new_session() -> String {
+    mongodb::bson::oid::ObjectId::new().to_hex()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,20 +137,28 @@ pub struct Removal {
 
 #[async_trait::async_trait]
 pub trait ProfileStore: Send + Sync + 'static {
-    /// Creates the profile if needed and registers the device, taking its notification token
-    /// from any other user who had it (the phone changed hands). Returns whether the profile
-    /// is new.
-    async fn login(&self, username: &str, device: &Device) -> Result<bool>;
+    /// Creates the profile if needed and links the device (a device linked already keeps its
+    /// session), taking its notification token from any other user who had it (the phone
+    /// changed hands). A device new to the user that would make them more than `max_devices`
+    /// unlinks those that logged in longest ago.
+    async fn login(&self, username: &str, device: &Device, max_devices: usize) -> Result<LoggedIn>;
     async fn profile(&self, username: &str) -> Result<Option<Profile>>;
     /// Sets the name, picture and presence setting of an existing profile; `false` when
     /// there is none.
     async fn set_profile(&self, profile: &Profile) -> Result<bool>;
     /// The subset of `usernames` that have a profile.
     async fn existing(&self, usernames: &[String]) -> Result<Vec<String>>;
-    async fn devices(&self, username: &str) -> Result<Vec<Device>>;
-    /// Forgets a device whose push token a provider reported dead, only if the device still
-    /// has that token (a login may have registered a new one meanwhile). Returns whether it
-    /// was removed.
+    /// The user's linked devices.
+    async fn devices(&self, username: &str) -> Result<Vec<Linked>>;
+    /// The session of a linked device; `None` when it is not linked (it never logged in, or
+    /// logged out since).
+    async fn session(&self, username: &str, device_id: &str) -> Result<Option<String>>;
+    /// Unlinks a device (a logout): its access keys stop working. Returns whether it was
+    /// linked.
+    async fn unlink(&self, username: &str, device_id: &str) -> Result<bool>;
+    /// Forgets the push token a provider reported dead, only if the device still has that
+    /// token (a login may have registered a new one meanwhile); the device stays linked.
+    /// Returns whether it was forgotten.
     async fn remove_token(&self, username: &str, device_id: &str, token: &str) -> Result<bool>;
 }
 

@@ -16,8 +16,8 @@ mod asset;
 mod timeline;
 
 use crate::{
-    Conv, Device, Group, GroupStore, Member, Profile, ProfileStore, Removal, Result, Role,
-    StoreError,
+    Conv, Device, Group, GroupStore, Linked, LoggedIn, Member, Profile, ProfileStore, Removal,
+    Result, Role, StoreError, new_session, now_ms,
 };
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -211,8 +211,8 @@ fn member_doc(username: &str, role: Role) -> Document {
 
 #[async_trait::async_trait]
 impl ProfileStore for MongoStore {
-    async fn login(&self, username: &str, device: &Device) -> Result<bool> {
-        let created = self
+    async fn login(&self, username: &str, device: &Device, max_devices: usize) -> Result<LoggedIn> {
+        let is_new = self
             .profiles
             .update_one(
                 doc! { "_id": username },
@@ -227,25 +227,74 @@ impl ProfileStore for MongoStore {
             // A token belongs to one device: a phone that changed hands must not get the
             // previous user's pushes.
             self.devices
-                .delete_many(
+                .update_many(
                     doc! { "token": &device.notification_token, "user": { "$ne": username } },
+                    doc! { "$set": { "token": "" } },
                 )
                 .await
                 .map_err(backend)?;
         }
-        self.devices
-            .update_one(
-                doc! { "_id": { "user": username, "device": &device.device_id } },
-                doc! { "$set": {
-                    "user": username,
-                    "token": &device.notification_token,
-                    "version": f64::from(device.message_version),
-                } },
+        let id = doc! { "user": username, "device": &device.device_id };
+        let fresh = new_session();
+        let before = self
+            .devices
+            .find_one_and_update(
+                doc! { "_id": &id },
+                doc! {
+                    "$set": {
+                        "user": username,
+                        "token": &device.notification_token,
+                        "version": f64::from(device.message_version),
+                        "loggedInAt": now_ms(),
+                    },
+                    "$setOnInsert": { "session": &fresh },
+                },
             )
             .upsert(true)
+            .return_document(ReturnDocument::Before)
+            .projection(doc! { "session": 1 })
             .await
             .map_err(backend)?;
-        Ok(created)
+        let mut unlinked = Vec::new();
+        let session = match before {
+            // Linked already: it keeps its session (none, if linked before sessions were).
+            Some(linked) => linked.get_str("session").unwrap_or_default().to_owned(),
+            None => {
+                let linked_now = self
+                    .devices
+                    .count_documents(doc! { "user": username })
+                    .await
+                    .map_err(backend)?;
+                let excess = usize::try_from(linked_now)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(max_devices);
+                if excess > 0 {
+                    let oldest = all(self
+                        .devices
+                        .find(doc! { "user": username, "_id": { "$ne": &id } })
+                        .sort(doc! { "loggedInAt": 1, "_id.device": 1 })
+                        .limit(i64::try_from(excess).unwrap_or(i64::MAX))
+                        .projection(doc! { "_id": 1 }))
+                    .await?;
+                    for found in oldest {
+                        let device_id = found
+                            .get_document("_id")
+                            .and_then(|d| d.get_str("device"))
+                            .map_err(corrupt)?
+                            .to_owned();
+                        if self.unlink(username, &device_id).await? {
+                            unlinked.push(device_id);
+                        }
+                    }
+                }
+                fresh
+            }
+        };
+        Ok(LoggedIn {
+            is_new,
+            session,
+            unlinked,
+        })
     }
 
     async fn profile(&self, username: &str) -> Result<Option<Profile>> {
@@ -294,27 +343,60 @@ impl ProfileStore for MongoStore {
     }
 
     async fn remove_token(&self, username: &str, device_id: &str, token: &str) -> Result<bool> {
+        if token.is_empty() {
+            return Ok(false);
+        }
         let result = self
             .devices
-            .delete_one(doc! { "_id": { "user": username, "device": device_id }, "token": token })
+            .update_one(
+                doc! { "_id": { "user": username, "device": device_id }, "token": token },
+                doc! { "$set": { "token": "" } },
+            )
             .await
             .map_err(backend)?;
-        Ok(result.deleted_count == 1)
+        Ok(result.modified_count == 1)
     }
 
-    async fn devices(&self, username: &str) -> Result<Vec<Device>> {
-        let found = all(self.devices.find(doc! { "user": username })).await?;
+    async fn devices(&self, username: &str) -> Result<Vec<Linked>> {
+        let found = all(self
+            .devices
+            .find(doc! { "user": username })
+            .sort(doc! { "_id.device": 1 }))
+        .await?;
         found
             .iter()
             .map(|d| {
                 let id = d.get_document("_id").map_err(corrupt)?;
-                Ok(Device {
-                    device_id: id.get_str("device").map_err(corrupt)?.to_owned(),
-                    notification_token: d.get_str("token").map_err(corrupt)?.to_owned(),
-                    message_version: d.get_f64("version").map_err(corrupt)? as f32,
+                Ok(Linked {
+                    device: Device {
+                        device_id: id.get_str("device").map_err(corrupt)?.to_owned(),
+                        notification_token: d.get_str("token").map_err(corrupt)?.to_owned(),
+                        message_version: d.get_f64("version").map_err(corrupt)? as f32,
+                    },
+                    session: d.get_str("session").unwrap_or_default().to_owned(),
+                    last_login: d.get_i64("loggedInAt").unwrap_or_default(),
                 })
             })
             .collect()
+    }
+
+    async fn session(&self, username: &str, device_id: &str) -> Result<Option<String>> {
+        let found = self
+            .devices
+            .find_one(doc! { "_id": { "user": username, "device": device_id } })
+            .projection(doc! { "session": 1 })
+            .await
+            .map_err(backend)?;
+        Ok(found.map(|d| d.get_str("session").unwrap_or_default().to_owned()))
+    }
+
+    async fn unlink(&self, username: &str, device_id: &str) -> Result<bool> {
+        let result = self
+            .devices
+            .delete_one(doc! { "_id": { "user": username, "device": device_id } })
+            .await
+            .map_err(backend)?;
+        Ok(result.deleted_count == 1)
     }
 }
 

@@ -273,6 +273,10 @@ pub trait TimelineStore: Send + Sync + 'static {
     /// receives. Returns false (and changes nothing) for a device seen before.
     async fn register(&self, device: &DeviceRef) -> Result<bool>;
 
+    /// Ends a device's duty (it was unlinked): its registration and cursors go, so that if it
+    /// is linked again it starts afresh. Changes nothing for a device not registered.
+    async fn unregister(&self, device: &DeviceRef) -> Result<()>;
+
     /// Where `device` stands in every conversation its user takes part in (or only in `only`),
     /// and in those whose part ended at an entry the device has not acked yet, ordered by
     /// conversation key.

@@ -125,6 +125,7 @@ impl Handoff {
             _ => events.push(GatewayEvent {
                 users: vec![user.to_owned()],
                 items: vec![item.clone()],
+                unlinked: Vec::new(),
             }),
         }
     }

@@ -1,12 +1,14 @@
 //! profile: login (the auth provider proves the username, Samvad issues the access key),
-//! `/v1.0/auth` for nginx, profiles (one's own to read and set: a display name, a picture, and
-//! whether one's presence is shown; another's for whoever shares a conversation with them)
-//! and contact sync. Each login registers the device for push.
+//! `/v1.0/auth` for nginx, devices (each login links one; a user lists theirs, unlinks any,
+//! or logs out the one they use, and an unlinked device's keys stop working and its sockets
+//! close), profiles (one's own to read and set: a display name, a picture, and whether one's
+//! presence is shown; another's for whoever shares a conversation with them) and contact
+//! sync. Each login registers the device for push.
 
 use axum::extract::{FromRef, Path, Query, State};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
-use samvad_bus::{DeviceLogin, Record, Topic};
+use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
 use samvad_kit::{ApiError, Context, JsonBody, PerUser, ReasonLabel, ServiceDef, User};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
@@ -73,6 +75,9 @@ fn routes(ctx: &Context) -> Router {
     Router::new()
         .route("/v1.0/login", post(login))
         .route("/v1.0/auth", any(auth))
+        .route("/v1.0/logout", post(logout))
+        .route("/v1.0/devices", get(devices))
+        .route("/v1.0/devices/{device}", delete(unlink))
         .route("/v1.0/profile/", get(profile).put(set_profile))
         .route("/v1.0/profile/{username}", get(profile_of))
         .route("/v1.0/contactbook/sync", post(sync))
@@ -160,7 +165,11 @@ async fn login(
         notification_token: login.notification_token,
         message_version: login.message_version,
     };
-    let is_new = ctx.stores.profiles.login(&login.username, &device).await?;
+    let linked = ctx
+        .stores
+        .profiles
+        .login(&login.username, &device, ctx.settings.max_devices_per_user)
+        .await?;
     let who = samvad_auth::Identity::new(login.username.clone(), device.device_id.clone());
     // The device's duty starts here: what its conversations already hold is history to it.
     ctx.stores
@@ -170,6 +179,10 @@ async fn login(
             device: who.device.clone(),
         })
         .await?;
+    if !linked.unlinked.is_empty() {
+        tracing::info!(user = %who.user, unlinked = ?linked.unlinked, "devices unlinked to make room for a new one");
+        unlinked(&ctx, &who.user, linked.unlinked).await?;
+    }
     let event = DeviceLogin {
         user: login.username.clone(),
         device_id: device.device_id,
@@ -182,13 +195,93 @@ async fn login(
             vec![Record::event(login.username.clone(), event)],
         )
         .await?;
-    tracing::info!(user = %login.username, is_new, "login");
+    tracing::info!(user = %login.username, is_new = linked.is_new, "login");
     Ok(Json(json!({
         "status": true,
         "username": login.username,
-        "accesskey": ctx.access_keys.issue(&who),
-        "isNew": is_new,
+        "accesskey": ctx.access_keys.issue(&who, &linked.session),
+        "isNew": linked.is_new,
     })))
+}
+
+/// Ends the duty of `devices`, which are no longer linked to `user`, and closes their
+/// connections on every gateway that holds one of the user's.
+async fn unlinked(ctx: &Context, user: &str, devices: Vec<String>) -> Result<(), ApiError> {
+    for device in &devices {
+        ctx.stores
+            .timeline
+            .unregister(&DeviceRef {
+                user: user.to_owned(),
+                device: device.clone(),
+            })
+            .await?;
+    }
+    let gateways = ctx
+        .presence
+        .gateways(user)
+        .await
+        .map_err(ApiError::unavailable)?;
+    for gateway in gateways {
+        let event = GatewayEvent {
+            users: vec![user.to_owned()],
+            items: Vec::new(),
+            unlinked: devices.clone(),
+        };
+        ctx.bus
+            .publish(
+                &Topic::Gateway(gateway),
+                vec![Record::event(user.to_owned(), event)],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Unlinks the device the caller's key was issued to: that key, and every other key of the
+/// device, stops working, and its sockets close.
+async fn logout(State(ctx): State<Context>, user: User) -> Result<Json<Value>, ApiError> {
+    unlink_device(&ctx, &user.name, user.device).await
+}
+
+/// Unlinks one of the caller's devices (a lost phone, say).
+async fn unlink(
+    State(ctx): State<Context>,
+    User { name, .. }: User,
+    Path(device): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    unlink_device(&ctx, &name, device).await
+}
+
+async fn unlink_device(ctx: &Context, user: &str, device: String) -> Result<Json<Value>, ApiError> {
+    let was_linked = ctx.stores.profiles.unlink(user, &device).await?;
+    // Even if it was not (any more): a logout cut short after the first step is finished by
+    // the next one.
+    unlinked(ctx, user, vec![device.clone()]).await?;
+    if !was_linked {
+        return Err(ApiError::not_found(format!("no device {device} is linked")));
+    }
+    tracing::info!(user = %user, device = %device, "device unlinked");
+    Ok(Json(json!({ "status": true })))
+}
+
+/// The caller's linked devices: which one is theirs now, when each last logged in (ms since
+/// the Unix epoch), and whether it can be pushed to.
+async fn devices(State(ctx): State<Context>, user: User) -> Result<Json<Value>, ApiError> {
+    let linked = ctx.stores.profiles.devices(&user.name).await?;
+    Ok(Json(Value::Array(
+        linked
+            .into_iter()
+            .map(|l| {
+                json!({
+                    "deviceId": l.device.device_id,
+                    "current": l.device.device_id == user.device,
+                    "lastLogin": l.last_login,
+                    "push": !l.device.notification_token.is_empty(),
+                    "messageVersion": l.device.message_version,
+                })
+            })
+            .collect(),
+    )))
 }
 
 async fn auth(user: Result<User, ApiError>) -> (axum::http::StatusCode, Json<Value>) {

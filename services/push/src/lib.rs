@@ -159,7 +159,7 @@ impl Pusher {
                 .await
                 .with_context(|| format!("looking up the devices of {recipient}"))?;
             let mut tokens = HashSet::new();
-            for device in devices {
+            for device in devices.into_iter().map(|linked| linked.device) {
                 if device.notification_token.is_empty()
                     || !tokens.insert(device.notification_token.clone())
                 {

@@ -100,7 +100,8 @@ pub(crate) async fn run(
     socket: WebSocket,
     options: Options,
 ) {
-    let slow = registration.slow.clone();
+    let (slow, unlinked) = (registration.slow.clone(), registration.unlinked.clone());
+    let expires = registration.expires;
     let user = registration.who.user.clone();
     let mut conn = Conn {
         gateway: gateway.clone(),
@@ -131,7 +132,8 @@ pub(crate) async fn run(
                 let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
                 gateway.ctx.spawn_detached(announce);
             }
-            conn.serve(&mut registration.queue, &slow).await
+            conn.serve(&mut registration.queue, &slow, &unlinked, expires)
+                .await
         }
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot start the connection");
@@ -248,16 +250,27 @@ impl Conn {
         }
     }
 
+    /// Serves the connection until it ends: the client leaves or falls behind, its device is
+    /// unlinked, its access key expires (`expires`, seconds since the Unix epoch), or the
+    /// process stops.
     async fn serve(
         &mut self,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
         slow: &tokio_util::sync::CancellationToken,
+        unlinked: &tokio_util::sync::CancellationToken,
+        expires: u64,
     ) -> End {
         let (shutdown, closing) = (self.gateway.ctx.shutdown(), self.gateway.ctx.closing());
         // Made once, not at every turn of the loop: each is a lock of the token's node to make.
-        let (stopped, closed, let_go) =
-            (shutdown.cancelled(), closing.cancelled(), slow.cancelled());
-        tokio::pin!(stopped, closed, let_go);
+        let (stopped, closed, let_go, logged_out) = (
+            shutdown.cancelled(),
+            closing.cancelled(),
+            slow.cancelled(),
+            unlinked.cancelled(),
+        );
+        let key_lives = Duration::from_secs(expires.saturating_sub(samvad_kit::now_ms() / 1000));
+        let expired = tokio::time::sleep(key_lives);
+        tokio::pin!(stopped, closed, let_go, logged_out, expired);
         // Once the process drains: this connection's own moment to close within the spread.
         let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
@@ -274,6 +287,8 @@ impl Conn {
                 }
                 _ = &mut deadline, if draining => return End::Close(close_code::AWAY, "server restarting"),
                 () = &mut let_go => return self.too_slow(),
+                () = &mut logged_out => return End::Close(close_code::POLICY, "logged out"),
+                () = &mut expired => return End::Close(close_code::POLICY, "access key expired; log in again"),
                 frame = tokio::time::timeout(IDLE, self.socket.recv()) => match frame {
                     Err(_) => return End::Close(close_code::AWAY, "idle"),
                     Ok(None) | Ok(Some(Ok(Frame::Close(_)))) => return End::ClientClosed,

@@ -21,7 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use samvad_auth::Identity;
+use samvad_auth::{Access, Identity};
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
 use samvad_kit::{ApiError, Context, PerUser, ServiceDef};
@@ -99,9 +99,13 @@ pub(crate) type Outbound = Arc<[Arc<Item>]>;
 struct Conn {
     /// Tells a user's connections apart.
     id: u64,
+    /// The device it acts as.
+    device: String,
     queue: mpsc::Sender<Outbound>,
     /// Cancelled to close a connection that fell behind.
     slow: CancellationToken,
+    /// Cancelled to close a connection whose device was unlinked (logged out).
+    unlinked: CancellationToken,
 }
 
 /// The gateway's state, shared by its connections: one pointer per connection, not a copy.
@@ -153,7 +157,8 @@ impl Gateway {
     }
 
     /// Takes a place for a new connection of `user`, unless they hold as many as one user may.
-    fn register(&self, who: Identity) -> Result<Registration, ApiError> {
+    fn register(&self, access: Access) -> Result<Registration, ApiError> {
+        let Access { who, expires, .. } = access;
         let max = self.ctx.settings.max_connections_per_user;
         let mut conns = self.lock();
         if conns.get(&who.user).map_or(0, Vec::len) >= max {
@@ -164,18 +169,22 @@ impl Gateway {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, rx) = mpsc::channel(QUEUE);
-        let slow = CancellationToken::new();
+        let (slow, unlinked) = (CancellationToken::new(), CancellationToken::new());
         conns.entry(who.user.clone()).or_default().push(Conn {
             id,
+            device: who.device.clone(),
             queue,
             slow: slow.clone(),
+            unlinked: unlinked.clone(),
         });
         Ok(Registration {
             gateway: self.clone(),
             who,
+            expires,
             id,
             queue: rx,
             slow,
+            unlinked,
         })
     }
 
@@ -194,11 +203,24 @@ impl Gateway {
         }
     }
 
-    /// Hands delivery's events to the connections they are for. Never waits: a full queue
-    /// closes that connection.
+    /// Hands delivery's events to the connections they are for, and closes those of unlinked
+    /// devices. Never waits: a full queue closes that connection.
     fn dispatch(&self, batch: Vec<GatewayEvent>) {
         let conns = self.lock();
-        for GatewayEvent { users, items } in batch {
+        for GatewayEvent {
+            users,
+            items,
+            unlinked,
+        } in batch
+        {
+            for conn in users
+                .iter()
+                .filter_map(|user| conns.get(user))
+                .flatten()
+                .filter(|conn| unlinked.contains(&conn.device))
+            {
+                conn.unlinked.cancel();
+            }
             // Made once per way of naming the conversations in it: the same for every member
             // of a group, one per side of a 1:1 chat. So encoded once per format.
             let convs: Vec<Conv> = items.iter().map(|i| Conv::of(&i.message)).collect();
@@ -233,9 +255,12 @@ impl Gateway {
 pub(crate) struct Registration {
     gateway: Gateway,
     pub(crate) who: Identity,
+    /// When its access key expires (seconds since the Unix epoch): the connection closes then.
+    pub(crate) expires: u64,
     pub(crate) id: u64,
     pub(crate) queue: mpsc::Receiver<Outbound>,
     pub(crate) slow: CancellationToken,
+    pub(crate) unlinked: CancellationToken,
 }
 
 impl Drop for Registration {
@@ -279,11 +304,13 @@ async fn upgrade(
     if let Err(e) = check_origin(&headers, &gateway.ctx.settings.allowed_origins) {
         return e.into_response();
     }
-    let (who, subprotocol) = match samvad_auth::credentials(&headers)
-        .and_then(|c| Ok((gateway.ctx.access_keys.authenticate(&c)?, c.subprotocol)))
-    {
-        Ok(found) => found,
+    let creds = match samvad_auth::credentials(&headers) {
+        Ok(creds) => creds,
         Err(e) => return ApiError::from(e).into_response(),
+    };
+    let access = match gateway.ctx.authenticate(&creds).await {
+        Ok(access) => access,
+        Err(e) => return e.into_response(),
     };
     let options = Options {
         format: match params.format.as_deref() {
@@ -301,10 +328,10 @@ async fn upgrade(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(max)
         .max_frame_size(max);
-    if let Some(sub) = subprotocol {
+    if let Some(sub) = creds.subprotocol {
         ws = ws.protocols([sub]);
     }
-    let registration = match gateway.register(who) {
+    let registration = match gateway.register(access) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };

@@ -215,17 +215,16 @@ async fn a_login_yields_an_access_key_that_authenticates_the_same_user() {
     .unwrap();
 
     login.verify(ALICE, &rs256(&claims(ALICE))).await.unwrap();
-    let key = keys.issue(&samvad_auth::Identity::new(ALICE, "laptop"));
+    let key = keys.issue(&samvad_auth::Identity::new(ALICE, "laptop"), "session-1");
 
     // A browser WebSocket presents it as cookies.
     let mut headers = HeaderMap::new();
     let cookie = format!("user={ALICE}; accesskey={key}");
     headers.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
     let creds = credentials(&headers).unwrap();
-    assert_eq!(
-        keys.authenticate(&creds).unwrap(),
-        samvad_auth::Identity::new(ALICE, "laptop")
-    );
+    let access = keys.authenticate(&creds).unwrap();
+    assert_eq!(access.who, samvad_auth::Identity::new(ALICE, "laptop"));
+    assert_eq!(access.session, "session-1");
 
     // Bob cannot borrow it.
     headers.insert("user", HeaderValue::from_static(BOB));

@@ -149,6 +149,11 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_MAX_CONNECTIONS_PER_USER", default_value = "32")]
     pub max_connections_per_user: String,
 
+    /// Most devices one user may have linked; a login from one more unlinks the device that
+    /// logged in longest ago.
+    #[arg(long, env = "SAMVAD_MAX_DEVICES_PER_USER", default_value = "10")]
+    pub max_devices_per_user: String,
+
     /// Seconds a stopping process keeps serving, not ready, before it closes connections.
     #[arg(long, env = "SAMVAD_DRAIN_SECS", default_value = "5")]
     pub drain_secs: String,
@@ -225,6 +230,7 @@ pub struct Settings {
     pub logins_per_minute: u32,
     pub contact_syncs_per_minute: u32,
     pub max_connections_per_user: usize,
+    pub max_devices_per_user: usize,
     pub drain: Duration,
     pub close_spread: Duration,
     /// How long history is kept; `None`: for ever.
@@ -383,6 +389,12 @@ impl Config {
             &self.limits.max_connections_per_user,
             1..=10_000,
         );
+        let max_devices_per_user = number(
+            &mut problems,
+            "SAMVAD_MAX_DEVICES_PER_USER",
+            &self.limits.max_devices_per_user,
+            1..=1_000,
+        );
         let drain_secs = number(
             &mut problems,
             "SAMVAD_DRAIN_SECS",
@@ -438,6 +450,7 @@ impl Config {
                 logins_per_minute: logins_per_minute as u32,
                 contact_syncs_per_minute: contact_syncs_per_minute as u32,
                 max_connections_per_user: max_connections_per_user as usize,
+                max_devices_per_user: max_devices_per_user as usize,
                 drain: Duration::from_secs(drain_secs),
                 close_spread: Duration::from_secs(close_spread_secs),
                 retention: (retention_secs > 0).then(|| Duration::from_secs(retention_secs)),

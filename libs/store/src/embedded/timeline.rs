@@ -356,6 +356,22 @@ impl TimelineStore for EmbeddedStore {
             .map_err(backend)
     }
 
+    async fn unregister(&self, device: &DeviceRef) -> Result<()> {
+        let device = device.clone();
+        self.db
+            .write(move |t| {
+                for table in ["registered_devices", "cursors"] {
+                    t.execute(
+                        &format!("DELETE FROM {table} WHERE username = ?1 AND device = ?2"),
+                        params![device.user, device.device],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(backend)
+    }
+
     async fn positions(&self, device: &DeviceRef, only: Option<&Conv>) -> Result<Vec<Position>> {
         let device = device.clone();
         let only = only.map(Conv::key);

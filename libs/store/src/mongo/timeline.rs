@@ -422,6 +422,21 @@ impl TimelineStore for MongoStore {
         }
     }
 
+    async fn unregister(&self, device: &DeviceRef) -> Result<()> {
+        // The registration first: a crash in between leaves cursors that a new link takes up
+        // where the old one stood, never a registered device without cursors (which would be
+        // owed every conversation from its start). Unregistering again finishes the job.
+        self.registered
+            .delete_one(doc! { "_id": { "user": &device.user, "device": &device.device } })
+            .await
+            .map_err(backend)?;
+        self.cursors
+            .delete_many(doc! { "user": &device.user, "device": &device.device })
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn positions(&self, device: &DeviceRef, only: Option<&Conv>) -> Result<Vec<Position>> {
         let mut filter = doc! { "user": &device.user };
         if let Some(conv) = only {

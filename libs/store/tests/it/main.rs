@@ -56,30 +56,67 @@ async fn profile_contract(s: &dyn Store) {
         notification_token: token.into(),
         message_version: 2.1,
     };
-    assert!(s.login("ann", &device("default", "t1")).await.unwrap());
-    assert!(!s.login("ann", &device("default", "t2")).await.unwrap());
-    assert!(!s.login("ann", &device("tablet", "t3")).await.unwrap());
-    let mut devices = s.devices("ann").await.unwrap();
-    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    let first = s.login("ann", &device("default", "t1"), 3).await.unwrap();
+    assert!(first.is_new && !first.session.is_empty() && first.unlinked.is_empty());
+    let again = s.login("ann", &device("default", "t2"), 3).await.unwrap();
+    assert!(!again.is_new);
     assert_eq!(
-        devices,
+        again.session, first.session,
+        "a linked device keeps its session"
+    );
+    let tablet = s.login("ann", &device("tablet", "t3"), 3).await.unwrap();
+    assert_ne!(tablet.session, first.session);
+    let linked = s.devices("ann").await.unwrap();
+    assert_eq!(
+        linked.iter().map(|l| l.device.clone()).collect::<Vec<_>>(),
         vec![device("default", "t2"), device("tablet", "t3")]
     );
+    assert!(linked.iter().all(|l| l.last_login > 0));
+    assert_eq!(
+        s.session("ann", "tablet").await.unwrap(),
+        Some(tablet.session.clone())
+    );
+    assert_eq!(s.session("ann", "watch").await.unwrap(), None);
     assert!(
         !s.remove_token("ann", "tablet", "stale").await.unwrap(),
         "only the current token"
     );
     assert!(s.remove_token("ann", "tablet", "t3").await.unwrap());
-    assert_eq!(s.devices("ann").await.unwrap().len(), 1);
+    let linked = s.devices("ann").await.unwrap();
+    assert_eq!(linked.len(), 2, "a dead token leaves the device linked");
+    assert_eq!(linked[1].device.notification_token, "");
+
+    // Past the limit, a new device unlinks the one that logged in longest ago.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    s.login("ann", &device("default", "t2"), 3).await.unwrap();
+    let watch = s.login("ann", &device("watch", ""), 3).await.unwrap();
+    let laptop = s.login("ann", &device("laptop", ""), 3).await.unwrap();
+    assert_eq!(laptop.unlinked, vec!["tablet".to_owned()]);
+    assert_eq!(s.session("ann", "tablet").await.unwrap(), None);
+    // A logout; linked again, the device has a new session.
+    assert!(s.unlink("ann", "watch").await.unwrap());
+    assert!(!s.unlink("ann", "watch").await.unwrap());
+    assert_eq!(s.session("ann", "watch").await.unwrap(), None);
+    let relinked = s.login("ann", &device("watch", ""), 3).await.unwrap();
+    assert!(relinked.unlinked.is_empty(), "{relinked:?}");
+    assert_ne!(relinked.session, watch.session);
     assert_eq!(
         s.existing(&["ann".into(), "zed".into()]).await.unwrap(),
         vec!["ann".to_owned()]
     );
     assert_eq!(s.profile("ann").await.unwrap().unwrap().username, "ann");
     // The phone changes hands: its token now reaches only the new user.
-    s.login("ben", &device("phone", "t2")).await.unwrap();
-    assert!(s.devices("ann").await.unwrap().is_empty());
-    assert_eq!(s.devices("ben").await.unwrap(), vec![device("phone", "t2")]);
+    s.login("ben", &device("phone", "t2"), 3).await.unwrap();
+    let tokens = |user: &'static str| async move {
+        let linked = s.devices(user).await.unwrap();
+        linked
+            .into_iter()
+            .map(|l| l.device.notification_token)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    };
+    assert!(tokens("ann").await.is_empty());
+    assert_eq!(tokens("ben").await, vec!["t2".to_owned()]);
     assert!(s.profile("zed").await.unwrap().is_none());
 
     let fresh = s.profile("ann").await.unwrap().unwrap();
@@ -213,14 +250,19 @@ async fn an_embedded_database_from_before_ended_parts_is_brought_up_to_date() {
 }
 
 #[tokio::test]
-async fn an_embedded_database_from_before_profile_pictures_is_brought_up_to_date() {
+async fn an_embedded_database_from_before_profile_pictures_and_sessions_is_brought_up_to_date() {
     let dir = tempfile::tempdir().unwrap();
     let db = samvad_sqlite::Db::open(&dir.path().join("s.db")).unwrap();
     db.write(|t| {
         t.execute_batch(
             "CREATE TABLE profiles (
                 username TEXT PRIMARY KEY, name TEXT, created_at INTEGER NOT NULL) WITHOUT ROWID;
-             INSERT INTO profiles VALUES ('ann', NULL, 1);",
+             INSERT INTO profiles VALUES ('ann', NULL, 1);
+             CREATE TABLE devices (
+                username TEXT NOT NULL, device_id TEXT NOT NULL, token TEXT NOT NULL,
+                version REAL NOT NULL, updated_at INTEGER NOT NULL,
+                PRIMARY KEY (username, device_id)) WITHOUT ROWID;
+             INSERT INTO devices VALUES ('ann', 'default', '', 2.1, 1);",
         )
     })
     .await
@@ -228,6 +270,17 @@ async fn an_embedded_database_from_before_profile_pictures_is_brought_up_to_date
     let store = EmbeddedStore::open(db).await.unwrap();
     let ann = store.profile("ann").await.unwrap().unwrap();
     assert_eq!((ann.profile_pic, ann.show_presence), (None, true));
+    // Linked before sessions: its keys carry none, and it keeps none when it logs in again.
+    assert_eq!(
+        store.session("ann", "default").await.unwrap(),
+        Some(String::new())
+    );
+    let device = Device {
+        device_id: "default".into(),
+        notification_token: String::new(),
+        message_version: 2.1,
+    };
+    assert_eq!(store.login("ann", &device, 10).await.unwrap().session, "");
 }
 
 async fn mongo_store(url: &str) -> MongoStore {

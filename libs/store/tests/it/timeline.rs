@@ -329,6 +329,13 @@ pub async fn contract(s: &dyn TimelineStore) {
     assert_eq!(at(&phone).await, 4, "and past what it sent since");
     assert_eq!(at(&laptop).await, 1);
 
+    // A device unlinked and linked again starts afresh: owed nothing from before.
+    assert_eq!(owed_in(s, &laptop).await.len(), 1);
+    s.unregister(&laptop).await.unwrap();
+    s.unregister(&laptop).await.unwrap();
+    assert!(s.register(&laptop).await.unwrap(), "new again");
+    assert_eq!(owed_in(s, &laptop).await, []);
+
     // Retention: what it removed before a device acked it is a gap that device can see.
     let tablet = device("bob", "tablet");
     let future = std::time::SystemTime::now()

@@ -231,6 +231,7 @@ async fn an_invalid_token_is_forgotten_but_other_refusals_keep_the_token() {
                 notification_token: "fcm-token-bob".into(),
                 message_version: 2.1,
             },
+            10,
         )
         .await
         .unwrap();

@@ -84,6 +84,7 @@ impl Setup {
                         notification_token: (*token).into(),
                         message_version: *version,
                     },
+                    10,
                 )
                 .await
                 .unwrap();
@@ -110,6 +111,7 @@ impl Setup {
         self.pusher.push(&offline).await.unwrap();
     }
 
+    /// The tokens bob's devices can still be pushed to.
     pub async fn tokens(&self) -> Vec<String> {
         let mut tokens: Vec<String> = self
             .store
@@ -117,7 +119,8 @@ impl Setup {
             .await
             .unwrap()
             .into_iter()
-            .map(|d| d.notification_token)
+            .map(|d| d.device.notification_token)
+            .filter(|token| !token.is_empty())
             .collect();
         tokens.sort();
         tokens

@@ -12,6 +12,7 @@ use samvad_protocol::MessageType;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::assets;
 use crate::history::texts;
@@ -386,7 +387,17 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(texts(&body), [("both0".to_owned(), on_laptop.1.clone())]);
-    drop(l);
+
+    // The laptop logs out: profile tells its gateway, wherever it is, to close its socket,
+    // and its key stops working through nginx.
+    let (status, _) = call(app.as_user(Method::POST, "/v1.0/logout", &laptop)).await;
+    assert_eq!(status, 200);
+    match l.next().await {
+        Seen::Closed(code) => assert_eq!(code, Some(CloseCode::Policy)),
+        other => panic!("expected the laptop's socket closed with 1008, saw {other:?}"),
+    }
+    let (status, _) = call(app.as_user(Method::GET, "/v1.0/conversations", &laptop)).await;
+    assert_eq!(status, 401);
 
     // kill -9 delivery in the middle of a stream, then restart it: nothing acked is lost.
     let mut acked = stream(&mut a, "bob", "d", 20).await;
