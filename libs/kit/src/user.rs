@@ -3,6 +3,7 @@
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use samvad_auth::{Access, AuthError, Credentials};
+use samvad_store::StoreError;
 
 use crate::{ApiError, Context};
 
@@ -39,14 +40,20 @@ impl Context {
     /// unlinked to make room for another) is refused, however long it has left to run.
     pub async fn authenticate(&self, creds: &Credentials) -> Result<Access, ApiError> {
         let access = self.access_keys.authenticate(creds)?;
+        if !self.still_linked(&access).await? {
+            return Err(AuthError::RevokedAccessKey.into());
+        }
+        Ok(access)
+    }
+
+    /// Whether the device `access` speaks for is still linked in the session its key was
+    /// issued in.
+    pub async fn still_linked(&self, access: &Access) -> Result<bool, StoreError> {
         let linked = self
             .stores
             .profiles
             .session(&access.who.user, &access.who.device)
             .await?;
-        if linked.as_deref() != Some(access.session.as_str()) {
-            return Err(AuthError::RevokedAccessKey.into());
-        }
-        Ok(access)
+        Ok(linked.as_deref() == Some(access.session.as_str()))
     }
 }

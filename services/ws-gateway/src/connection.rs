@@ -101,14 +101,14 @@ pub(crate) async fn run(
     options: Options,
 ) {
     let (slow, unlinked) = (registration.slow.clone(), registration.unlinked.clone());
-    let expires = registration.expires;
-    let user = registration.who.user.clone();
+    let expires = registration.access.expires;
+    let user = registration.access.who.user.clone();
     let mut conn = Conn {
         gateway: gateway.clone(),
         socket,
         device: DeviceRef {
             user: user.clone(),
-            device: registration.who.device.clone(),
+            device: registration.access.who.device.clone(),
         },
         options,
         feeds: HashMap::new(),
@@ -126,8 +126,10 @@ pub(crate) async fn run(
     // Present first, then where the device stands: whatever is stored after that look is
     // handed to this connection live. The rarely run steps are boxed: an idle connection's
     // task then holds only what waiting needs, not room for their state machines.
-    let end = match Box::pin(conn.start(presence.connected(&user, gateway_id))).await {
-        Ok(()) => {
+    let access = &registration.access;
+    let end = match Box::pin(conn.start(presence.connected(&user, gateway_id), access)).await {
+        Ok(false) => End::Close(close_code::POLICY, "logged out"),
+        Ok(true) => {
             if gateway.connections_of(&user) == 1 {
                 let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
                 gateway.ctx.spawn_detached(announce);
@@ -169,14 +171,24 @@ pub(crate) async fn run(
 }
 
 impl Conn {
-    /// Records the connection in presence, then learns where its device stands in each of its
-    /// conversations.
+    /// Records the connection in presence, makes sure its device is still linked in the
+    /// session its key was issued in (false if not), then learns where the device stands in
+    /// each of its conversations.
+    ///
+    /// The link is looked at again after presence has the connection: a logout that the
+    /// upgrade's look missed either shows here, or came after this connection was in presence,
+    /// where the logout finds the gateway to tell.
     async fn start(
         &mut self,
         present: impl Future<Output = Result<(), samvad_presence::PresenceError>>,
-    ) -> anyhow::Result<()> {
+        access: &samvad_auth::Access,
+    ) -> anyhow::Result<bool> {
         present.await?;
-        self.look().await
+        if !self.gateway.ctx.still_linked(access).await? {
+            return Ok(false);
+        }
+        self.look().await?;
+        Ok(true)
     }
 
     /// Learns where the device stands in each of its conversations, and marks behind those

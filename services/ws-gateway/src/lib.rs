@@ -21,7 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use samvad_auth::{Access, Identity};
+use samvad_auth::Access;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
 use samvad_kit::{ApiError, Context, PerUser, ServiceDef};
@@ -158,7 +158,7 @@ impl Gateway {
 
     /// Takes a place for a new connection of `user`, unless they hold as many as one user may.
     fn register(&self, access: Access) -> Result<Registration, ApiError> {
-        let Access { who, expires, .. } = access;
+        let who = &access.who;
         let max = self.ctx.settings.max_connections_per_user;
         let mut conns = self.lock();
         if conns.get(&who.user).map_or(0, Vec::len) >= max {
@@ -179,8 +179,7 @@ impl Gateway {
         });
         Ok(Registration {
             gateway: self.clone(),
-            who,
-            expires,
+            access,
             id,
             queue: rx,
             slow,
@@ -254,9 +253,9 @@ impl Gateway {
 /// the place back.
 pub(crate) struct Registration {
     gateway: Gateway,
-    pub(crate) who: Identity,
-    /// When its access key expires (seconds since the Unix epoch): the connection closes then.
-    pub(crate) expires: u64,
+    /// What its access key says: the connection acts as its device, and closes when the key
+    /// expires.
+    pub(crate) access: Access,
     pub(crate) id: u64,
     pub(crate) queue: mpsc::Receiver<Outbound>,
     pub(crate) slow: CancellationToken,
@@ -265,7 +264,7 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.gateway.unregister(&self.who.user, self.id);
+        self.gateway.unregister(&self.access.who.user, self.id);
     }
 }
 
