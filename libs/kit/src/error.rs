@@ -1,7 +1,6 @@
 //! The one table from errors to what an HTTP client sees: a status and `{"error": "..."}`.
 
 use axum::Json;
-use axum::extract::FromRequest;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use samvad_auth::AuthError;
@@ -108,28 +107,5 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
-    }
-}
-
-/// A JSON request body whose rejection is an [`ApiError`] (`{"error": ...}`) with axum's
-/// status (400, 413, 415, 422) and reason.
-#[derive(Debug, Clone)]
-pub struct JsonBody<T>(pub T);
-
-impl<S, T> FromRequest<S> for JsonBody<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError {
-                status: rejection.status(),
-                message: rejection.body_text(),
-            }),
-        }
     }
 }

@@ -317,6 +317,7 @@ pub async fn start(
         tracing::info!(service = service.name, "started");
     }
 
+    router = router.layer(axum::middleware::from_fn(crate::http::json_errors));
     // Answering for any host costs a request nothing.
     if ctx.settings.allowed_hosts != crate::config::AllowedHosts::Any {
         router = router.layer(axum::middleware::from_fn_with_state(

@@ -17,9 +17,7 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use samvad_kit::{
-    ApiError, AssetSettings, AssetStorage, Context, JsonBody, ServiceDef, User, now_ms,
-};
+use samvad_kit::{ApiError, AssetSettings, AssetStorage, Context, ServiceDef, User, now_ms};
 use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -206,7 +204,7 @@ async fn mark(
     State(assets): State<Assets>,
     user: User,
     Path(file_id): Path<String>,
-    JsonBody(body): JsonBody<Mark>,
+    Json(body): Json<Mark>,
 ) -> Result<Json<Value>, ApiError> {
     let asset = owned(&assets, &user, &file_id).await?;
     if !body.status {

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use samvad_bus::{Record, Routed, Topic};
-use samvad_kit::{ApiError, Context, JsonBody, ServiceDef, User};
+use samvad_kit::{ApiError, Context, ServiceDef, User};
 use samvad_protocol::Channel;
 use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
 use serde::Deserialize;
@@ -62,7 +62,7 @@ struct Create {
 async fn create(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
-    JsonBody(req): JsonBody<Create>,
+    Json(req): Json<Create>,
 ) -> Result<Json<Value>, ApiError> {
     if req.name.trim().is_empty() || req.name.len() > MAX_NAME {
         return Err(ApiError::bad_request(format!(
@@ -120,11 +120,12 @@ async fn create(
 }
 
 /// 404 `{"status": false}` for a group that is absent or that the caller is not in (the
-/// protocol's shape; not telling the two apart keeps group ids from being probed).
+/// protocol's shape, with the `error` every refusal carries; not telling the two apart keeps
+/// group ids from being probed).
 fn not_found() -> (axum::http::StatusCode, Json<Value>) {
     (
         axum::http::StatusCode::NOT_FOUND,
-        Json(json!({ "status": false })),
+        Json(json!({ "status": false, "error": "no such group of yours" })),
     )
 }
 
@@ -156,7 +157,7 @@ async fn add(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<Add>,
+    Json(req): Json<Add>,
 ) -> Result<Json<Value>, ApiError> {
     if req.members.len() > MAX_ADD_MEMBERS {
         return Err(ApiError::bad_request(format!(
@@ -196,7 +197,7 @@ async fn remove(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<Remove>,
+    Json(req): Json<Remove>,
 ) -> Result<Json<Value>, ApiError> {
     let group = group_of_member(&ctx, &id, &user).await?;
     let is_admin = group.member(&user).map(|m| m.role) == Some(Role::Admin);

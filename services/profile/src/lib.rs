@@ -9,7 +9,7 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
-use samvad_kit::{ApiError, Context, JsonBody, PerUser, ReasonLabel, ServiceDef, User};
+use samvad_kit::{ApiError, Context, PerUser, ReasonLabel, ServiceDef, User};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -142,7 +142,7 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
 async fn login(
     State(ctx): State<Context>,
     State(limits): State<Limits>,
-    JsonBody(login): JsonBody<Login>,
+    Json(login): Json<Login>,
 ) -> Result<Json<Value>, ApiError> {
     check_username(&login.username)?;
     Limits::take(&ctx, &limits.logins, &login.username, "login")?;
@@ -382,7 +382,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 async fn set_profile(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
-    JsonBody(change): JsonBody<ProfileChange>,
+    Json(change): Json<ProfileChange>,
 ) -> Result<Json<Value>, ApiError> {
     let mut profile = own_profile(&ctx, &user).await?;
     if let Some(name) = change.name {
@@ -476,7 +476,7 @@ async fn sync(
     State(ctx): State<Context>,
     State(limits): State<Limits>,
     User { name, .. }: User,
-    JsonBody(sync): JsonBody<Sync>,
+    Json(sync): Json<Sync>,
 ) -> Result<Json<Value>, ApiError> {
     Limits::take(&ctx, &limits.syncs, &name, "contact_sync")?;
     if sync.users.len() > MAX_SYNC {

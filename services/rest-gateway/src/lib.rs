@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use samvad_ingress::{Ingress, Rejection};
-use samvad_kit::{ApiError, Context, JsonBody, PerUser, ServiceDef, User};
+use samvad_kit::{ApiError, Context, PerUser, ServiceDef, User};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -59,7 +59,7 @@ async fn send(
     State(flood): State<PerUser>,
     Query(params): Query<Params>,
     User { name: user, device }: User,
-    JsonBody(frames): JsonBody<Vec<String>>,
+    Json(frames): Json<Vec<String>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if frames.is_empty() || frames.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(

@@ -12,6 +12,7 @@ mod chat;
 mod cluster;
 mod devices;
 mod durability;
+mod garbage;
 mod groups;
 mod history;
 mod login;
