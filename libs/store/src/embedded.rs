@@ -1,6 +1,9 @@
 //! The embedded backend: tables in the all-in-one process's SQLite database. Writes join the
 //! database's group commit, so concurrent deliveries share one fsync.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use rusqlite::{OptionalExtension, Transaction, params};
 use samvad_sqlite::{Db, DbError};
 
@@ -33,6 +36,56 @@ CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (username, gro
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Db,
+    groups: Arc<GroupCache>,
+}
+
+/// Groups as last read, so that a group message (its sender's membership checked at the
+/// gateway, its members listed by the router) reads no table. Exact, because this process is
+/// the database's only writer: every change of a group drops its entry once committed, and a
+/// read that overlapped a change does not keep what it read.
+#[derive(Default)]
+struct GroupCache {
+    inner: Mutex<GroupCacheInner>,
+}
+
+#[derive(Default)]
+struct GroupCacheInner {
+    /// Bumped by every change of any group.
+    generation: u64,
+    groups: HashMap<String, Group>,
+}
+
+/// Groups kept at most; past it the cache starts afresh.
+const CACHED_GROUPS: usize = 10_000;
+
+impl GroupCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupCacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, group_id: &str) -> (Option<Group>, u64) {
+        let inner = self.lock();
+        (inner.groups.get(group_id).cloned(), inner.generation)
+    }
+
+    /// Keeps `group`, read when the cache was at `generation`, unless a group changed since.
+    fn keep(&self, group: &Group, generation: u64) {
+        let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
+        if inner.groups.len() >= CACHED_GROUPS {
+            inner.groups.clear();
+        }
+        inner.groups.insert(group.group_id.clone(), group.clone());
+    }
+
+    /// After a change of `group_id` (committed or not).
+    fn changed(&self, group_id: &str) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.groups.remove(group_id);
+    }
 }
 
 fn backend(e: DbError) -> StoreError {
@@ -50,7 +103,10 @@ impl EmbeddedStore {
         })
         .await
         .map_err(backend)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            groups: Arc::default(),
+        })
     }
 }
 
@@ -76,11 +132,10 @@ fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
 
 fn load_group(conn: &rusqlite::Connection, group_id: &str) -> rusqlite::Result<Option<Group>> {
     let head = conn
-        .query_row(
-            "SELECT name, profile_pic FROM groups WHERE group_id = ?1",
-            [group_id],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
-        )
+        .prepare_cached("SELECT name, profile_pic FROM groups WHERE group_id = ?1")?
+        .query_row([group_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
         .optional()?;
     let Some((name, profile_pic)) = head else {
         return Ok(None);
@@ -204,19 +259,18 @@ impl ProfileStore for EmbeddedStore {
         let username = username.to_owned();
         self.db
             .read(move |c| {
-                c.query_row(
+                c.prepare_cached(
                     "SELECT username, name, profile_pic, show_presence FROM profiles
                      WHERE username = ?1",
-                    [username],
-                    |r| {
-                        Ok(Profile {
-                            username: r.get(0)?,
-                            name: r.get(1)?,
-                            profile_pic: r.get(2)?,
-                            show_presence: r.get(3)?,
-                        })
-                    },
-                )
+                )?
+                .query_row([username], |r| {
+                    Ok(Profile {
+                        username: r.get(0)?,
+                        name: r.get(1)?,
+                        profile_pic: r.get(2)?,
+                        show_presence: r.get(3)?,
+                    })
+                })
                 .optional()
             })
             .await
@@ -325,9 +379,20 @@ impl ProfileStore for EmbeddedStore {
     }
 }
 
+/// Drops a group from the cache when the change of it is over, however it ended (a write whose
+/// caller went away may still have committed).
+struct Changes<'a>(&'a GroupCache, &'a str);
+
+impl Drop for Changes<'_> {
+    fn drop(&mut self) {
+        self.0.changed(self.1);
+    }
+}
+
 #[async_trait::async_trait]
 impl GroupStore for EmbeddedStore {
     async fn create(&self, group: &Group) -> Result<()> {
+        let _changes = Changes(&self.groups, &group.group_id);
         let group = group.clone();
         self.db
             .write(move |t| {
@@ -346,11 +411,20 @@ impl GroupStore for EmbeddedStore {
     }
 
     async fn group(&self, group_id: &str) -> Result<Option<Group>> {
-        let group_id = group_id.to_owned();
-        self.db
-            .read(move |c| load_group(c, &group_id))
+        let (cached, generation) = self.groups.get(group_id);
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let id = group_id.to_owned();
+        let found = self
+            .db
+            .read(move |c| load_group(c, &id))
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        if let Some(group) = &found {
+            self.groups.keep(group, generation);
+        }
+        Ok(found)
     }
 
     async fn groups_of(&self, username: &str) -> Result<Vec<Group>> {
@@ -376,6 +450,7 @@ impl GroupStore for EmbeddedStore {
     }
 
     async fn add_members(&self, group_id: &str, usernames: &[String]) -> Result<Vec<String>> {
+        let _changes = Changes(&self.groups, group_id);
         let group_id = group_id.to_owned();
         let usernames = usernames.to_vec();
         self.db
@@ -393,6 +468,7 @@ impl GroupStore for EmbeddedStore {
     }
 
     async fn remove_member(&self, group_id: &str, username: &str) -> Result<Option<Removal>> {
+        let _changes = Changes(&self.groups, group_id);
         let group_id = group_id.to_owned();
         let username = username.to_owned();
         self.db

@@ -27,12 +27,15 @@ async fn group_contract(s: &dyn Store) {
     })
     .await
     .unwrap();
+    // Read before each change, so that a backend that keeps what it read must let it go.
+    assert_eq!(s.group("g").await.unwrap().unwrap().members.len(), 2);
     assert_eq!(
         s.add_members("g", &["cat".into(), "ben".into()])
             .await
             .unwrap(),
         vec!["cat".to_owned()]
     );
+    assert_eq!(s.group("g").await.unwrap().unwrap().members.len(), 3);
     assert_eq!(
         s.remove_member("g", "ann").await.unwrap(),
         Some(Removal {
