@@ -219,10 +219,12 @@ impl Ingress {
         if !new.is_empty() {
             let count = new.len() as u64;
             self.bus.publish(&Topic::NewMessages, new).await?;
-            self.metrics
-                .accepted
-                .get_or_create(&DoorLabel { door: self.door })
-                .inc_by(count);
+            let door = DoorLabel { door: self.door };
+            self.metrics.accepted.get_or_create(&door).inc_by(count);
+            let latency = self.metrics.accept_latency.get_or_create(&door);
+            for m in messages.iter().filter(|m| m.kind != MessageType::ClientAck) {
+                latency.observe(samvad_kit::seconds_since(m.server_timestamp));
+            }
         }
         Ok(())
     }

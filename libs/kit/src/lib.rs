@@ -19,7 +19,7 @@ pub use config::{
     PushSettings, S3Settings, Settings, StoreSettings,
 };
 pub use error::ApiError;
-pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel};
+pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
 pub use node::{Context, Node, ServiceDef, main, start};
 pub use rate::{PerUser, TokenBucket};
 pub use user::User;

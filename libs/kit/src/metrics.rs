@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -28,8 +29,18 @@ pub struct TopicLabel {
     pub topic: String,
 }
 
+/// Latencies from 0.25 ms to about 33 s, each bucket twice the last.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+}
+
+/// Seconds since `at_ms` (milliseconds since the Unix epoch, a message's `server_timestamp`).
+pub fn seconds_since(at_ms: u64) -> f64 {
+    crate::now_ms().saturating_sub(at_ms) as f64 / 1000.0
+}
+
 /// Handles to every metric; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     /// Messages made durable and acked, by the gateway they came in by.
     pub accepted: Family<DoorLabel, Counter>,
@@ -55,6 +66,36 @@ pub struct Metrics {
     pub pushes_failed: Family<ReasonLabel, Counter>,
     /// Device tokens removed because a provider said they no longer exist.
     pub push_tokens_removed: Counter,
+    /// Seconds from a message reaching a gateway to its being durable (its server ack), by
+    /// gateway.
+    pub accept_latency: Family<DoorLabel, Histogram, fn() -> Histogram>,
+    /// Seconds from a message's acceptance to its being written to a connection live (not
+    /// what a device catches up on when it connects).
+    pub delivery_latency: Histogram,
+    /// Seconds from a message's acceptance to a push provider taking it for a device.
+    pub push_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            accepted: Family::default(),
+            refused: Family::default(),
+            limited: Family::default(),
+            refused_requests: Family::default(),
+            connections: Gauge::default(),
+            deliveries: Family::default(),
+            slow_closes: Counter::default(),
+            retries: Family::default(),
+            parked: Family::default(),
+            pushes_sent: Counter::default(),
+            pushes_failed: Family::default(),
+            push_tokens_removed: Counter::default(),
+            accept_latency: Family::new_with_constructor(latency),
+            delivery_latency: latency(),
+            push_latency: latency(),
+        }
+    }
 }
 
 impl Metrics {
@@ -118,6 +159,21 @@ impl Metrics {
             "push_tokens_removed",
             "Device tokens removed because a provider said they no longer exist",
             self.push_tokens_removed.clone(),
+        );
+        registry.register(
+            "accept_latency_seconds",
+            "From a message reaching a gateway to its being durable (its server ack), by gateway",
+            self.accept_latency.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From a message's acceptance to its being written to a connection live",
+            self.delivery_latency.clone(),
+        );
+        registry.register(
+            "push_latency_seconds",
+            "From a message's acceptance to a push provider taking it for a device",
+            self.push_latency.clone(),
         );
     }
 }

@@ -201,6 +201,9 @@ impl Pusher {
             Outcome::Sent => {
                 tracing::debug!(user = %recipient, device = %device.device_id, id = %message.id, provider = provider.name(), "pushed");
                 self.metrics.pushes_sent.inc();
+                self.metrics
+                    .push_latency
+                    .observe(samvad_kit::seconds_since(message.server_timestamp));
             }
             Outcome::Failed(failure) => {
                 tracing::warn!(user = %recipient, device = %device.device_id, id = %message.id, provider = provider.name(), reason = failure.as_str(), "push failed");

@@ -351,6 +351,10 @@ impl Conn {
                 self.mark_behind(conv);
             }
         }
+        let latency = &self.gateway.ctx.metrics.delivery_latency;
+        for item in out.iter().filter(|i| i.place.is_some()) {
+            latency.observe(samvad_kit::seconds_since(item.message.server_timestamp));
+        }
         self.write(&out).await
     }
 

@@ -78,6 +78,11 @@ async fn both_sides_of_a_chat_share_one_sequence() {
     let v: Value = serde_json::from_str(text.as_str()).unwrap();
     assert_eq!(v["meta"]["seq"], json!(1));
     assert_eq!(v["meta"]["conv"], "chat:alice");
+
+    // The three were written live, once each: the raw connection caught up on them instead.
+    let metrics = app.metrics().await;
+    let live = "samvad_delivery_latency_seconds_count 3";
+    assert!(metrics.contains(live), "{live} in:\n{metrics}");
     app.stop().await;
 }
 

@@ -146,10 +146,14 @@ async fn an_offline_user_is_pushed_each_message_and_nothing_else() {
     assert_eq!(text_of(&pushed), "are you there?");
 
     let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("samvad_pushes_sent_total 1"),
-        "pushes are counted:\n{metrics}"
-    );
+    for counted in [
+        "samvad_pushes_sent_total 1",
+        "samvad_push_latency_seconds_count 1",
+        // The typing notice, the notification and the message, taken in at the WebSocket door.
+        "samvad_accept_latency_seconds_count{door=\"ws\"} 3",
+    ] {
+        assert!(metrics.contains(counted), "{counted} in:\n{metrics}");
+    }
     app.stop().await;
 }
 
