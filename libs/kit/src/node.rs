@@ -393,6 +393,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// (`samvad delivery`) or `serve` for all of them; otherwise all run.
 pub fn main(services: &[ServiceDef]) -> ExitCode {
     let mut args: Vec<String> = std::env::args().collect();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    if args.get(1).map(String::as_str) == Some("check-config") {
+        args.remove(1);
+        return check_config(&args, &env);
+    }
     let mut chosen = services.to_vec();
     if services.len() > 1
         && let Some(role) = args.get(1).filter(|a| !a.starts_with('-')).cloned()
@@ -412,7 +417,6 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
             }
         }
     }
-    let env: HashMap<String, String> = std::env::vars().collect();
     let config = match Config::parse_with_env(&args, &env) {
         Ok(config) => config,
         Err(e) => e.exit(),
@@ -448,6 +452,31 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `check-config`: every setting as this process would take it (secrets hidden) and where it
+/// came from, then every problem with them; exit status 0 when the process could start with
+/// them, 2 when not.
+fn check_config(args: &[String], env: &HashMap<String, String>) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for setting in Config::effective(args, env) {
+        let value = setting.shown.as_deref().unwrap_or("(unset)");
+        let _ = writeln!(out, "{}={value}  # {}", setting.var, setting.source);
+    }
+    let problems = match Config::parse_with_env(args, env) {
+        Ok(config) => config.validate().err().unwrap_or_default(),
+        Err(e) => vec![e.to_string()],
+    };
+    if problems.is_empty() {
+        let _ = writeln!(out, "\nThese settings are usable.");
+        return ExitCode::SUCCESS;
+    }
+    let _ = writeln!(out, "\nFix these settings:");
+    for p in problems {
+        let _ = writeln!(out, "  - {p}");
+    }
+    ExitCode::from(2)
 }
 
 async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ const DEFAULT_TYPES: &str = ".jpg=image/jpeg,.jpeg=image/jpeg,.png=image/png,.gi
 .pdf=application/pdf,.txt=text/plain";
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Attachments")]
 pub struct AssetArgs {
     /// Where attachment bytes are kept: `local` (files under the data directory, served by
     /// this process at signed URLs; one process, or a shared volume) or `s3` (an

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use samvad_bus::{KafkaConfig, NatsConfig};
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Backends: bus, store, presence")]
 pub struct BackendArgs {
     /// Message bus: `memory` (in-process, on disk in the data directory), `kafka` or `nats`
     /// (NATS JetStream).

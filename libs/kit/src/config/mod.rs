@@ -28,7 +28,9 @@ pub use push::{PushArgs, PushSettings};
     long_about = "Samvad chat server.\n\nThe all-in-one `samvad` takes an optional first \
                   argument: `serve` (every service; the default) or one service's name \
                   (ws-gateway, rest-gateway, profile, group, message-router, group-router, \
-                  delivery, push, assets, www), or `vapid-keys` to print a new Web Push key pair."
+                  delivery, push, assets, www), or `vapid-keys` to print a new Web Push key pair. \
+                  Every binary also takes `check-config`: it prints each setting as the process \
+                  would take it (secrets hidden) and every problem with them."
 )]
 pub struct Config {
     /// Address the HTTP/WebSocket server binds.
@@ -67,6 +69,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Login and access keys")]
 pub struct AuthArgs {
     /// Login token check: `jwks`, or `dev` (accept any token for any username: for trying
     /// Samvad on one's own machine). Required: a server never lets anyone log in as anyone
@@ -114,6 +117,7 @@ pub struct AuthArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits, drain and retention")]
 pub struct LimitArgs {
     /// Largest frame or message accepted, in bytes.
     #[arg(long, env = "SAMVAD_MAX_MESSAGE_BYTES", default_value = "65536")]
@@ -172,7 +176,7 @@ pub struct LimitArgs {
 
     /// A bearer token `GET /metrics` asks for (`Authorization: Bearer <token>`); unset, the
     /// metrics are open to whoever reaches the port.
-    #[arg(long, env = "SAMVAD_METRICS_TOKEN")]
+    #[arg(long, env = "SAMVAD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
     /// Web origins allowed to open WebSockets, comma separated, besides the server's own
@@ -609,6 +613,68 @@ pub(crate) fn number(
     }
 }
 
+/// One setting as a process given `args` and `env` would take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    /// Its environment variable.
+    pub var: String,
+    /// Its value as it may be shown: a secret hidden, a URL's password too; `None` if unset.
+    pub shown: Option<String>,
+    /// Where the value came from: `flag`, `environment` or `default`.
+    pub source: &'static str,
+}
+
+impl Config {
+    /// Every setting as a process given `args` (its own name first) and `env` would take it,
+    /// in `--help`'s order, secrets hidden.
+    pub fn effective(args: &[String], env: &HashMap<String, String>) -> Vec<Effective> {
+        Self::command()
+            .get_arguments()
+            .filter_map(|arg| {
+                let var = arg.get_env()?.to_string_lossy().into_owned();
+                let flag = format!("--{}", arg.get_long()?);
+                let given =
+                    args.iter()
+                        .enumerate()
+                        .find_map(|(i, a)| match a.strip_prefix(&flag) {
+                            Some(rest) if rest.starts_with('=') => Some(rest[1..].to_owned()),
+                            Some("") => args.get(i + 1).cloned(),
+                            _ => None,
+                        });
+                let (value, source) = match (given, env.get(&var)) {
+                    (Some(value), _) => (Some(value), "flag"),
+                    (None, Some(value)) => (Some(value.clone()), "environment"),
+                    (None, None) => (
+                        arg.get_default_values()
+                            .first()
+                            .map(|v| v.to_string_lossy().into_owned()),
+                        "default",
+                    ),
+                };
+                let shown = value.map(|v| {
+                    if arg.is_hide_env_values_set() && !v.is_empty() {
+                        "(set, hidden)".to_owned()
+                    } else {
+                        without_password(&v)
+                    }
+                });
+                Some(Effective { var, shown, source })
+            })
+            .collect()
+    }
+}
+
+/// `value` with the password of a URL in it (`redis://:secret@host`) hidden.
+fn without_password(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("hidden"));
+            url.to_string()
+        }
+        _ => value.to_owned(),
+    }
+}
+
 /// clap reads `env` attributes from the process environment; this strips them and feeds
 /// values from `env` instead, as flags, unless the same flag is on the command line.
 fn parse_with_env<P, I, T>(args: I, env: &HashMap<String, String>) -> Result<P, clap::Error>
@@ -651,6 +717,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_settings_say_where_each_came_from_and_hide_secrets() {
+        let args: Vec<String> = ["samvad", "--listen", "0.0.0.0:9000", "--rate-limit=7"]
+            .map(String::from)
+            .to_vec();
+        let env = env(&[
+            ("SAMVAD_REDIS_URL", "redis://:hunter2@cache:6379"),
+            (
+                "SAMVAD_ACCESS_KEY_SECRETS",
+                "k1:0123456789abcdef0123456789abcdef",
+            ),
+            ("SAMVAD_RATE_LIMIT", "9"),
+            ("SAMVAD_METRICS_TOKEN", "scrape-me-0123456789"),
+        ]);
+        let all = Config::effective(&args, &env);
+        let find = |var: &str| all.iter().find(|s| s.var == var).unwrap().clone();
+        let shown = |var: &str| (find(var).shown, find(var).source);
+        assert_eq!(
+            shown("SAMVAD_LISTEN"),
+            (Some("0.0.0.0:9000".into()), "flag")
+        );
+        assert_eq!(shown("SAMVAD_RATE_LIMIT"), (Some("7".into()), "flag"));
+        assert_eq!(shown("SAMVAD_RATE_BURST"), (Some("200".into()), "default"));
+        assert_eq!(
+            shown("SAMVAD_REDIS_URL"),
+            (Some("redis://:hidden@cache:6379".into()), "environment")
+        );
+        for secret in ["SAMVAD_ACCESS_KEY_SECRETS", "SAMVAD_METRICS_TOKEN"] {
+            assert_eq!(shown(secret), (Some("(set, hidden)".into()), "environment"));
+        }
+        assert_eq!(shown("SAMVAD_INSTANCE_ID"), (None, "default"));
+        let listed = format!("{all:?}");
+        assert!(!listed.contains("hunter2") && !listed.contains("0123456789abcdef"));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -12,6 +12,7 @@ use serde::Deserialize;
 const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Push")]
 pub struct PushArgs {
     /// Push providers, comma separated: `log` (records what would be sent), `fcm` (Firebase
     /// Cloud Messaging HTTP v1) and/or `webpush` (browsers, VAPID). Empty: no pushes.
