@@ -884,7 +884,9 @@ def main():
     os.chmod(workdir, 0o755)  # nginx's workers (nobody, when run as root) read below it
     os.makedirs(os.path.join(workdir, "logs"))
     base = 30000 + (os.getpid() % 100) * 20
-    deps_env = dict(os.environ, SAMVAD_CLUSTER_DIR=os.path.join(workdir, "deps"), SAMVAD_CLUSTER_PORT=str(base))
+    # The cluster overlay's bus is Kafka.
+    deps_env = dict(os.environ, SAMVAD_CLUSTER_DIR=os.path.join(workdir, "deps"), SAMVAD_CLUSTER_PORT=str(base),
+                    SAMVAD_CLUSTER_BUS="kafka")
     cluster = None
     ok = False
     try:
