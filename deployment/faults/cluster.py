@@ -185,11 +185,11 @@ async def main():
         "max_ack_gap_secs": load.max_recovery(),
         "per_fault": outcomes,
     }
-    status = report(load, figures, args.report, f"the cluster's logs are in {cluster.dir}/logs")
-    if figures["never_recovered"] or len(outcomes) < len(faults):
-        log(f"the cluster did not recover from {figures['never_recovered']}")
-        status = 1
-    return status
+    problems = [f"the cluster did not recover from {f} within {args.recover_within} s"
+                for f in figures["never_recovered"]]
+    if len(outcomes) < len(faults):
+        problems.append(f"{len(faults) - len(outcomes)} faults were not injected")
+    return report(load, figures, args.report, f"the cluster's logs are in {cluster.dir}/logs", problems)
 
 
 if __name__ == "__main__":

@@ -310,10 +310,11 @@ class Load:
         return round(max((x for s in self.senders for x in s.recoveries), default=0), 2)
 
 
-def report(load, figures, path, where_logs):
+def report(load, figures, path, where_logs, problems=()):
     """Prints the figures as a JSON line (and appends it to `path`), says what was lost; the
-    exit status: 0 only if nothing was lost, out of order, stored twice or left unacked.
-    `where_logs` ends the verdict on a failure (where to look)."""
+    exit status: 0 only if nothing was lost, out of order, stored twice or left unacked, and
+    there are no other `problems` (sentences saying what else went wrong). `where_logs` ends
+    the verdict on a failure (where to look)."""
     print(json.dumps(figures))
     if path:
         with open(path, "a") as f:
@@ -324,6 +325,9 @@ def report(load, figures, path, where_logs):
     ok = not lost and figures["order"] == 0 and figures["stored_twice"] == 0
     if figures["unacked"]:
         log(f"{figures['unacked']} messages were still unacked at the end")
+        ok = False
+    for problem in problems:
+        log(problem)
         ok = False
     log("ok" if ok else f"FAILED; {where_logs}")
     return 0 if ok else 1
