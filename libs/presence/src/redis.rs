@@ -191,10 +191,19 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+// One server's connection is opened again once a command finds it dropped (a restart of
+// Redis, a failover), but that command fails: send it once more, on the new connection. Every
+// command here is idempotent, so one that did reach the server may run twice. (A cluster
+// connection retries by itself.)
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Single(c) => Box::pin(async move {
+                match c.req_packed_command(cmd).await {
+                    Err(e) if e.is_connection_dropped() => c.req_packed_command(cmd).await,
+                    done => done,
+                }
+            }),
             Self::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -206,7 +215,14 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Single(c) => Box::pin(async move {
+                match c.req_packed_commands(pipeline, offset, count).await {
+                    Err(e) if e.is_connection_dropped() => {
+                        c.req_packed_commands(pipeline, offset, count).await
+                    }
+                    done => done,
+                }
+            }),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }

@@ -107,3 +107,21 @@ async fn redis_presence_keeps_the_contract_on_a_redis_cluster() {
         assert_eq!(sorted(&p, user).await, ["g1"], "{user}");
     }
 }
+
+/// Found by the cluster fault run (deployment/faults/cluster.py, `restart:redis`): after Redis
+/// restarted, each process's first command failed with "broken pipe" — a gateway's heartbeat,
+/// so presence came back 30 s later than it could have, or a client's connection start, so the
+/// client was turned away. A dropped connection is opened again, and the command sent again.
+#[tokio::test]
+async fn the_first_command_after_a_redis_restart_succeeds() {
+    let mut redis = samvad_testkit::redis();
+    let p = presence(&redis, "r:", Duration::from_secs(30)).await;
+    p.connected("bob", "g1").await.unwrap();
+    redis.restart();
+    p.heartbeat().await.expect("the heartbeat after a restart");
+    assert_eq!(sorted(&p, "bob").await, ["g1"]);
+    redis.restart();
+    p.connected("alice", "g1")
+        .await
+        .expect("a connection after a restart");
+}
