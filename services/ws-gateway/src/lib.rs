@@ -8,13 +8,16 @@
 //! up (its bounded queue is full) is closed rather than allowed to grow memory; what it missed
 //! is read from the timeline when it returns.
 
-mod connection;
+mod mqtt;
 mod presence;
+mod session;
+mod websocket;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::ws::{Message as Frame, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -30,6 +33,9 @@ use samvad_store::Conv;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::session::Wants;
+use crate::websocket::WebSocketDoor;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "ws-gateway",
@@ -112,14 +118,33 @@ struct Conn {
 #[derive(Clone)]
 pub(crate) struct Gateway(Arc<GatewayState>);
 
+/// The door a connection came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    WebSocket,
+    Mqtt,
+}
+
 pub(crate) struct GatewayState {
     pub(crate) ctx: Context,
-    pub(crate) ingress: Ingress,
+    /// Each door's front door to the system (counted apart).
+    ws: Ingress,
+    mqtt: Ingress,
     /// What each user may send (acks aside) across all their connections here, so that more
     /// sockets do not buy a faster flood.
     pub(crate) sends: PerUser,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     next_id: AtomicU64,
+}
+
+impl GatewayState {
+    /// The front door of connections that came in `via`, which counts their messages apart.
+    pub(crate) fn ingress(&self, via: Via) -> &Ingress {
+        match via {
+            Via::WebSocket => &self.ws,
+            Via::Mqtt => &self.mqtt,
+        }
+    }
 }
 
 impl std::ops::Deref for Gateway {
@@ -133,7 +158,8 @@ impl std::ops::Deref for Gateway {
 async fn start(ctx: &Context) -> anyhow::Result<Router> {
     let gateway = Gateway(Arc::new(GatewayState {
         ctx: ctx.clone(),
-        ingress: Ingress::new(ctx, "ws"),
+        ws: Ingress::new(ctx, "ws"),
+        mqtt: Ingress::new(ctx, "mqtt"),
         sends: PerUser::new(f64::from(ctx.settings.rate_limit), ctx.settings.rate_burst),
         conns: Mutex::default(),
         next_id: AtomicU64::new(0),
@@ -145,10 +171,59 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         async { Ok(()) }
     })
     .await?;
+    if let Some(addr) = ctx.settings.mqtt_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
+        tracing::info!(%addr, "MQTT listening");
+        ctx.spawn("mqtt listener", accept_mqtt(gateway.clone(), listener));
+    }
     Ok(Router::new()
         .route("/v1.0/wss/", get(upgrade))
         .route("/v1.0/wss", get(upgrade))
+        .route("/mqtt", get(upgrade_mqtt))
         .with_state(gateway))
+}
+
+/// Takes MQTT connections over TCP until the node stops.
+async fn accept_mqtt(gateway: Gateway, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let shutdown = gateway.ctx.shutdown();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: pause rather than spin.
+                    tracing::warn!(error = %e, "cannot accept an MQTT connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let serve = mqtt::serve(gateway.clone(), mqtt::Wire::Tcp(stream));
+        gateway.ctx.spawn_detached(serve);
+    }
+}
+
+/// MQTT over WebSocket (subprotocol `mqtt`): the client logs in with its CONNECT, as over TCP.
+async fn upgrade_mqtt(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = check_origin(&headers, &gateway.ctx.settings.allowed_origins) {
+        return e.into_response();
+    }
+    let ws = bounded(ws, gateway.ctx.settings.max_message_bytes + 1024).protocols(["mqtt"]);
+    let ctx = gateway.ctx.clone();
+    ws.on_upgrade(move |socket| async move {
+        ctx.spawn_detached(mqtt::serve(
+            gateway,
+            mqtt::Wire::WebSocket(Box::new(socket)),
+        ));
+    })
 }
 
 impl Gateway {
@@ -162,7 +237,7 @@ impl Gateway {
         let max = self.ctx.settings.max_connections_per_user;
         let mut conns = self.lock();
         if conns.get(&who.user).map_or(0, Vec::len) >= max {
-            self.ingress.count_refusal("too_many_connections");
+            self.ws.count_refusal("too_many_connections");
             return Err(ApiError::too_many(format!(
                 "at most {max} connections per user; close one first"
             )));
@@ -282,18 +357,6 @@ struct Params {
     presence: Option<String>,
 }
 
-/// How a connection asked to be served, in its query.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Options {
-    pub(crate) format: Format,
-    /// Send a `SERVER_ACK` for each message accepted (`ack=true`).
-    pub(crate) ack: bool,
-    /// Also send what the user sent from other devices (`sync=true`).
-    pub(crate) sync: bool,
-    /// Also send presence notices of those who share a conversation (`presence=true`).
-    pub(crate) presence: bool,
-}
-
 async fn upgrade(
     State(gateway): State<Gateway>,
     Query(params): Query<Params>,
@@ -311,22 +374,15 @@ async fn upgrade(
         Ok(access) => access,
         Err(e) => return e.into_response(),
     };
-    let options = Options {
-        format: match params.format.as_deref() {
-            Some("binary") => Format::Binary,
-            _ => Format::Text,
-        },
-        ack: params.ack.as_deref() == Some("true"),
+    let format = match params.format.as_deref() {
+        Some("binary") => Format::Binary,
+        _ => Format::Text,
+    };
+    let wants = Wants {
         sync: params.sync.as_deref() == Some("true"),
         presence: params.presence.as_deref() == Some("true"),
     };
-    let max = gateway.ctx.settings.max_message_bytes;
-    let mut ws = ws
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(max)
-        .max_frame_size(max);
+    let mut ws = bounded(ws, gateway.ctx.settings.max_message_bytes);
     if let Some(sub) = creds.subprotocol {
         ws = ws.protocols([sub]);
     }
@@ -335,9 +391,28 @@ async fn upgrade(
         Err(e) => return e.into_response(),
     };
     let ctx = gateway.ctx.clone();
+    let ack = params.ack.as_deref() == Some("true");
     ws.on_upgrade(move |socket| async move {
-        ctx.spawn_detached(connection::run(gateway, registration, socket, options));
+        let door = WebSocketDoor {
+            socket,
+            format,
+            ack,
+            slow_client: gateway.ctx.settings.slow_client,
+        };
+        let serve = session::run(gateway, registration, door, Via::WebSocket, wants);
+        ctx.spawn_detached(serve);
     })
+}
+
+/// A WebSocket's buffers, bounded: a small read buffer that grows only for a frame that needs
+/// it, writes sent as they are made, at most 1 MiB waiting for a client that reads slowly, and
+/// frames of at most `max` bytes.
+fn bounded(ws: WebSocketUpgrade, max: usize) -> WebSocketUpgrade {
+    ws.read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
 }
 
 /// Browsers send `Origin` on WebSocket upgrades and do not apply CORS to them, so without this

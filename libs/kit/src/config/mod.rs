@@ -37,6 +37,15 @@ pub struct Config {
     #[arg(long, env = "SAMVAD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
 
+    /// Address the MQTT door (3.1.1 and 5, TCP) binds; unset, none. MQTT over WebSocket is
+    /// served at `/mqtt` on SAMVAD_LISTEN whenever a ws-gateway runs.
+    #[arg(long, env = "SAMVAD_MQTT_LISTEN")]
+    pub mqtt_listen: Option<String>,
+
+    /// The `{app}` of MQTT topics: `apps/{app}/users/{user}/…`.
+    #[arg(long, env = "SAMVAD_MQTT_APP", default_value = "samvad")]
+    pub mqtt_app: String,
+
     /// Where the embedded store keeps its files.
     #[arg(long, env = "SAMVAD_DATA_DIR", default_value = "./samvad-data")]
     pub data_dir: PathBuf,
@@ -218,6 +227,8 @@ pub enum AuthProvider {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub mqtt_listen: Option<SocketAddr>,
+    pub mqtt_app: String,
     pub data_dir: PathBuf,
     pub json_logs: bool,
     /// [`Config::instance_id`], or a random id for this run.
@@ -275,6 +286,24 @@ impl Config {
             format!(
                 "SAMVAD_LISTEN: `{}` is not an address like 127.0.0.1:8080",
                 self.listen
+            ),
+        );
+        let mqtt_listen = self.mqtt_listen.as_deref().map(str::parse::<SocketAddr>);
+        check(
+            !matches!(mqtt_listen, Some(Err(_))),
+            format!(
+                "SAMVAD_MQTT_LISTEN: `{}` is not an address like 127.0.0.1:1883",
+                self.mqtt_listen.as_deref().unwrap_or_default()
+            ),
+        );
+        let mqtt_app_ok = !self.mqtt_app.is_empty()
+            && !self.mqtt_app.contains(['/', '+', '#'])
+            && !self.mqtt_app.chars().any(char::is_control);
+        check(
+            mqtt_app_ok,
+            format!(
+                "SAMVAD_MQTT_APP: `{}` must be one topic level: not empty, no `/`, `+` or `#`",
+                self.mqtt_app
             ),
         );
         let json_logs = self.log_format == "json";
@@ -436,6 +465,8 @@ impl Config {
         match (listen, auth) {
             (Ok(listen), Some(auth)) if problems.is_empty() => Ok(Settings {
                 listen,
+                mqtt_listen: mqtt_listen.and_then(Result::ok),
+                mqtt_app: self.mqtt_app.clone(),
                 data_dir: self.data_dir.clone(),
                 json_logs,
                 instance_id: self

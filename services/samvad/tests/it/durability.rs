@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::{Client, Seen, TestApp, User, chat, text_of};
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     addr: SocketAddr,
 }
@@ -26,7 +26,7 @@ impl Server {
         Self::start_with(data_dir, &[])
     }
 
-    fn start_with(data_dir: &Path, extra: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(data_dir: &Path, extra: &[(&str, &str)]) -> Self {
         let path = data_dir.join("samvad.log");
         std::fs::create_dir_all(data_dir).unwrap();
         let log = OpenOptions::new()
@@ -69,7 +69,7 @@ impl Server {
     }
 
     /// Clients of this server.
-    fn app(&self) -> TestApp {
+    pub(crate) fn app(&self) -> TestApp {
         TestApp::at(self.addr)
     }
 
@@ -94,7 +94,7 @@ impl Server {
         assert!(status.success());
     }
 
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.signal("-9");
         self.child.wait().unwrap();
     }

@@ -16,6 +16,7 @@ mod garbage;
 mod groups;
 mod history;
 mod login;
+mod mqtt;
 mod presence;
 mod profiles;
 mod push;

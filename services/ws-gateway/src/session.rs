@@ -1,4 +1,5 @@
-//! One WebSocket connection, from open to close.
+//! One connection of a device, from open to close, whatever door it came in by (a WebSocket,
+//! MQTT): the door reads and writes its wire format ([`Door`]); the session does the rest.
 //!
 //! A connection feeds its device each conversation in seq order. It starts from where the
 //! device stands in every conversation (its cursor) and reads what it is owed from the
@@ -11,33 +12,96 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
-use futures_util::SinkExt;
 use samvad_bus::Outgoing;
 use samvad_ingress::Rejection;
 use samvad_kit::TokenBucket;
-use samvad_protocol::{Channel, MessageType};
+use samvad_protocol::{Channel, DecodeError, Message, MessageType};
 use samvad_store::{Conv, DeviceRef, Page, Position, SYSTEM_DEVICE};
 use serde_json::json;
 
-use crate::{Gateway, Item, Options, Outbound, Registration, encode};
+use crate::{Gateway, Item, Outbound, Registration, Via};
 
-/// A connection that sends nothing (clients ping every 30 s) for this long is closed.
-const IDLE: Duration = Duration::from_secs(120);
 /// Entries read from the timeline at a time.
 const CHUNK: usize = 200;
-/// How long a closing connection waits for the client's close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Refusals for sending too fast after which the connection is closed.
 const FLOOD_CLOSE: u32 = 100;
 /// Ids of messages written and not yet acked that a connection remembers the place of.
 const UNACKED_IDS: usize = 256;
 
-struct Conn {
-    gateway: Gateway,
-    socket: WebSocket,
-    device: DeviceRef,
-    options: Options,
+/// A door: how one kind of client connection reads what the client sends and writes what it
+/// is sent. The session drives it.
+pub(crate) trait Door: Send {
+    /// One thing the client sent.
+    type Input: Send;
+
+    /// Waits for the client's next input; `Err` ends the connection (the client left, went
+    /// idle or sent something that ends it). Cancel-safe: it loses nothing if dropped.
+    fn read(&mut self) -> impl Future<Output = Result<Self::Input, End>> + Send;
+
+    /// Acts on one input: a message to accept, a ping, an ack.
+    fn handle(
+        &mut self,
+        session: &mut Session,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<(), End>> + Send;
+
+    /// Writes messages to the client in order, recording each stored one with
+    /// [`Session::written`].
+    fn write(
+        &mut self,
+        session: &mut Session,
+        items: &[Arc<Item>],
+    ) -> impl Future<Output = Result<(), End>> + Send;
+
+    /// What the client may be sent now.
+    fn window(&self) -> Window {
+        Window::OPEN
+    }
+
+    /// Ends the connection, telling the client why where its protocol can.
+    fn close(self, end: End) -> impl Future<Output = ()> + Send;
+}
+
+/// What a client may be sent now: which conversations it takes (an MQTT client only those its
+/// subscriptions name; what it does not take stays owed), and how many more stored messages
+/// before it acks some.
+pub(crate) struct Window {
+    pub(crate) room: usize,
+    /// `None`: every conversation.
+    pub(crate) takes: Option<Takes>,
+}
+
+pub(crate) type Takes = Arc<dyn Fn(&Conv) -> bool + Send + Sync>;
+
+impl Window {
+    /// Everything, as fast as it comes.
+    pub(crate) const OPEN: Window = Window {
+        room: usize::MAX,
+        takes: None,
+    };
+
+    fn takes(&self, conv: &Conv) -> bool {
+        self.takes.as_ref().is_none_or(|takes| takes(conv))
+    }
+}
+
+/// What a session asks of its door's connection: whether it is sent what its user sent from
+/// other devices, and presence notices.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wants {
+    /// Also what the user sent from other devices (`sync=true`).
+    pub(crate) sync: bool,
+    /// Also presence notices of those who share a conversation (`presence=true`).
+    pub(crate) presence: bool,
+}
+
+/// A device's connection: how far it has fed each conversation, what it wrote and what it may
+/// still send.
+pub(crate) struct Session {
+    pub(crate) gateway: Gateway,
+    pub(crate) device: DeviceRef,
+    via: Via,
+    wants: Wants,
     /// Per conversation: how far this connection has fed it.
     feeds: HashMap<Conv, Feed>,
     /// Conversations with entries to read from the timeline, taken in turn.
@@ -84,33 +148,88 @@ impl Feed {
     }
 }
 
-/// Why the connection ended, for the close frame.
-enum End {
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The client closed it or went away.
     ClientClosed,
-    Close(u16, &'static str),
+    /// The server closes it, and tells the client why where the door's protocol can.
+    Close(Why),
 }
 
-/// The timeline could not be read: the client comes back later, and its device is owed the
-/// same then.
-const STORE_BUSY: End = End::Close(close_code::AGAIN, "server busy; reconnect");
+/// Why the server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    Restarting,
+    Idle,
+    /// The client fell behind: its queue overflowed or it took no write for a while.
+    TooSlow,
+    /// The timeline could not be read: the client comes back later, and is owed the same then.
+    Busy,
+    LoggedOut,
+    KeyExpired,
+    /// Too many refusals for sending too fast.
+    Flood,
+    TooLarge,
+    /// Something the door's protocol does not allow.
+    Malformed,
+}
 
-pub(crate) async fn run(
+impl Why {
+    /// Said to the client.
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Self::Restarting => "server restarting",
+            Self::Idle => "idle",
+            Self::TooSlow => "too far behind; reconnect",
+            Self::Busy => "server busy; reconnect",
+            Self::LoggedOut => "logged out",
+            Self::KeyExpired => "access key expired; log in again",
+            Self::Flood => "sending too fast",
+            Self::TooLarge => "message too large",
+            Self::Malformed => "protocol error",
+        }
+    }
+}
+
+const STORE_BUSY: End = End::Close(Why::Busy);
+
+/// Why a message from the client was not accepted.
+pub(crate) enum Refused {
+    /// Refused so often for sending too fast that the connection closes.
+    Flood,
+    /// Over the size limit.
+    TooLarge,
+    /// This message alone: the client hears why, and may send it again (`retry`) or not.
+    Message {
+        id: Option<String>,
+        error: String,
+        /// The sender may not send there (not a member, a system notice).
+        forbidden: bool,
+        /// Sending it again may succeed (too fast, the server busy).
+        retry: bool,
+    },
+}
+
+/// Serves a registered connection of a device through `door` until it ends.
+pub(crate) async fn run<D: Door>(
     gateway: Gateway,
     mut registration: Registration,
-    socket: WebSocket,
-    options: Options,
+    mut door: D,
+    via: Via,
+    wants: Wants,
 ) {
     let (slow, unlinked) = (registration.slow.clone(), registration.unlinked.clone());
     let expires = registration.access.expires;
     let user = registration.access.who.user.clone();
-    let mut conn = Conn {
+    let mut conn = Session {
         gateway: gateway.clone(),
-        socket,
         device: DeviceRef {
             user: user.clone(),
             device: registration.access.who.device.clone(),
         },
-        options,
+        via,
+        wants,
         feeds: HashMap::new(),
         behind: VecDeque::new(),
         unacked: VecDeque::new(),
@@ -128,14 +247,20 @@ pub(crate) async fn run(
     // task then holds only what waiting needs, not room for their state machines.
     let access = &registration.access;
     let end = match Box::pin(conn.start(presence.connected(&user, gateway_id), access)).await {
-        Ok(false) => End::Close(close_code::POLICY, "logged out"),
+        Ok(false) => End::Close(Why::LoggedOut),
         Ok(true) => {
             if gateway.connections_of(&user) == 1 {
                 let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
                 gateway.ctx.spawn_detached(announce);
             }
-            conn.serve(&mut registration.queue, &slow, &unlinked, expires)
-                .await
+            conn.serve(
+                &mut door,
+                &mut registration.queue,
+                &slow,
+                &unlinked,
+                expires,
+            )
+            .await
         }
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot start the connection");
@@ -151,26 +276,10 @@ pub(crate) async fn run(
         let announce = crate::presence::announce(gateway.clone(), user.clone(), false);
         gateway.ctx.spawn_detached(announce);
     }
-    if let End::ClientClosed = end {
-        // Sends the close reply the WebSocket library queued, completing the handshake.
-        let _ = tokio::time::timeout(CLOSE_GRACE, conn.socket.flush()).await;
-    }
-    if let End::Close(code, reason) = end {
-        let frame = Frame::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        // A client that reads nothing cannot take the close frame either.
-        if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, conn.socket.send(frame)).await {
-            // Read on until the client answers the close, so that frames it had in flight do
-            // not make the kernel reset the connection before it sees why it was closed.
-            let drain = async { while let Some(Ok(_)) = conn.socket.recv().await {} };
-            let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
-        }
-    }
+    door.close(end).await;
 }
 
-impl Conn {
+impl Session {
     /// Records the connection in presence, makes sure its device is still linked in the
     /// session its key was issued in (false if not), then learns where the device stands in
     /// each of its conversations.
@@ -265,8 +374,9 @@ impl Conn {
     /// Serves the connection until it ends: the client leaves or falls behind, its device is
     /// unlinked, its access key expires (`expires`, seconds since the Unix epoch), or the
     /// process stops.
-    async fn serve(
+    async fn serve<D: Door>(
         &mut self,
+        door: &mut D,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
         slow: &tokio_util::sync::CancellationToken,
         unlinked: &tokio_util::sync::CancellationToken,
@@ -289,7 +399,7 @@ impl Conn {
         let mut draining = false;
         loop {
             let result = tokio::select! {
-                () = &mut stopped => return End::Close(close_code::AWAY, "server restarting"),
+                () = &mut stopped => return End::Close(Why::Restarting),
                 () = &mut closed, if !draining => {
                     draining = true;
                     let spread = self.gateway.ctx.settings.close_spread;
@@ -297,20 +407,27 @@ impl Conn {
                     deadline.as_mut().reset(tokio::time::Instant::now() + delay);
                     Ok(())
                 }
-                _ = &mut deadline, if draining => return End::Close(close_code::AWAY, "server restarting"),
+                _ = &mut deadline, if draining => return End::Close(Why::Restarting),
                 () = &mut let_go => return self.too_slow(),
-                () = &mut logged_out => return End::Close(close_code::POLICY, "logged out"),
-                () = &mut expired => return End::Close(close_code::POLICY, "access key expired; log in again"),
-                frame = tokio::time::timeout(IDLE, self.socket.recv()) => match frame {
-                    Err(_) => return End::Close(close_code::AWAY, "idle"),
-                    Ok(None) | Ok(Some(Ok(Frame::Close(_)))) => return End::ClientClosed,
-                    Ok(Some(Err(e))) => return read_error(&e),
-                    Ok(Some(Ok(frame))) => Box::pin(self.received(frame)).await,
+                () = &mut logged_out => return End::Close(Why::LoggedOut),
+                () = &mut expired => return End::Close(Why::KeyExpired),
+                input = door.read() => match input {
+                    Ok(input) => Box::pin(door.handle(self, input)).await,
+                    Err(end) => return end,
                 },
-                Some(items) = queue.recv() => self.live(&items).await,
-                // Always ready while a conversation is behind; select! picks among the ready
-                // branches at random, so catching up and live traffic share the connection.
-                () = std::future::ready(()), if !self.behind.is_empty() => Box::pin(self.catch_up()).await,
+                Some(items) = queue.recv() => match self.live(&items, door.window()).await {
+                    Ok(out) => door.write(self, &out).await,
+                    Err(end) => Err(end),
+                },
+                // Always ready while a conversation is behind and the client has room;
+                // select! picks among the ready branches at random, so catching up and live
+                // traffic share the connection.
+                () = std::future::ready(()), if !self.behind.is_empty() && door.window().room > 0 => {
+                    match Box::pin(self.catch_up(door.window())).await {
+                        Ok(out) => door.write(self, &out).await,
+                        Err(end) => Err(end),
+                    }
+                }
             };
             if let Err(end) = result {
                 return end;
@@ -318,12 +435,15 @@ impl Conn {
         }
     }
 
-    /// Writes live messages that are next in their conversation; the others mark it behind.
-    async fn live(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
+    /// Of live messages, those to write now: the next in their conversation, as far as the
+    /// client has room. The others mark their conversation behind (or, where the client does
+    /// not take it now, stay owed).
+    async fn live(&mut self, items: &[Arc<Item>], door: Window) -> Result<Vec<Arc<Item>>, End> {
         let mut out = Vec::with_capacity(items.len());
+        let mut room = door.room;
         for item in items {
             let Some((conv, seq)) = &item.place else {
-                if self.wants(item) {
+                if self.wants(item) && door.takes(&Conv::of(&item.message)) {
                     out.push(Arc::clone(item)); // ephemeral
                 }
                 continue;
@@ -342,9 +462,13 @@ impl Conn {
                 continue; // written before, or not theirs
             }
             feed.stored = feed.stored.max(*seq);
-            if *seq == feed.sent + 1 && !feed.queued {
+            if !door.takes(conv) {
+                continue; // owed, for when the client takes it
+            }
+            if *seq == feed.sent + 1 && !feed.queued && room > 0 {
                 feed.sent = *seq;
                 if self.wants(item) {
+                    room -= 1;
                     out.push(Arc::clone(item));
                 }
             } else {
@@ -355,22 +479,42 @@ impl Conn {
         for item in out.iter().filter(|i| i.place.is_some()) {
             latency.observe(samvad_kit::seconds_since(item.message.server_timestamp));
         }
-        self.write(&out).await
+        Ok(out)
     }
 
-    /// Reads the next chunk of the first conversation behind from the timeline and writes it
-    /// (with a gap notice first where retention removed what the device still owed).
-    async fn catch_up(&mut self) -> Result<(), End> {
+    /// Queues to be read from the timeline every conversation the client has not been sent
+    /// all of: after it starts to take more of them (an MQTT subscription).
+    pub(crate) fn rescan(&mut self) {
+        let behind: Vec<Conv> = self
+            .feeds
+            .iter()
+            .filter(|(_, f)| f.stored > f.sent && !f.queued)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for conv in behind {
+            self.mark_behind(&conv);
+        }
+    }
+
+    /// Reads the next chunk of the first conversation behind from the timeline, as much as
+    /// the client has room for, and returns it to write (with a gap notice first where
+    /// retention removed what the device still owed). A conversation the client does not take
+    /// now leaves the queue until [`Session::rescan`].
+    async fn catch_up(&mut self, door: Window) -> Result<Vec<Arc<Item>>, End> {
         let Some(conv) = self.behind.pop_front() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let Some(mut feed) = self.feeds.get(&conv).copied() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         feed.queued = false;
+        if !door.takes(&conv) {
+            self.feeds.insert(conv, feed);
+            return Ok(Vec::new());
+        }
         let timeline = &self.gateway.ctx.stores.timeline;
         let mut window = timeline
-            .window(&conv, Page::After(feed.sent), 0, CHUNK)
+            .window(&conv, Page::After(feed.sent), 0, CHUNK.min(door.room))
             .await
             .map_err(|_| STORE_BUSY)?;
         if window
@@ -417,7 +561,7 @@ impl Conn {
         if more {
             self.mark_behind(&conv);
         }
-        self.write(&out).await
+        Ok(out)
     }
 
     /// Whether the client is sent a message: never what its own device sent; a stored message
@@ -426,132 +570,126 @@ impl Conn {
     /// with `presence=true`.
     fn wants(&self, item: &Item) -> bool {
         if crate::presence::is_notice(&item.message) {
-            return self.options.presence;
+            return self.wants.presence;
         }
         if item.device == SYSTEM_DEVICE || item.message.source != self.device.user {
             return true;
         }
-        item.device != self.device.device && (item.place.is_none() || self.options.sync)
-    }
-
-    /// Writes messages in order, with one flush.
-    async fn write(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let limit = self.gateway.ctx.settings.slow_client;
-        match tokio::time::timeout(limit, self.write_unbounded(items)).await {
-            Ok(result) => result,
-            Err(_) => Err(self.too_slow()),
-        }
+        item.device != self.device.device && (item.place.is_none() || self.wants.sync)
     }
 
     /// A client that falls behind — its queue overflows, or it has not taken a write for
     /// `SAMVAD_SLOW_CLIENT_SECS` — is let go, counted: it holds a task and buffers, and
     /// everything it is owed waits safely in the timeline for its return.
-    fn too_slow(&self) -> End {
+    pub(crate) fn too_slow(&self) -> End {
         self.gateway.ctx.metrics.slow_closes.inc();
-        End::Close(close_code::AGAIN, "too far behind; reconnect")
+        End::Close(Why::TooSlow)
     }
 
-    async fn write_unbounded(&mut self, items: &[Arc<Item>]) -> Result<(), End> {
-        for item in items {
-            if let Some((conv, seq)) = &item.place {
-                if self.unacked.len() == UNACKED_IDS {
-                    self.unacked.pop_front();
-                }
-                self.unacked
-                    .push_back((item.message.id.clone(), conv.clone(), *seq));
+    /// Records a stored message written to the client, so that a `CLIENT_ACK` by its id finds
+    /// its place.
+    pub(crate) fn written(&mut self, item: &Item) {
+        if let Some((conv, seq)) = &item.place {
+            if self.unacked.len() == UNACKED_IDS {
+                self.unacked.pop_front();
             }
-            self.socket
-                .feed(item.frame(self.options.format))
-                .await
-                .map_err(gone)?;
+            self.unacked
+                .push_back((item.message.id.clone(), conv.clone(), *seq));
         }
-        self.socket.flush().await.map_err(gone)
     }
 
-    async fn received(&mut self, frame: Frame) -> Result<(), End> {
-        let limits = *self.gateway.ingress.limits();
-        let decoded = match &frame {
-            Frame::Text(text) if text.as_str() == "ping" => {
-                self.send(Frame::Text("pong".into())).await?;
-                // Presence kept in another process (entries that expire unless renewed) can
-                // miss a connection for a while, a failover say, and delivery then hands it
-                // nothing: looking again finds what it missed. Presence in this process never
-                // misses one, and every client pinging at once would only be a burst of reads.
-                if self.gateway.ctx.presence.heartbeat_every().is_some()
-                    && let Err(e) = Box::pin(self.look()).await
-                {
-                    tracing::warn!(user = %self.device.user, error = %e, "cannot read where the device stands");
-                }
-                return Ok(());
-            }
-            Frame::Text(text) => samvad_protocol::decode_text(text.as_str(), &limits),
-            Frame::Binary(bytes) => samvad_protocol::decode_binary(bytes, &limits),
-            Frame::Ping(_) | Frame::Pong(_) | Frame::Close(_) => return Ok(()),
-        };
+    /// What a client ping costs: presence kept in another process (entries that expire unless
+    /// renewed) can miss a connection for a while, a failover say, and delivery then hands it
+    /// nothing: looking again finds what it missed. Presence in this process never misses
+    /// one, and every client pinging at once would only be a burst of reads.
+    pub(crate) async fn pinged(&mut self) {
+        if self.gateway.ctx.presence.heartbeat_every().is_some()
+            && let Err(e) = Box::pin(self.look()).await
+        {
+            tracing::warn!(user = %self.device.user, error = %e, "cannot read where the device stands");
+        }
+    }
+
+    /// Takes a message the client sent (as its door decoded it): within the connection's and
+    /// the user's rate, checked and published durably. The result is the message as accepted,
+    /// which the door may now ack.
+    pub(crate) async fn submit(
+        &mut self,
+        decoded: Result<Message, DecodeError>,
+    ) -> Result<Message, Refused> {
+        let gateway = self.gateway.clone();
+        let ingress = gateway.ingress(self.via);
         // A connection's budget is for every frame; its user's, shared by all their
         // connections, for what is sent to others (acks only end a duty, and cost little).
         let ack = matches!(&decoded, Ok(m) if m.kind == MessageType::ClientAck);
         if !self.bucket.take() || !ack && !self.gateway.sends.take(&self.device.user, 1) {
-            self.gateway.ingress.count_refusal("rate_limit");
+            ingress.count_refusal("rate_limit");
             self.refusals += 1;
             if self.refusals >= FLOOD_CLOSE {
-                return Err(End::Close(close_code::POLICY, "sending too fast"));
+                return Err(Refused::Flood);
             }
-            return self
-                .refuse(
-                    None,
-                    "rate limit exceeded: message dropped; slow down and send it again",
-                )
-                .await;
+            return Err(Refused::Message {
+                id: None,
+                error: "rate limit exceeded: message dropped; slow down and send it again".into(),
+                forbidden: false,
+                retry: true,
+            });
         }
         let message = match decoded {
             Ok(m) => m,
             Err(e) => {
                 let rejection = Rejection::Decode(e);
-                self.gateway.ingress.count_refusal(rejection.reason());
-                return self.rejected(None, rejection).await;
+                ingress.count_refusal(rejection.reason());
+                return Err(refused(None, rejection));
             }
         };
         let id = message.id.clone();
-        let mut accepted = match self
-            .gateway
-            .ingress
-            .accept(&self.device.user, message)
-            .await
-        {
+        let mut accepted = match ingress.accept(&self.device.user, message).await {
             Ok(m) => m,
-            Err(e) => return self.rejected(Some(&id), e).await,
+            Err(e) => return Err(refused(Some(id), e)),
         };
         if accepted.kind == MessageType::ClientAck {
             self.place_ack(&mut accepted);
         }
-        if let Err(e) = self
-            .gateway
-            .ingress
+        if let Err(e) = ingress
             .publish(&self.device.device, std::slice::from_ref(&accepted))
             .await
         {
             tracing::warn!(user = %self.device.user, error = %e, "publish failed; message not acked");
-            return self
-                .refuse(
-                    Some(&id),
-                    "the server could not take the message; send it again",
-                )
-                .await;
+            return Err(Refused::Message {
+                id: Some(id),
+                error: "the server could not take the message; send it again".into(),
+                forbidden: false,
+                retry: true,
+            });
         }
-        if self.options.ack && accepted.kind != MessageType::ClientAck {
-            let ack = accepted.server_ack();
-            return self.send(encode(&ack, self.options.format)).await;
-        }
-        Ok(())
+        Ok(accepted)
+    }
+
+    /// Acks, for the device, everything of `conv` up to `seq` (a door whose client acks by
+    /// its own means: MQTT's PUBACK). Queued, like every client ack.
+    pub(crate) async fn ack_upto(&self, conv: &Conv, seq: u64) -> Result<(), End> {
+        let ack = Message {
+            kind: MessageType::ClientAck,
+            id: format!("{}:{seq}", conv.name_for(&self.device.user)),
+            source: self.device.user.clone(),
+            meta: [
+                ("conv".to_owned(), conv.name_for(&self.device.user)),
+                ("seq".to_owned(), seq.to_string()),
+            ]
+            .into(),
+            ..Message::default()
+        };
+        self.gateway
+            .ingress(self.via)
+            .publish(&self.device.device, &[ack])
+            .await
+            .map_err(|_| End::Close(Why::Restarting))
     }
 
     /// A `CLIENT_ACK` by id of a message this connection wrote acks up to its place (and what
     /// the connection wrote before it there).
-    fn place_ack(&mut self, ack: &mut samvad_protocol::Message) {
+    fn place_ack(&mut self, ack: &mut Message) {
         if ack.meta.contains_key("seq") {
             return;
         }
@@ -563,43 +701,20 @@ impl Conn {
             .insert("conv".into(), conv.name_for(&self.device.user));
         ack.meta.insert("seq".into(), seq.to_string());
     }
-
-    async fn rejected(&mut self, id: Option<&str>, rejection: Rejection) -> Result<(), End> {
-        if rejection.is_too_large() {
-            return Err(End::Close(close_code::SIZE, "message too large"));
-        }
-        self.refuse(id, &rejection.to_string()).await
-    }
-
-    /// The error frame (a Samvad extension): a text frame `{"error": ..., "id": ...}`.
-    async fn refuse(&mut self, id: Option<&str>, error: &str) -> Result<(), End> {
-        let mut body = json!({ "error": error });
-        if let Some(id) = id {
-            body["id"] = json!(id);
-        }
-        self.send(Frame::Text(body.to_string().into())).await
-    }
-
-    async fn send(&mut self, frame: Frame) -> Result<(), End> {
-        let limit = self.gateway.ctx.settings.slow_client;
-        match tokio::time::timeout(limit, self.socket.send(frame)).await {
-            Ok(result) => result.map_err(gone),
-            Err(_) => Err(self.too_slow()),
-        }
-    }
 }
 
-fn gone(_: axum::Error) -> End {
-    End::ClientClosed
-}
-
-/// A read failed: a frame over the size limit gets close 1009, anything else ends quietly.
-fn read_error(e: &axum::Error) -> End {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
-        End::Close(close_code::SIZE, "message too large")
-    } else {
-        End::ClientClosed
+fn refused(id: Option<String>, rejection: Rejection) -> Refused {
+    if rejection.is_too_large() {
+        return Refused::TooLarge;
+    }
+    Refused::Message {
+        id,
+        forbidden: matches!(
+            rejection,
+            Rejection::NotMember(_) | Rejection::SystemNotice(_)
+        ),
+        retry: matches!(rejection, Rejection::Unavailable(_)),
+        error: rejection.to_string(),
     }
 }
 
