@@ -803,7 +803,9 @@ impl MqttDoor {
                 self.encode(packet, &mut out);
             }
             Err(refusal) => {
-                gateway.ingress(Via::Mqtt).count_refusal(refusal.label());
+                if let Some(label) = refusal.label() {
+                    gateway.ingress(Via::Mqtt).count_refusal(label);
+                }
                 let packet = if self.v5() {
                     Packet::V5(v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
                         reason_code: refusal.v5(),
@@ -839,12 +841,14 @@ enum Refusal {
 }
 
 impl Refusal {
-    fn label(self) -> &'static str {
+    /// The label it is counted under (one connection too many is counted where it is refused,
+    /// in `Gateway::register`).
+    fn label(self) -> Option<&'static str> {
         match self {
-            Self::BadCredentials => "bad_credentials",
-            Self::ClientId => "mqtt_client_id",
-            Self::Unavailable => "unavailable",
-            Self::TooManyConnections => "too_many_connections",
+            Self::BadCredentials => Some("bad_credentials"),
+            Self::ClientId => Some("mqtt_client_id"),
+            Self::Unavailable => Some("unavailable"),
+            Self::TooManyConnections => None,
         }
     }
 
