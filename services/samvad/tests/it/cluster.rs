@@ -320,6 +320,12 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
         seen_rest = m.id == "rest-1";
     }
 
+    // MQTT over WebSocket through nginx (`/mqtt`), with paho: the PUBACK once durable, and the
+    // delivery on the recipient's topic, whichever gateways the two land on.
+    let gina = app.device("gina", "laptop").await;
+    let hugo = app.device("hugo", "phone").await;
+    crate::mqtt::paho_over_websocket(app.addr.port(), &gina, &hugo, "mqtt through nginx").await;
+
     // Attachments through nginx, in the S3-compatible store (deps runs s3s-fs).
     let erin = app.user("erin").await;
     let frank = app.user("frank").await;

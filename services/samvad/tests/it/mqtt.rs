@@ -383,11 +383,11 @@ async fn kill_9_after_an_mqtt_puback_loses_nothing() {
 }
 
 /// paho-mqtt (PyPI), the Eclipse client most MQTT apps are written with, over WebSocket at
-/// `/mqtt`: an MQTT 5 subscriber and a 3.1.1 publisher.
+/// `/mqtt`: the recipient's MQTT 5 subscriber, then the sender's 3.1.1 publisher.
 const PAHO_OVER_WEBSOCKET: &str = r#"
 import json, sys, time
 import paho.mqtt.client as mqtt
-port, alice_key, bob_key, payload = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+port, sender, sender_key, recipient, recipient_key, payload = sys.argv[1:7]
 got = []
 def client(user, key, device, protocol):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device,
@@ -395,14 +395,14 @@ def client(user, key, device, protocol):
     c.ws_set_options(path="/mqtt")
     c.username_pw_set(user, key)
     return c
-bob = client("bob", bob_key, "phone", mqtt.MQTTv5)
-bob.on_message = lambda c, u, m: got.append([m.topic, json.loads(m.payload)])
-bob.on_connect = lambda c, u, f, rc, p: c.subscribe("apps/samvad/users/bob/#", qos=1)
-bob.connect("127.0.0.1", port); bob.loop_start()
-alice = client("alice", alice_key, "laptop", mqtt.MQTTv311)
-alice.connect("127.0.0.1", port); alice.loop_start()
+to = client(recipient, recipient_key, "phone", mqtt.MQTTv5)
+to.on_message = lambda c, u, m: got.append([m.topic, json.loads(m.payload)])
+to.on_connect = lambda c, u, f, rc, p: c.subscribe(f"apps/samvad/users/{recipient}/#", qos=1)
+to.connect("127.0.0.1", int(port)); to.loop_start()
+frm = client(sender, sender_key, "laptop", mqtt.MQTTv311)
+frm.connect("127.0.0.1", int(port)); frm.loop_start()
 time.sleep(1)
-sent = alice.publish("apps/samvad/users/alice/bob/messages/outgoing", payload, qos=1)
+sent = frm.publish(f"apps/samvad/users/{sender}/{recipient}/messages/outgoing", payload, qos=1)
 sent.wait_for_publish(10)
 deadline = time.time() + 10
 while not got and time.time() < deadline:
@@ -410,29 +410,28 @@ while not got and time.time() < deadline:
 print(json.dumps({"acked": sent.is_published(), "got": got}))
 "#;
 
-#[tokio::test]
-async fn paho_speaks_mqtt_over_websocket() {
-    let app = TestApp::spawn().await;
-    let alice = app.device("alice", "laptop").await;
-    let bob = app.device("bob", "phone").await;
+/// `sender` (device `laptop`) writes `text` to `recipient` (device `phone`) with paho over
+/// MQTT-over-WebSocket on `port`: asserts the PUBACK and what the recipient's subscriber got.
+pub(crate) async fn paho_over_websocket(port: u16, sender: &User, recipient: &User, text: &str) {
     let python = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../target/tools/k8s-venv/bin/python"
     );
-    let payload = json(&chat("pw1", "alice", "bob", "over a websocket"));
-    let port = app.addr.port().to_string();
+    let payload = json(&chat("pw1", &sender.name, &recipient.name, text));
+    let port = port.to_string();
+    let args = [
+        "-c",
+        PAHO_OVER_WEBSOCKET,
+        &port,
+        &sender.name,
+        &sender.key,
+        &recipient.name,
+        &recipient.key,
+        &payload,
+    ];
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        Command::new(python)
-            .args([
-                "-c",
-                PAHO_OVER_WEBSOCKET,
-                &port,
-                &alice.key,
-                &bob.key,
-                &payload,
-            ])
-            .output(),
+        Command::new(python).args(args).output(),
     )
     .await
     .expect("paho in time")
@@ -441,8 +440,21 @@ async fn paho_speaks_mqtt_over_websocket() {
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(said["acked"], true, "{said}");
     let got = &said["got"][0];
-    assert_eq!(got[0], "apps/samvad/users/bob/alice/messages/clientadded");
-    assert_eq!(got[1]["body"]["text"], "over a websocket");
-    assert_eq!(got[1]["meta"]["seq"], 1);
+    assert_eq!(
+        got[0],
+        format!(
+            "apps/samvad/users/{}/{}/messages/clientadded",
+            recipient.name, sender.name
+        )
+    );
+    assert_eq!(got[1]["body"]["text"], text);
+}
+
+#[tokio::test]
+async fn paho_speaks_mqtt_over_websocket() {
+    let app = TestApp::spawn().await;
+    let alice = app.device("alice", "laptop").await;
+    let bob = app.device("bob", "phone").await;
+    paho_over_websocket(app.addr.port(), &alice, &bob, "over a websocket").await;
     app.stop().await;
 }
