@@ -232,12 +232,12 @@ impl Gateway {
     }
 
     /// Takes a place for a new connection of `user`, unless they hold as many as one user may.
-    fn register(&self, access: Access) -> Result<Registration, ApiError> {
+    fn register(&self, access: Access, via: Via) -> Result<Registration, ApiError> {
         let who = &access.who;
         let max = self.ctx.settings.max_connections_per_user;
         let mut conns = self.lock();
         if conns.get(&who.user).map_or(0, Vec::len) >= max {
-            self.ws.count_refusal("too_many_connections");
+            self.ingress(via).count_refusal("too_many_connections");
             return Err(ApiError::too_many(format!(
                 "at most {max} connections per user; close one first"
             )));
@@ -386,7 +386,7 @@ async fn upgrade(
     if let Some(sub) = creds.subprotocol {
         ws = ws.protocols([sub]);
     }
-    let registration = match gateway.register(access) {
+    let registration = match gateway.register(access, Via::WebSocket) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };

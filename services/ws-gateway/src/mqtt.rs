@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::session::{Door, End, Refused, Session, Wants, Why, Window};
+use crate::session::{Door, End, Refused, Session, Takes, Wants, Why, Window};
 use crate::{Format, Gateway, Item, Via};
 
 /// Deliveries in flight (sent at QoS 1, not yet PUBACKed) at most, whatever the client allows.
@@ -178,9 +178,8 @@ impl Tree {
     fn incoming(&self, conv: &Conv) -> String {
         match conv {
             Conv::Group(id) => format!("{}groups/{id}/messages/clientadded", self.root),
-            Conv::Direct { .. } => {
-                let name = conv.name_for(&self.user);
-                let peer = name.strip_prefix("chat:").unwrap_or(&name);
+            Conv::Direct { low, high } => {
+                let peer = if *low == self.user { high } else { low };
                 format!("{}{peer}/messages/clientadded", self.root)
             }
         }
@@ -207,6 +206,39 @@ impl Tree {
     }
 }
 
+/// A client's subscriptions, with the QoS granted, in its user's tree. Shared with the session
+/// (by pointer, as what the client takes now) until the next SUBSCRIBE or UNSUBSCRIBE
+/// replaces them.
+struct Subscriptions {
+    tree: Tree,
+    filters: Vec<(String, QoS)>,
+}
+
+impl Subscriptions {
+    /// The QoS a message on `topic` is sent at; `None` when no subscription names it.
+    fn granted(&self, topic: &str) -> Option<QoS> {
+        self.filters
+            .iter()
+            .filter(|(filter, _)| matches(filter, topic))
+            .map(|(_, qos)| *qos)
+            .max_by_key(|qos| u8::from(*qos))
+    }
+
+    /// The same tree with `filters`.
+    fn with(&self, filters: Vec<(String, QoS)>) -> Arc<Self> {
+        Arc::new(Self {
+            tree: self.tree.clone(),
+            filters,
+        })
+    }
+}
+
+impl Takes for Subscriptions {
+    fn takes(&self, conv: &Conv) -> bool {
+        self.granted(&self.tree.incoming(conv)).is_some()
+    }
+}
+
 /// Whether `topic` matches the subscription `filter` (`+` one level, `#` the rest).
 fn matches(filter: &str, topic: &str) -> bool {
     let mut topic = topic.split('/');
@@ -225,13 +257,11 @@ pub(crate) struct MqttDoor {
     wire: Wire,
     buf: BytesMut,
     codec: Codec,
-    tree: Tree,
     format: Format,
     /// Silence after which the client is closed.
     keep_alive: Duration,
     slow_client: Duration,
-    /// The subscriptions, with the QoS granted.
-    subscriptions: Arc<Vec<(String, QoS)>>,
+    subscriptions: Arc<Subscriptions>,
     /// Deliveries sent at QoS 1 and not yet PUBACKed, and where each stored one is.
     in_flight: HashMap<NonZeroU16, Option<(Conv, u64)>>,
     /// At most this many in flight.
@@ -244,12 +274,8 @@ impl MqttDoor {
         matches!(self.codec, Codec::V5(_))
     }
 
-    fn granted(&self, topic: &str) -> Option<QoS> {
-        self.subscriptions
-            .iter()
-            .filter(|(filter, _)| matches(filter, topic))
-            .map(|(_, qos)| *qos)
-            .max_by_key(|qos| u8::from(*qos))
+    fn tree(&self) -> &Tree {
+        &self.subscriptions.tree
     }
 
     fn packet_id(&mut self) -> NonZeroU16 {
@@ -274,6 +300,13 @@ impl MqttDoor {
         }
     }
 
+    /// Sends one packet.
+    async fn reply(&mut self, session: &Session, packet: Packet) -> Result<(), End> {
+        let mut out = BytesMut::new();
+        self.encode(packet, &mut out);
+        self.send(session, out).await
+    }
+
     async fn send(&mut self, session: &Session, out: BytesMut) -> Result<(), End> {
         if out.is_empty() {
             return Ok(());
@@ -291,7 +324,7 @@ impl MqttDoor {
             ingress.count_refusal("mqtt_unsupported");
             return Err(End::Close(Why::Malformed));
         }
-        let Some((channel, destination)) = self.tree.outgoing(&publish.topic) else {
+        let Some((channel, destination)) = self.tree().outgoing(&publish.topic) else {
             ingress.count_refusal("mqtt_topic");
             return self
                 .refuse(
@@ -299,7 +332,8 @@ impl MqttDoor {
                     &publish,
                     format!(
                         "publish to {}{{peer}}/messages/outgoing or {}groups/{{group}}/messages/outgoing",
-                        self.tree.root, self.tree.root
+                        self.tree().root,
+                        self.tree().root
                     ),
                     v5::PublishAckReason::NotAuthorized,
                 )
@@ -341,7 +375,6 @@ impl MqttDoor {
                 let Some(packet_id) = publish.packet_id else {
                     return Ok(());
                 };
-                let mut out = BytesMut::new();
                 let ack = if self.v5() {
                     Packet::V5(v5::Packet::PublishAck(v5::PublishAck {
                         packet_id,
@@ -352,8 +385,7 @@ impl MqttDoor {
                 } else {
                     Packet::V3(v3::Packet::PublishAck { packet_id })
                 };
-                self.encode(ack, &mut out);
-                self.send(session, out).await
+                self.reply(session, ack).await
             }
             Err(Refused::Flood) => Err(End::Close(Why::Flood)),
             Err(Refused::TooLarge) => Err(End::Close(Why::TooLarge)),
@@ -385,18 +417,17 @@ impl MqttDoor {
         reason: v5::PublishAckReason,
     ) -> Result<(), End> {
         let (true, Some(packet_id)) = (self.v5(), publish.packet_id) else {
-            tracing::info!(user = %self.tree.user, topic = %publish.topic, %error, "MQTT publish refused; closing");
+            tracing::info!(user = %self.tree().user, topic = %publish.topic, %error, "MQTT publish refused; closing");
             return Err(End::Close(Why::Malformed));
         };
-        let mut out = BytesMut::new();
         let ack = v5::PublishAck {
             packet_id,
             reason_code: reason,
             properties: Vec::new(),
             reason_string: Some(error.into()),
         };
-        self.encode(Packet::V5(v5::Packet::PublishAck(ack)), &mut out);
-        self.send(session, out).await
+        self.reply(session, Packet::V5(v5::Packet::PublishAck(ack)))
+            .await
     }
 
     async fn subscribe(
@@ -405,10 +436,10 @@ impl MqttDoor {
         packet_id: NonZeroU16,
         filters: Vec<(ByteString, QoS)>,
     ) -> Result<(), End> {
-        let mut subscriptions = (*self.subscriptions).clone();
+        let mut subscriptions = self.subscriptions.filters.clone();
         let mut granted = Vec::with_capacity(filters.len());
         for (filter, qos) in filters {
-            if self.tree.may_subscribe(&filter) {
+            if self.tree().may_subscribe(&filter) {
                 let qos = if qos == QoS::AtMostOnce {
                     QoS::AtMostOnce
                 } else {
@@ -425,7 +456,7 @@ impl MqttDoor {
                 granted.push(None);
             }
         }
-        self.subscriptions = Arc::new(subscriptions);
+        self.subscriptions = self.subscriptions.with(subscriptions);
         let packet = if self.v5() {
             Packet::V5(v5::Packet::SubscribeAck(v5::SubscribeAck {
                 packet_id,
@@ -452,9 +483,7 @@ impl MqttDoor {
                     .collect(),
             })
         };
-        let mut out = BytesMut::new();
-        self.encode(packet, &mut out);
-        self.send(session, out).await?;
+        self.reply(session, packet).await?;
         // What the device is owed in the conversations it now takes.
         session.rescan();
         Ok(())
@@ -498,9 +527,9 @@ impl Door for MqttDoor {
                 self.subscribe(session, packet_id, filters).await
             }
             Input::Unsubscribe { packet_id, filters } => {
-                let mut subscriptions = (*self.subscriptions).clone();
+                let mut subscriptions = self.subscriptions.filters.clone();
                 subscriptions.retain(|(f, _)| !filters.iter().any(|g| **g == **f));
-                self.subscriptions = Arc::new(subscriptions);
+                self.subscriptions = self.subscriptions.with(subscriptions);
                 let packet = if self.v5() {
                     Packet::V5(v5::Packet::UnsubscribeAck(v5::UnsubscribeAck {
                         packet_id,
@@ -511,19 +540,15 @@ impl Door for MqttDoor {
                 } else {
                     Packet::V3(v3::Packet::UnsubscribeAck { packet_id })
                 };
-                let mut out = BytesMut::new();
-                self.encode(packet, &mut out);
-                self.send(session, out).await
+                self.reply(session, packet).await
             }
             Input::Ping => {
-                let mut out = BytesMut::new();
                 let packet = if self.v5() {
                     Packet::V5(v5::Packet::PingResponse)
                 } else {
                     Packet::V3(v3::Packet::PingResponse)
                 };
-                self.encode(packet, &mut out);
-                self.send(session, out).await?;
+                self.reply(session, packet).await?;
                 session.pinged().await;
                 Ok(())
             }
@@ -541,8 +566,8 @@ impl Door for MqttDoor {
                 Some((conv, _)) => conv.clone(),
                 None => Conv::of(&item.message),
             };
-            let topic = self.tree.incoming(&conv);
-            let Some(qos) = self.granted(&topic) else {
+            let topic = self.tree().incoming(&conv);
+            let Some(qos) = self.subscriptions.granted(&topic) else {
                 continue;
             };
             session.written(item);
@@ -585,13 +610,9 @@ impl Door for MqttDoor {
     }
 
     fn window(&self) -> Window {
-        let (subscriptions, tree) = (Arc::clone(&self.subscriptions), self.tree.clone());
         Window {
             room: self.receive_max.saturating_sub(self.in_flight.len()),
-            takes: Some(Arc::new(move |conv: &Conv| {
-                let topic = tree.incoming(conv);
-                subscriptions.iter().any(|(f, _)| matches(f, &topic))
-            })),
+            takes: Some(Arc::clone(&self.subscriptions) as Arc<dyn Takes>),
         }
     }
 
@@ -658,14 +679,17 @@ pub(crate) async fn serve(gateway: Gateway, mut wire: Wire) {
         wire,
         buf,
         codec,
-        tree: Tree {
-            root: String::new(),
-            user: String::new(),
-        },
         format: Format::Text,
         keep_alive: QUIET,
         slow_client: settings.slow_client,
-        subscriptions: Arc::default(),
+        // Whose tree, once the CONNECT is accepted.
+        subscriptions: Arc::new(Subscriptions {
+            tree: Tree {
+                root: String::new(),
+                user: String::new(),
+            },
+            filters: Vec::new(),
+        }),
         in_flight: HashMap::new(),
         receive_max: IN_FLIGHT,
         next_id: 0,
@@ -740,25 +764,23 @@ impl MqttDoor {
                 .unwrap_or_default(),
             subprotocol: None,
         };
-        let refusal = |code: Refusal| Err::<samvad_auth::Access, _>(code);
         let accepted = if connect.username.is_none() || creds.key.is_empty() {
-            refusal(Refusal::BadCredentials)
+            Err(Refusal::BadCredentials)
         } else {
             match gateway.ctx.authenticate(&creds).await {
-                Ok(access) => {
-                    if connect.client_id.is_empty() || connect.client_id == access.who.device {
-                        Ok(access)
-                    } else {
-                        refusal(Refusal::ClientId)
-                    }
+                Ok(access)
+                    if connect.client_id.is_empty() || connect.client_id == access.who.device =>
+                {
+                    Ok(access)
                 }
-                Err(e) if e.status.is_server_error() => refusal(Refusal::Unavailable),
-                Err(_) => refusal(Refusal::BadCredentials),
+                Ok(_) => Err(Refusal::ClientId),
+                Err(e) if e.status.is_server_error() => Err(Refusal::Unavailable),
+                Err(_) => Err(Refusal::BadCredentials),
             }
         };
         let registration = accepted.and_then(|access| {
             gateway
-                .register(access)
+                .register(access, Via::Mqtt)
                 .map_err(|_| Refusal::TooManyConnections)
         });
         let settings = &gateway.ctx.settings;
@@ -766,10 +788,13 @@ impl MqttDoor {
         match &registration {
             Ok(r) => {
                 let who = &r.access.who;
-                self.tree = Tree {
-                    root: format!("apps/{}/users/{}/", settings.mqtt_app, who.user),
-                    user: who.user.clone(),
-                };
+                self.subscriptions = Arc::new(Subscriptions {
+                    tree: Tree {
+                        root: format!("apps/{}/users/{}/", settings.mqtt_app, who.user),
+                        user: who.user.clone(),
+                    },
+                    filters: Vec::new(),
+                });
                 if connect.binary {
                     self.format = Format::Binary;
                 }
@@ -841,8 +866,8 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The label it is counted under (one connection too many is counted where it is refused,
-    /// in `Gateway::register`).
+    /// The label it is counted under (one connection too many is counted by
+    /// `Gateway::register`, which refuses it).
     fn label(self) -> Option<&'static str> {
         match self {
             Self::BadCredentials => Some("bad_credentials"),

@@ -68,10 +68,13 @@ pub(crate) trait Door: Send {
 pub(crate) struct Window {
     pub(crate) room: usize,
     /// `None`: every conversation.
-    pub(crate) takes: Option<Takes>,
+    pub(crate) takes: Option<Arc<dyn Takes>>,
 }
 
-pub(crate) type Takes = Arc<dyn Fn(&Conv) -> bool + Send + Sync>;
+/// Which conversations a client takes now.
+pub(crate) trait Takes: Send + Sync {
+    fn takes(&self, conv: &Conv) -> bool;
+}
 
 impl Window {
     /// Everything, as fast as it comes.
@@ -81,7 +84,7 @@ impl Window {
     };
 
     fn takes(&self, conv: &Conv) -> bool {
-        self.takes.as_ref().is_none_or(|takes| takes(conv))
+        self.takes.as_ref().is_none_or(|t| t.takes(conv))
     }
 }
 
