@@ -12,6 +12,8 @@ use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, Mes
 use samvad_store::{Conv, StoreError, Stores};
 use tokio::sync::mpsc;
 
+/// The most messages one request may send (REST, gRPC `Send`).
+pub const MAX_BATCH: usize = 100;
 /// Usernames known to exist, remembered so most sends skip the profile lookup. Bounded: past
 /// the bound it is cleared and refills.
 const KNOWN_USERS_MAX: usize = 100_000;
@@ -82,6 +84,30 @@ impl From<Rejection> for ApiError {
                 ApiError::not_found(r.to_string())
             }
             r => ApiError::bad_request(r.to_string()),
+        }
+    }
+}
+
+/// Why a batch sent in one request was not sent: none of it was.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The message at this index was refused.
+    #[error("message {0}: {1}")]
+    Refused(usize, #[source] Rejection),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Says which message of the batch was refused.
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Refused(i, rejection) => {
+                let mut error = ApiError::from(rejection);
+                error.message = format!("message {i}: {}", error.message);
+                error
+            }
+            BatchError::Bus(e) => e.into(),
         }
     }
 }
@@ -194,6 +220,29 @@ impl Ingress {
         self.known_users
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a batch that `device` of `user` sent in one request: each message decoded,
+    /// checked and stamped, then all of them published together, durably. All or nothing: the
+    /// first message refused refuses the batch, and the rest are not looked at.
+    pub async fn send_batch(
+        &self,
+        user: &str,
+        device: &str,
+        decoded: impl IntoIterator<Item = Result<Message, DecodeError>>,
+    ) -> Result<Vec<Message>, BatchError> {
+        let mut accepted = Vec::new();
+        for (i, message) in decoded.into_iter().enumerate() {
+            let message = message.map_err(|e| {
+                let rejection = Rejection::Decode(e);
+                self.count_refusal(rejection.reason());
+                BatchError::Refused(i, rejection)
+            })?;
+            let message = self.accept(user, message).await;
+            accepted.push(message.map_err(|r| BatchError::Refused(i, r))?);
+        }
+        self.publish(device, &accepted).await?;
+        Ok(accepted)
     }
 
     /// Publishes messages `device` sent, as accepted; returns once they are durable. Client

@@ -86,6 +86,12 @@ impl Context {
         self.shared.shutdown.clone()
     }
 
+    /// Cancelled at a stop signal: the node is draining (`/readyz` says 503), so that new work
+    /// goes elsewhere while it still serves.
+    pub fn draining(&self) -> CancellationToken {
+        self.shared.draining.clone()
+    }
+
     /// Cancelled when long-lived connections should close, each after a random delay within
     /// `SAMVAD_CLOSE_SPREAD_SECS` (a restart then brings no reconnect storm).
     pub fn closing(&self) -> CancellationToken {

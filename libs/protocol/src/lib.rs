@@ -113,7 +113,7 @@ mod json;
 mod message;
 mod v1;
 mod v2;
-mod v3;
+pub mod v3;
 
 pub use error::{DecodeError, InvalidMessage, UnknownName};
 pub use message::{Channel, Encoding, Limits, MAX_ID_BYTES, Message, MessageType, SERVER_SOURCE};

@@ -20,8 +20,8 @@ pub use asset::{Asset, AssetStore, FILE_ID_PREFIX, file_ids, is_file_id};
 pub use embedded::EmbeddedStore;
 pub use mongo::MongoStore;
 pub use timeline::{
-    Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, SYSTEM_DEVICE,
-    TimelineStore, Window, stamp,
+    Ack, Appended, Conv, ConvState, DeviceRef, Entry, HISTORY_PAGE, HISTORY_PAGE_MAX, NewEntry,
+    Page, Position, SYSTEM_DEVICE, TimelineStore, Window, history, stamp,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -185,6 +185,36 @@ pub struct Window {
     pub more: bool,
 }
 
+/// Messages in a page of history unless the reader asks otherwise, and at most.
+pub const HISTORY_PAGE: usize = 50;
+pub const HISTORY_PAGE_MAX: usize = 200;
+
+/// A page of `conv` as `user` reads its history (PROTOCOL §7): oldest first, each message
+/// stamped with its place as the user names it, nothing from before they joined a group, and
+/// whether more lies beyond it. `None` when the user takes no part in `conv`.
+pub async fn history(
+    timeline: &dyn TimelineStore,
+    user: &str,
+    conv: &Conv,
+    page: Page,
+    limit: usize,
+) -> Result<Option<(Vec<Message>, bool)>> {
+    let Some(state) = timeline.conversation(user, conv).await? else {
+        return Ok(None);
+    };
+    let window = timeline.window(conv, page, state.since_seq, limit).await?;
+    let messages = window
+        .entries
+        .into_iter()
+        .map(|entry| {
+            let mut message = entry.message;
+            stamp(&mut message, user, entry.seq);
+            message
+        })
+        .collect();
+    Ok(Some((messages, window.more)))
+}
+
 /// A user's view of one conversation they take part in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvState {

@@ -7,13 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use samvad_kit::{ApiError, Context, User};
 use samvad_protocol::Encoding;
-use samvad_store::{Conv, Page};
+use samvad_store::{Conv, HISTORY_PAGE, HISTORY_PAGE_MAX, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-/// Messages per page unless the caller asks otherwise, and at most.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 200;
 
 /// `GET /v1.0/conversations`: every conversation the caller takes part in, most recently
 /// active first.
@@ -62,10 +58,10 @@ pub(crate) async fn messages(
             return Err(ApiError::bad_request("give `before` or `after`, not both"));
         }
     };
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
+    let limit = params.limit.unwrap_or(HISTORY_PAGE);
+    if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
         return Err(ApiError::bad_request(format!(
-            "limit must be 1 to {MAX_LIMIT}"
+            "limit must be 1 to {HISTORY_PAGE_MAX}"
         )));
     }
     let binary = match params.format.as_deref() {
@@ -79,24 +75,18 @@ pub(crate) async fn messages(
     };
     let not_found = || ApiError::not_found(format!("you take no part in {conv_name}"));
     let conv = Conv::parse_for(&name, &conv_name).ok_or_else(not_found)?;
-    let timeline = &ctx.stores.timeline;
-    let state = timeline
-        .conversation(&name, &conv)
+    let (messages, more) = samvad_store::history(&*ctx.stores.timeline, &name, &conv, page, limit)
         .await?
         .ok_or_else(not_found)?;
-    let window = timeline.window(&conv, page, state.since_seq, limit).await?;
-    let messages: Vec<String> = window
-        .entries
-        .into_iter()
-        .map(|entry| {
-            let mut message = entry.message;
-            samvad_store::stamp(&mut message, &name, entry.seq);
+    let messages: Vec<String> = messages
+        .iter()
+        .map(|message| {
             if binary {
-                STANDARD.encode(samvad_protocol::encode_binary(&message))
+                STANDARD.encode(samvad_protocol::encode_binary(message))
             } else {
-                samvad_protocol::encode_text(&message, Encoding::V2_1)
+                samvad_protocol::encode_text(message, Encoding::V2_1)
             }
         })
         .collect();
-    Ok(Json(json!({ "messages": messages, "more": window.more })))
+    Ok(Json(json!({ "messages": messages, "more": more })))
 }

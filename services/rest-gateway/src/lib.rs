@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use samvad_ingress::{Ingress, Rejection};
+use samvad_ingress::{Ingress, MAX_BATCH};
 use samvad_kit::{ApiError, Context, PerUser, ServiceDef, User};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
@@ -21,9 +21,6 @@ pub const SERVICE: ServiceDef = ServiceDef {
     name: "rest-gateway",
     start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
 };
-
-/// Most messages one request may carry.
-const MAX_BATCH: usize = 100;
 
 #[derive(Clone, FromRef)]
 struct Rest {
@@ -73,29 +70,20 @@ async fn send(
         ));
     }
     let binary = params.format.as_deref() == Some("binary");
-    let mut accepted = Vec::with_capacity(frames.len());
-    for (i, frame) in frames.iter().enumerate() {
-        let decoded = if binary {
+    let limits = ingress.limits();
+    let decoded: Vec<_> = if binary {
+        let base64 = frames.iter().enumerate().map(|(i, frame)| {
             let bytes = STANDARD
                 .decode(frame)
                 .map_err(|e| ApiError::bad_request(format!("message {i}: not base64: {e}")))?;
-            samvad_protocol::decode_binary(&bytes, ingress.limits())
-        } else {
-            samvad_protocol::decode_text(frame, ingress.limits())
-        };
-        let message = decoded.map_err(|e| {
-            let rejection = Rejection::Decode(e);
-            ingress.count_refusal(rejection.reason());
-            numbered(i, rejection)
-        })?;
-        accepted.push(
-            ingress
-                .accept(&user, message)
-                .await
-                .map_err(|e| numbered(i, e))?,
-        );
-    }
-    ingress.publish(&device, &accepted).await?;
+            Ok(samvad_protocol::decode_binary(&bytes, limits))
+        });
+        base64.collect::<Result<_, ApiError>>()?
+    } else {
+        let text = |frame: &String| samvad_protocol::decode_text(frame, limits);
+        frames.iter().map(text).collect()
+    };
+    let accepted = ingress.send_batch(&user, &device, decoded).await?;
     if params.ack.as_deref() != Some("true") {
         return Ok((StatusCode::CREATED, Json(json!({}))));
     }
@@ -112,11 +100,4 @@ async fn send(
         })
         .collect();
     Ok((StatusCode::CREATED, Json(json!({ "acks": acks }))))
-}
-
-/// Says which message of the batch was refused; none of the batch is sent.
-fn numbered(i: usize, rejection: Rejection) -> ApiError {
-    let mut error = ApiError::from(rejection);
-    error.message = format!("message {i}: {}", error.message);
-    error
 }

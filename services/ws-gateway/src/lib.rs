@@ -8,6 +8,7 @@
 //! up (its bounded queue is full) is closed rather than allowed to grow memory; what it missed
 //! is read from the timeline when it returns.
 
+mod grpc;
 mod mqtt;
 mod presence;
 mod session;
@@ -89,6 +90,14 @@ impl Item {
             .get_or_init(|| encode(&self.message, format))
             .clone()
     }
+
+    /// Its v3 bytes: the payload of its binary frame.
+    pub(crate) fn v3(&self) -> bytes::Bytes {
+        match self.frame(Format::Binary) {
+            Frame::Binary(bytes) => bytes,
+            _ => unreachable!("a binary frame"),
+        }
+    }
 }
 
 /// `message` as a frame of the connection's format.
@@ -123,6 +132,7 @@ pub(crate) struct Gateway(Arc<GatewayState>);
 pub(crate) enum Via {
     WebSocket,
     Mqtt,
+    Grpc,
 }
 
 pub(crate) struct GatewayState {
@@ -130,6 +140,7 @@ pub(crate) struct GatewayState {
     /// Each door's front door to the system (counted apart).
     ws: Ingress,
     mqtt: Ingress,
+    pub(crate) grpc: Ingress,
     /// What each user may send (acks aside) across all their connections here, so that more
     /// sockets do not buy a faster flood.
     pub(crate) sends: PerUser,
@@ -143,6 +154,7 @@ impl GatewayState {
         match via {
             Via::WebSocket => &self.ws,
             Via::Mqtt => &self.mqtt,
+            Via::Grpc => &self.grpc,
         }
     }
 }
@@ -160,6 +172,7 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         ctx: ctx.clone(),
         ws: Ingress::new(ctx, "ws"),
         mqtt: Ingress::new(ctx, "mqtt"),
+        grpc: Ingress::new(ctx, "grpc"),
         sends: PerUser::new(f64::from(ctx.settings.rate_limit), ctx.settings.rate_burst),
         conns: Mutex::default(),
         next_id: AtomicU64::new(0),
@@ -177,6 +190,13 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
             .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
         tracing::info!(%addr, "MQTT listening");
         ctx.spawn("mqtt listener", accept_mqtt(gateway.clone(), listener));
+    }
+    if let Some(addr) = ctx.settings.grpc_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for gRPC on {addr}"))?;
+        tracing::info!(%addr, "gRPC listening");
+        ctx.spawn("grpc server", grpc::serve(gateway.clone(), listener));
     }
     Ok(Router::new()
         .route("/v1.0/wss/", get(upgrade))

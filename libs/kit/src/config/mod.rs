@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "SAMVAD_MQTT_LISTEN")]
     pub mqtt_listen: Option<String>,
 
+    /// Address the gRPC door (HTTP/2, `samvad.chat.v1.Chat` with health and reflection) binds;
+    /// unset, none.
+    #[arg(long, env = "SAMVAD_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+
     /// The `{app}` of MQTT topics: `apps/{app}/users/{user}/…`.
     #[arg(long, env = "SAMVAD_MQTT_APP", default_value = "samvad")]
     pub mqtt_app: String,
@@ -228,6 +233,7 @@ pub enum AuthProvider {
 pub struct Settings {
     pub listen: SocketAddr,
     pub mqtt_listen: Option<SocketAddr>,
+    pub grpc_listen: Option<SocketAddr>,
     pub mqtt_app: String,
     pub data_dir: PathBuf,
     pub json_logs: bool,
@@ -294,6 +300,14 @@ impl Config {
             format!(
                 "SAMVAD_MQTT_LISTEN: `{}` is not an address like 127.0.0.1:1883",
                 self.mqtt_listen.as_deref().unwrap_or_default()
+            ),
+        );
+        let grpc_listen = self.grpc_listen.as_deref().map(str::parse::<SocketAddr>);
+        check(
+            !matches!(grpc_listen, Some(Err(_))),
+            format!(
+                "SAMVAD_GRPC_LISTEN: `{}` is not an address like 127.0.0.1:50051",
+                self.grpc_listen.as_deref().unwrap_or_default()
             ),
         );
         let mqtt_app_ok = !self.mqtt_app.is_empty()
@@ -466,6 +480,7 @@ impl Config {
             (Ok(listen), Some(auth)) if problems.is_empty() => Ok(Settings {
                 listen,
                 mqtt_listen: mqtt_listen.and_then(Result::ok),
+                grpc_listen: grpc_listen.and_then(Result::ok),
                 mqtt_app: self.mqtt_app.clone(),
                 data_dir: self.data_dir.clone(),
                 json_logs,

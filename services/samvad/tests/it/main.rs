@@ -14,6 +14,7 @@ mod devices;
 mod durability;
 mod garbage;
 mod groups;
+mod grpc;
 mod history;
 mod login;
 mod mqtt;

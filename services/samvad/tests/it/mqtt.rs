@@ -38,7 +38,7 @@ fn mosquitto(tool: &str, port: u16, user: &User, device: &str, version: &str) ->
 }
 
 /// Publishes `payload` at QoS 1 and returns the exit code and what the tool printed.
-async fn publish(
+pub(crate) async fn publish(
     port: u16,
     user: &User,
     device: &str,
@@ -60,13 +60,19 @@ async fn publish(
 }
 
 /// A `mosquitto_sub` subscribed at QoS 1 to `filter`, printing `topic payload` lines.
-struct Subscriber {
+pub(crate) struct Subscriber {
     child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 impl Subscriber {
-    async fn start(port: u16, user: &User, device: &str, version: &str, filter: &str) -> Self {
+    pub(crate) async fn start(
+        port: u16,
+        user: &User,
+        device: &str,
+        version: &str,
+        filter: &str,
+    ) -> Self {
         let mut child = mosquitto("mosquitto_sub", port, user, device, version)
             .args(["-q", "1", "-v", "-t", filter])
             .spawn()
@@ -79,7 +85,7 @@ impl Subscriber {
     }
 
     /// The next delivery: its topic and the message in it.
-    async fn next(&mut self) -> (String, Value) {
+    pub(crate) async fn next(&mut self) -> (String, Value) {
         let line = tokio::time::timeout(WAIT, self.lines.next_line())
             .await
             .expect("a delivery in time")
@@ -96,7 +102,7 @@ impl Subscriber {
     }
 
     /// Disconnects (its PUBACKs of what it printed are sent by then).
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // SIGTERM: mosquitto_sub disconnects cleanly.
         let pid = self.child.id().unwrap();
         let _ = std::process::Command::new("kill")
@@ -106,7 +112,7 @@ impl Subscriber {
     }
 }
 
-fn json(m: &samvad_protocol::Message) -> String {
+pub(crate) fn json(m: &samvad_protocol::Message) -> String {
     samvad_protocol::encode_text(m, Encoding::V2_1)
 }
 

@@ -1,0 +1,474 @@
+//! The gRPC door, driven by a client this project did not write: Python's grpcio, with stubs
+//! that grpcio-tools generates from the published `libs/protocol/proto/chat.proto`
+//! (`grpc_client.py` only carries messages between it and the test). A WebSocket user, an
+//! MQTT user (mosquitto) and a gRPC user share one 1:1 chat and one group.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use samvad_protocol::{Limits, Message, MessageType};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::durability::Server;
+use crate::groups::create_group;
+use crate::mqtt::{self, Subscriber};
+use crate::support::{TestApp, User, WAIT, chat, group_chat, text_of};
+
+const PYTHON: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../target/tools/k8s-venv/bin/python"
+);
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/grpc_client.py");
+
+/// An all-in-one server with its gRPC door (and its MQTT door) open, and their ports.
+async fn spawn() -> (TestApp, u16, u16) {
+    let (grpc, mqtt) = (samvad_testkit::free_port(), samvad_testkit::free_port());
+    let (grpc_listen, mqtt_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{mqtt}"));
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_GRPC_LISTEN", grpc_listen.as_str()),
+        ("SAMVAD_MQTT_LISTEN", mqtt_listen.as_str()),
+    ])
+    .await;
+    (app, grpc, mqtt)
+}
+
+fn b64(m: &Message) -> String {
+    STANDARD.encode(samvad_protocol::encode_binary(m))
+}
+
+fn unb64(v: &Value) -> Message {
+    let bytes = STANDARD.decode(v.as_str().expect("base64")).unwrap();
+    samvad_protocol::decode_binary(&bytes, &Limits { max_bytes: 1 << 22 }).unwrap()
+}
+
+fn client(port: u16, key: &str) -> Command {
+    let mut cmd = Command::new(PYTHON);
+    cmd.args([CLIENT, &format!("127.0.0.1:{port}"), key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A one-shot call: what the client printed.
+async fn call(port: u16, key: &str, args: &[&str]) -> Value {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        client(port, key).args(args).stdin(Stdio::null()).output(),
+    )
+    .await
+    .expect("the gRPC client in time")
+    .expect("the test command's venv with grpcio (deployment/scripts/test)");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// What a `Connect` call sees.
+#[derive(Debug)]
+enum Event {
+    Message(Message),
+    Refusal(Value),
+    /// The call ended: its status code's name and details.
+    Ended(String, String),
+}
+
+/// A `Connect` call of one device.
+struct Connection {
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Connection {
+    async fn open(port: u16, user: &User, sync: bool) -> Self {
+        let mut cmd = client(port, &user.key);
+        cmd.arg("connect");
+        if sync {
+            cmd.arg("sync");
+        }
+        let mut child = cmd.spawn().expect("the test command's venv with grpcio");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn send(&mut self, m: &Message) {
+        let line = format!("{}\n", json!({ "send": b64(m) }));
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    async fn try_next(&mut self, wait: Duration) -> Option<Event> {
+        let line = tokio::time::timeout(wait, self.lines.next_line())
+            .await
+            .ok()?;
+        let line = line.unwrap().expect("the gRPC client still running");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        Some(if let Some(m) = v.get("message") {
+            Event::Message(unb64(m))
+        } else if let Some(r) = v.get("refusal") {
+            Event::Refusal(r.clone())
+        } else {
+            Event::Ended(
+                v["status"].as_str().unwrap().to_owned(),
+                v["details"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+    }
+
+    async fn next(&mut self) -> Event {
+        self.try_next(WAIT).await.expect("an event in time")
+    }
+
+    async fn message(&mut self) -> Message {
+        match self.next().await {
+            Event::Message(m) => m,
+            other => panic!("expected a message, saw {other:?}"),
+        }
+    }
+
+    /// The next message that is not a notice (a group's membership, say).
+    async fn chat_message(&mut self) -> Message {
+        loop {
+            let m = self.message().await;
+            if m.kind != MessageType::Notification {
+                return m;
+            }
+        }
+    }
+
+    /// The server ack of `id`, and no other message before it.
+    async fn server_ack(&mut self, id: &str) {
+        let m = self.chat_message().await;
+        assert_eq!((m.kind, m.id.as_str()), (MessageType::ServerAck, id));
+    }
+
+    async fn ended(&mut self) -> (String, String) {
+        loop {
+            if let Event::Ended(code, details) = self.next().await {
+                return (code, details);
+            }
+        }
+    }
+
+    async fn quiet(&mut self) {
+        if let Some(seen) = self.try_next(Duration::from_millis(500)).await {
+            panic!("expected nothing, saw {seen:?}");
+        }
+    }
+
+    async fn client_ack(&mut self, m: &Message) {
+        let ack = Message {
+            version: 3.0,
+            id: m.id.clone(),
+            kind: MessageType::ClientAck,
+            destination: "server".into(),
+            ..Message::default()
+        };
+        self.send(&ack).await;
+    }
+
+    /// Cancels the call (the client process goes away).
+    async fn close(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+#[tokio::test]
+async fn grpc_websocket_and_mqtt_users_share_a_chat_and_a_group() {
+    let (app, grpc, port) = spawn().await;
+    let alice = app.user("alice").await;
+    let bob = app.device("bob", "phone").await;
+    let carol = app.device("carol", "tablet").await;
+    let mut ws = app.connect(&alice, "text", true).await;
+    let mut sub = Subscriber::start(port, &bob, "phone", "mqttv5", "apps/samvad/users/bob/#").await;
+    let mut rpc = Connection::open(grpc, &carol, false).await;
+
+    // gRPC → WebSocket, acked once stored.
+    rpc.send(&chat("g1", "carol", "alice", "hello from grpc"))
+        .await;
+    rpc.server_ack("g1").await;
+    let got = ws.chat_message().await;
+    assert_eq!((got.id.as_str(), got.source.as_str()), ("g1", "carol"));
+    assert_eq!(text_of(&got), "hello from grpc");
+    assert_eq!(got.meta["conv"], "chat:carol");
+
+    // WebSocket → gRPC, with its place in the conversation.
+    ws.send(&chat("w1", "alice", "carol", "hello over grpc"))
+        .await;
+    let got = rpc.message().await;
+    assert_eq!(
+        (got.id.as_str(), text_of(&got).as_str()),
+        ("w1", "hello over grpc")
+    );
+    assert_eq!(got.meta["conv"], "chat:alice");
+    assert_eq!(got.meta["seq"], "2");
+    rpc.client_ack(&got).await;
+
+    // One group of the three: each door's message reaches the two others.
+    let group = create_group(&app, &alice, "doors", &["bob", "carol"]).await;
+    rpc.send(&group_chat("g2", "carol", &group, "to the group from grpc"))
+        .await;
+    rpc.server_ack("g2").await;
+    let got = loop {
+        let m = ws.chat_message().await;
+        if m.kind != MessageType::Notification {
+            break m;
+        }
+    };
+    assert_eq!((got.id.as_str(), got.source.as_str()), ("g2", "carol"));
+    loop {
+        let (topic, m) = sub.next().await;
+        if m["id"] == "g2" {
+            assert_eq!(
+                topic,
+                format!("apps/samvad/users/bob/groups/{group}/messages/clientadded")
+            );
+            break;
+        }
+    }
+    let (code, said) = mqtt::publish(
+        port,
+        &bob,
+        "phone",
+        "mqttv5",
+        &format!("apps/samvad/users/bob/groups/{group}/messages/outgoing"),
+        &mqtt::json(&group_chat("q1", "bob", &group, "to the group from mqtt")),
+    )
+    .await;
+    assert_eq!(code, 0, "{said}");
+    let got = rpc.chat_message().await;
+    assert_eq!((got.id.as_str(), got.source.as_str()), ("q1", "bob"));
+    assert_eq!(got.meta["conv"], format!("group:{group}"));
+    rpc.close().await;
+    sub.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_grpc_device_acks_resumes_and_reads_history() {
+    let (app, grpc, _) = spawn().await;
+    let alice = app.user("alice").await;
+    let carol = app.device("carol", "tablet").await;
+    let mut ws = app.connect(&alice, "text", true).await;
+    for i in 1..=3 {
+        let id = format!("m{i}");
+        ws.send(&chat(&id, "alice", "carol", &format!("#{i}")))
+            .await;
+        assert_eq!(ws.message().await.id, id); // the server ack
+    }
+
+    // Offline until now: everything owed, in order; two acked.
+    let mut rpc = Connection::open(grpc, &carol, false).await;
+    let got: Vec<Message> = vec![
+        rpc.message().await,
+        rpc.message().await,
+        rpc.message().await,
+    ];
+    let ids: Vec<&str> = got.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+    rpc.client_ack(&got[0]).await;
+    rpc.client_ack(&got[1]).await;
+    rpc.quiet().await;
+    rpc.close().await;
+
+    // Back again: only what it did not ack.
+    let mut rpc = Connection::open(grpc, &carol, false).await;
+    assert_eq!(rpc.message().await.id, "m3");
+    rpc.quiet().await;
+    rpc.close().await;
+
+    // The unary calls: send a batch, acked once durable; list and page the conversation.
+    let batch = [
+        chat("s1", "carol", "alice", "one"),
+        chat("s2", "carol", "alice", "two"),
+    ];
+    let sent = call(
+        grpc,
+        &carol.key,
+        &["send", &b64(&batch[0]), &b64(&batch[1])],
+    )
+    .await;
+    let acks: Vec<Message> = sent["acks"].as_array().unwrap().iter().map(unb64).collect();
+    assert!(
+        acks.iter().map(|a| (a.kind, a.id.as_str())).eq([
+            (MessageType::ServerAck, "s1"),
+            (MessageType::ServerAck, "s2")
+        ]),
+        "{sent}"
+    );
+    assert_eq!(ws.chat_message().await.id, "s1");
+    assert_eq!(ws.chat_message().await.id, "s2");
+    let convs = call(grpc, &carol.key, &["conversations"]).await;
+    assert_eq!(convs["conversations"][0]["conv"], "chat:alice", "{convs}");
+    assert_eq!(convs["conversations"][0]["last_seq"], 5, "{convs}");
+    let page = call(
+        grpc,
+        &carol.key,
+        &["history", "chat:alice", "before", "5", "2"],
+    )
+    .await;
+    let ids: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| unb64(m).id)
+        .collect();
+    assert_eq!(ids, ["m3", "s1"], "{page}");
+    assert_eq!(page["more"], true);
+    let absent = call(
+        grpc,
+        &carol.key,
+        &["history", "chat:nobody", "latest", "0", "0"],
+    )
+    .await;
+    assert_eq!(absent["status"], "NOT_FOUND", "{absent}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_refusals_harm_only_that_client() {
+    let (app, grpc, _) = spawn().await;
+    let alice = app.user("alice").await;
+    let carol = app.device("carol", "tablet").await;
+    let dave = app.device("dave", "phone").await;
+    let group = create_group(&app, &alice, "closed", &["dave"]).await;
+    let mut bystander = Connection::open(grpc, &dave, false).await;
+
+    // A wrong or missing key.
+    let wrong = call(grpc, "not-a-key", &["conversations"]).await;
+    assert_eq!(wrong["status"], "UNAUTHENTICATED", "{wrong}");
+    let mut nobody = Connection::open(
+        grpc,
+        &User {
+            name: "x".into(),
+            key: "bad".into(),
+        },
+        false,
+    )
+    .await;
+    assert_eq!(nobody.ended().await.0, "UNAUTHENTICATED");
+
+    // A group one is not in: refused, that message alone, and the call goes on.
+    let mut rpc = Connection::open(grpc, &carol, false).await;
+    rpc.send(&group_chat("x1", "carol", &group, "let me in"))
+        .await;
+    match rpc.next().await {
+        Event::Refusal(r) => {
+            assert_eq!(r["id"], "x1", "{r}");
+            assert_eq!(r["forbidden"], true, "{r}");
+        }
+        other => panic!("expected a refusal, saw {other:?}"),
+    }
+    rpc.send(&chat("ok1", "carol", "dave", "still here")).await;
+    rpc.server_ack("ok1").await;
+    assert_eq!(bystander.chat_message().await.id, "ok1");
+
+    // A batch with a refused message sends nothing, and says which.
+    let batch = [
+        chat("b1", "carol", "dave", "fine"),
+        group_chat("b2", "carol", &group, "no"),
+    ];
+    let refused = call(
+        grpc,
+        &carol.key,
+        &["send", &b64(&batch[0]), &b64(&batch[1])],
+    )
+    .await;
+    assert_eq!(refused["status"], "PERMISSION_DENIED", "{refused}");
+    assert!(
+        refused["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("message 1:"),
+        "{refused}"
+    );
+    let empty = call(grpc, &carol.key, &["send"]).await;
+    assert_eq!(empty["status"], "INVALID_ARGUMENT", "{empty}");
+
+    // Not a protobuf message at all: that call ends.
+    let garbage = call(grpc, &carol.key, &["garbage", "0affffffff0f"]).await;
+    assert_eq!(garbage["status"], "INVALID_ARGUMENT", "{garbage}");
+
+    // Over the size limit: that call ends, the others go on.
+    let big = chat("big", "carol", "dave", &"x".repeat(70 * 1024));
+    rpc.send(&big).await;
+    let (code, details) = rpc.ended().await;
+    assert_eq!(code, "RESOURCE_EXHAUSTED", "{details}");
+    let sent = call(
+        grpc,
+        &alice.key,
+        &["send", &b64(&chat("a1", "alice", "dave", "hi"))],
+    )
+    .await;
+    assert!(sent.get("acks").is_some(), "{sent}");
+    assert_eq!(bystander.chat_message().await.id, "a1");
+    bystander.quiet().await;
+    assert!(
+        app.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("samvad_messages_refused_total") && l.contains("not_member")),
+        "refusals are counted"
+    );
+    bystander.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_health_and_reflection() {
+    let (app, grpc, _) = spawn().await;
+    let health = call(grpc, "-", &["health", "samvad.chat.v1.Chat"]).await;
+    assert_eq!(health["status"], "SERVING", "{health}");
+    let overall = call(grpc, "-", &["health", ""]).await;
+    assert_eq!(overall["status"], "SERVING", "{overall}");
+    let reflected = call(grpc, "-", &["reflect"]).await;
+    let services = reflected["services"].as_array().unwrap();
+    for name in ["samvad.chat.v1.Chat", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|s| s == name), "{name} in {reflected}");
+    }
+    assert_eq!(
+        reflected["chat_methods"],
+        json!(["Connect", "Send", "Conversations", "History"])
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_after_a_grpc_server_ack_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = samvad_testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("SAMVAD_GRPC_LISTEN", listen.as_str())];
+    let server = Server::start_with(dir.path(), &env);
+    let app = server.app();
+    let alice = app.user("alice").await;
+    let carol = app.device("carol", "tablet").await;
+    let mut rpc = Connection::open(port, &carol, false).await;
+    const SENT: usize = 20;
+    for i in 0..SENT {
+        let id = format!("k-{i:02}");
+        rpc.send(&chat(&id, "carol", "alice", &format!("#{i}")))
+            .await;
+        rpc.server_ack(&id).await;
+    }
+    server.kill9();
+    assert_eq!(rpc.ended().await.0, "UNAVAILABLE");
+
+    let server = Server::start_with(dir.path(), &env);
+    let mut a = server.app().connect(&alice, "text", false).await;
+    let mut received = Vec::new();
+    while let Some(crate::support::Seen::Message(m)) = a.try_next(Duration::from_secs(2)).await {
+        received.push(m.id);
+    }
+    let expected: Vec<String> = (0..SENT).map(|i| format!("k-{i:02}")).collect();
+    assert_eq!(received, expected, "every acked message, in order");
+}
