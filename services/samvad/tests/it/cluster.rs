@@ -326,6 +326,11 @@ async fn delivers_through_nginx_and_survives_kill_9(bus: &'static str) {
     let hugo = app.device("hugo", "phone").await;
     crate::mqtt::paho_over_websocket(app.addr.port(), &gina, &hugo, "mqtt through nginx").await;
 
+    // gRPC through nginx's HTTP/2 listener (the base port + 19), with grpcio.
+    let ivan = app.device("ivan", "phone").await;
+    let judy = app.device("judy", "laptop").await;
+    crate::grpc::round_trip(cluster.port + 19, &ivan, &judy).await;
+
     // Attachments through nginx, in the S3-compatible store (deps runs s3s-fs).
     let erin = app.user("erin").await;
     let frank = app.user("frank").await;

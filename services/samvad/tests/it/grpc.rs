@@ -423,6 +423,36 @@ async fn grpc_refusals_harm_only_that_client() {
     app.stop().await;
 }
 
+/// `sender` sends `recipient` a message with a unary `Send`; the recipient's `Connect` call
+/// receives it and answers on the stream; the sender finds both in `History`.
+pub(crate) async fn round_trip(port: u16, sender: &User, recipient: &User) {
+    let mut rpc = Connection::open(port, recipient, false).await;
+    let hello = chat("rt-1", &sender.name, &recipient.name, "over grpc");
+    let sent = call(port, &sender.key, &["send", &b64(&hello)]).await;
+    assert_eq!(sent["acks"].as_array().map(Vec::len), Some(1), "{sent}");
+    let got = rpc.chat_message().await;
+    assert_eq!((got.id.as_str(), got.meta["seq"].as_str()), ("rt-1", "1"));
+    rpc.client_ack(&got).await;
+    rpc.send(&chat(
+        "rt-2",
+        &recipient.name,
+        &sender.name,
+        "back over grpc",
+    ))
+    .await;
+    rpc.server_ack("rt-2").await;
+    let conv = format!("chat:{}", recipient.name);
+    let page = call(port, &sender.key, &["history", &conv, "latest", "0", "0"]).await;
+    let ids: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .map(|m| unb64(m).id)
+        .collect();
+    assert_eq!(ids, ["rt-1", "rt-2"]);
+    rpc.close().await;
+}
+
 #[tokio::test]
 async fn grpc_health_and_reflection() {
     let (app, grpc, _) = spawn().await;
