@@ -7,7 +7,9 @@
 //! with the device's access key in `authorization: Bearer`.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
@@ -16,8 +18,9 @@ use samvad_kit::ApiError;
 use samvad_protocol::v3::{decode_pb, pb::Message as V3, to_pb};
 use samvad_protocol::{Limits, MessageType};
 use samvad_store::{Conv, HISTORY_PAGE, HISTORY_PAGE_MAX, Page};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -54,11 +57,9 @@ const REQUEST_MAX: usize = 2 * 1024 * 1024;
 
 /// Serves the gRPC door on `listener` until the node stops. Health says SERVING until the node
 /// drains, then NOT_SERVING, so that balancers send new calls elsewhere.
-pub(crate) async fn serve(
-    gateway: Gateway,
-    listener: tokio::net::TcpListener,
-) -> anyhow::Result<()> {
+pub(crate) async fn serve(gateway: Gateway, listener: TcpListener) -> anyhow::Result<()> {
     let ctx = gateway.ctx.clone();
+    let incoming = admitted(&gateway, listener);
     let max = REQUEST_MAX.max(ctx.settings.max_message_bytes + 1024);
     let chat = ChatServer::new(ChatService { gateway }).max_decoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -78,7 +79,6 @@ pub(crate) async fn serve(
         (reflection().build_v1()?, reflection().build_v1alpha()?);
     let shutdown = ctx.shutdown();
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
@@ -86,9 +86,33 @@ pub(crate) async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(chat)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// The connections tonic is handed: those whose client speaks within
+/// `SAMVAD_REQUEST_HEAD_SECS`. One that connects and says nothing is closed, as on the HTTP
+/// port, rather than holding a task and a descriptor for ever.
+fn admitted(
+    gateway: &Gateway,
+    listener: TcpListener,
+) -> ReceiverStream<std::io::Result<TcpStream>> {
+    let (admit, admitted) = mpsc::channel(64);
+    let within = gateway.ctx.settings.request_head;
+    let ctx = gateway.ctx.clone();
+    let accept = crate::accept(gateway.clone(), listener, "gRPC", move |stream| {
+        let admit = admit.clone();
+        async move {
+            // A peek, not `readable()`, which may be ready before anything came.
+            let spoke = tokio::time::timeout(within, stream.peek(&mut [0; 1])).await;
+            if let Ok(Ok(1..)) = spoke {
+                let _ = admit.send(Ok(stream)).await;
+            }
+        }
+    });
+    ctx.spawn("grpc listener", accept);
+    ReceiverStream::new(admitted)
 }
 
 struct ChatService {
@@ -111,7 +135,7 @@ impl ChatService {
 
 #[tonic::async_trait]
 impl Chat for ChatService {
-    type ConnectStream = ReceiverStream<Result<Event, Status>>;
+    type ConnectStream = Events;
 
     async fn connect(
         &self,
@@ -126,9 +150,11 @@ impl Chat for ChatService {
         let gateway = self.gateway.clone();
         let registration = gateway.register(access, Via::Grpc).map_err(status)?;
         let (out, events) = mpsc::channel(OUT_QUEUE);
+        let end = Arc::new(OnceLock::new());
         let door = GrpcDoor {
             inbound: request.into_inner(),
             out,
+            end: Arc::clone(&end),
             limits: *gateway.grpc.limits(),
             slow_client: gateway.ctx.settings.slow_client,
             look: tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY),
@@ -142,7 +168,11 @@ impl Chat for ChatService {
             Via::Grpc,
             wants,
         ));
-        Ok(Response::new(ReceiverStream::new(events)))
+        Ok(Response::new(Events {
+            events,
+            end,
+            done: false,
+        }))
     }
 
     async fn send(
@@ -251,7 +281,9 @@ fn status(e: ApiError) -> Status {
 /// A `Connect` call: the client's stream of messages in, events out.
 struct GrpcDoor {
     inbound: Streaming<V3>,
-    out: mpsc::Sender<Result<Event, Status>>,
+    out: mpsc::Sender<Event>,
+    /// Why the server ended the call, for [`Events`] to say once the events before it are out.
+    end: Arc<OnceLock<Status>>,
     limits: Limits,
     /// How long a write may wait for the client to take events.
     slow_client: Duration,
@@ -337,9 +369,7 @@ impl Door for GrpcDoor {
             Why::LoggedOut | Why::KeyExpired => Code::Unauthenticated,
             Why::Malformed => Code::InvalidArgument,
         };
-        // A client that takes nothing cannot take the status either: it is cut off when the
-        // call's task ends.
-        let _ = self.out.try_send(Err(Status::new(code, why.text())));
+        let _ = self.end.set(Status::new(code, why.text()));
     }
 }
 
@@ -347,10 +377,7 @@ impl GrpcDoor {
     async fn send(&mut self, session: &Session, events: Vec<Event>) -> Result<(), End> {
         let send = async {
             for event in events {
-                self.out
-                    .send(Ok(event))
-                    .await
-                    .map_err(|_| End::ClientClosed)?;
+                self.out.send(event).await.map_err(|_| End::ClientClosed)?;
             }
             Ok(())
         };
@@ -369,6 +396,33 @@ fn read_error(e: &Status) -> End {
         Code::ResourceExhausted | Code::OutOfRange => End::Close(Why::TooLarge),
         Code::Internal => End::Close(Why::Malformed),
         _ => End::ClientClosed,
+    }
+}
+
+/// What a `Connect` call answers: its events in order, then the status the server ended it
+/// with. Never a plain end (which a client would read as OK): the server ends a call only for a
+/// reason, and the reason comes after the events queued before it, however full the queue was.
+pub(crate) struct Events {
+    events: mpsc::Receiver<Event>,
+    end: Arc<OnceLock<Status>>,
+    done: bool,
+}
+
+impl tokio_stream::Stream for Events {
+    type Item = Result<Event, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(event) = ready!(self.events.poll_recv(cx)) {
+            return Poll::Ready(Some(Ok(event)));
+        }
+        self.done = true;
+        let end = self.end.get().cloned();
+        Poll::Ready(Some(Err(
+            end.unwrap_or_else(|| Status::unavailable(Why::Restarting.text()))
+        )))
     }
 }
 

@@ -189,7 +189,12 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
             .await
             .with_context(|| format!("cannot listen for MQTT on {addr}"))?;
         tracing::info!(%addr, "MQTT listening");
-        ctx.spawn("mqtt listener", accept_mqtt(gateway.clone(), listener));
+        let mqtt = gateway.clone();
+        let serve = move |stream| mqtt::serve(mqtt.clone(), mqtt::Wire::Tcp(stream));
+        ctx.spawn(
+            "mqtt listener",
+            accept(gateway.clone(), listener, "MQTT", serve),
+        );
     }
     if let Some(addr) = ctx.settings.grpc_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -205,8 +210,18 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         .with_state(gateway))
 }
 
-/// Takes MQTT connections over TCP until the node stops.
-async fn accept_mqtt(gateway: Gateway, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+/// Takes connections on `listener` for `door` until the node stops, and serves each in a task
+/// of its own.
+pub(crate) async fn accept<S, F>(
+    gateway: Gateway,
+    listener: tokio::net::TcpListener,
+    door: &'static str,
+    serve: S,
+) -> anyhow::Result<()>
+where
+    S: Fn(tokio::net::TcpStream) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     let shutdown = gateway.ctx.shutdown();
     loop {
         let (stream, _) = tokio::select! {
@@ -215,15 +230,14 @@ async fn accept_mqtt(gateway: Gateway, listener: tokio::net::TcpListener) -> any
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: pause rather than spin.
-                    tracing::warn!(error = %e, "cannot accept an MQTT connection");
+                    tracing::warn!(door, error = %e, "cannot accept a connection");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
-        let serve = mqtt::serve(gateway.clone(), mqtt::Wire::Tcp(stream));
-        gateway.ctx.spawn_detached(serve);
+        gateway.ctx.spawn_detached(serve(stream));
     }
 }
 

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use samvad_protocol::{Limits, Message, MessageType};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
 use crate::durability::Server;
@@ -451,6 +451,74 @@ pub(crate) async fn round_trip(port: u16, sender: &User, recipient: &User) {
         .collect();
     assert_eq!(ids, ["rt-1", "rt-2"]);
     rpc.close().await;
+}
+
+#[tokio::test]
+async fn a_grpc_client_that_stops_reading_is_let_go_and_told_why() {
+    let grpc = samvad_testkit::free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_GRPC_LISTEN", listen.as_str()),
+        ("SAMVAD_SLOW_CLIENT_SECS", "1"),
+        ("SAMVAD_RATE_LIMIT", "100000"),
+        ("SAMVAD_RATE_BURST", "100000"),
+    ])
+    .await;
+    let alice = app.user("alice").await;
+    let bob = app.device("bob", "phone").await;
+    // 12 MB owed: more than HTTP/2's windows and grpcio's buffers hold.
+    const SENT: usize = 1500;
+    let text = "x".repeat(8 * 1024);
+    for batch in 0..SENT / 100 {
+        let frames: Vec<String> = (0..100)
+            .map(|i| {
+                let m = chat(&format!("s{batch}-{i}"), "alice", "bob", &text);
+                samvad_protocol::encode_text(&m, samvad_protocol::Encoding::V2_1)
+            })
+            .collect();
+        let sent = app
+            .as_user(reqwest::Method::POST, "/v1.0/messages?format=text", &alice)
+            .json(&frames)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 201);
+    }
+    // bob's call takes one event, then none for 5 s: it is let go, and hears why after what
+    // was on its way.
+    let seen = call(grpc, &bob.key, &["paused", "5"]).await;
+    assert_eq!(seen["status"], "RESOURCE_EXHAUSTED", "{seen}");
+    let taken = seen["events"].as_u64().unwrap() as usize;
+    assert!((1..SENT).contains(&taken), "{seen}");
+    assert!(
+        app.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("samvad_slow_closes_total") && !l.ends_with(" 0")),
+        "counted"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_grpc_connection_that_says_nothing_is_closed() {
+    let grpc = samvad_testkit::free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_GRPC_LISTEN", listen.as_str()),
+        ("SAMVAD_REQUEST_HEAD_SECS", "1"),
+    ])
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("closed within the request-head bound");
+    assert_eq!(read.unwrap_or(0), 0, "closed, having said nothing");
+    // A client that speaks is served.
+    let health = call(grpc, "-", &["health", ""]).await;
+    assert_eq!(health["status"], "SERVING", "{health}");
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@ Messages cross as the base64 of their v3 bytes, so the Rust test reads them with
     grpc_client.py ADDR KEY connect [sync]   stdin: {"send": B64} | {"end": true} (half-close)
                                              stdout: {"message": B64} | {"refusal": {...}}
                                                      | {"status": CODE, "details": TEXT} at the end
+    grpc_client.py ADDR KEY paused SECS      a Connect call that takes one event, then none for
+                                             SECS, then the rest: {"events": N, "status", ...}
     grpc_client.py ADDR KEY send B64...      {"acks": [B64...]} or {"status", "details"}
     grpc_client.py ADDR KEY conversations    {"conversations": [{...}]}
     grpc_client.py ADDR KEY history CONV (latest|before|after) SEQ LIMIT
@@ -23,6 +25,7 @@ import queue
 import sys
 import tempfile
 import threading
+import time
 
 import grpc
 from grpc_tools import protoc
@@ -97,6 +100,19 @@ def main():
 
     chat_pb2, chat_pb2_grpc, message_pb2 = stubs()
     stub = chat_pb2_grpc.ChatStub(channel)
+    if command == "paused":
+        events = iter(stub.Connect(iter([]), metadata=metadata))
+        taken = 0
+        try:
+            next(events)
+            taken = 1
+            time.sleep(float(args[0]))
+            for _ in events:
+                taken += 1
+            say(events=taken, status="OK", details="")
+        except grpc.RpcError as e:
+            say(events=taken, status=e.code().name, details=e.details())
+        return
     if command == "connect":
         if "sync" in args:
             metadata.append(("sync", "true"))
