@@ -50,7 +50,8 @@ pub struct Metrics {
     pub limited: Family<ReasonLabel, Counter>,
     /// Requests refused before any service saw them, by reason (`host`).
     pub refused_requests: Family<ReasonLabel, Counter>,
-    /// Open WebSocket connections.
+    /// Open client connections of the gateway, whatever the door (the name is older than the
+    /// other doors).
     pub connections: Gauge,
     /// Messages handled by delivery: `live`, `offline`, `repeat`, `ephemeral_dropped`.
     pub deliveries: Family<OutcomeLabel, Counter>,
@@ -122,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "ws_connections",
-            "Open WebSocket connections",
+            "Open client connections of the gateway, whatever the door (WebSocket, MQTT, gRPC Connect)",
             self.connections.clone(),
         );
         registry.register(

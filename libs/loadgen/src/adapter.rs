@@ -33,6 +33,8 @@ pub enum Event {
     ServerAck(String),
     /// A message from another load user reached this one.
     Delivery(String),
+    /// A delivery, with the client ack to send for it (MQTT: the PUBACK of its packet id).
+    DeliveryAcked(String, Frame),
     /// Something the server sent on its own (a group notification): acked, not counted.
     System(String),
     /// The server refused something (samvad's error frame).
@@ -41,10 +43,12 @@ pub enum Event {
     Reply(Frame),
 }
 
-/// Per-connection parsing state (NATS frames may split or join protocol lines).
+/// Per-connection state: NATS frames may split or join protocol lines; MQTT's packets and
+/// the PUBACKs awaited.
 #[derive(Debug, Default)]
 pub struct ConnState {
     buf: Vec<u8>,
+    mqtt: crate::mqtt::MqttState,
 }
 
 pub struct Adapter {
@@ -75,23 +79,31 @@ impl Adapter {
         let name = self.layout.user_name(user);
         let url = match self.target {
             Target::Samvad => format!("ws://{addr}/v1.0/wss/?ack=true&format=text"),
+            Target::SamvadMqtt => format!("ws://{addr}/mqtt"),
             Target::Bun => format!("ws://{addr}/?user={name}"),
             Target::Nats => format!("ws://{addr}/"),
         };
         let mut request = url.into_client_request()?;
-        if self.target == Target::Samvad {
-            let headers = request.headers_mut();
-            headers.insert("user", name.parse().context("user name as a header")?);
-            headers.insert("accesskey", key.parse().context("access key as a header")?);
+        let headers = request.headers_mut();
+        match self.target {
+            Target::Samvad => {
+                headers.insert("user", name.parse().context("user name as a header")?);
+                headers.insert("accesskey", key.parse().context("access key as a header")?);
+            }
+            Target::SamvadMqtt => {
+                headers.insert("sec-websocket-protocol", "mqtt".parse()?);
+            }
+            Target::Bun | Target::Nats => {}
         }
         Ok(request)
     }
 
-    /// Frames a connection sends as soon as it is open: its subscriptions.
-    pub fn on_open(&self, user: usize) -> Vec<Frame> {
+    /// Frames a connection sends as soon as it is open: its login and subscriptions.
+    pub fn on_open(&self, user: usize, key: &str) -> Vec<Frame> {
         let room = (self.layout.rooms() > 0).then(|| self.layout.room_of(user));
         match self.target {
             Target::Samvad => Vec::new(),
+            Target::SamvadMqtt => crate::mqtt::open(&self.layout.user_name(user), key),
             Target::Bun => room
                 .map(|r| Frame::Text(format!("sub r.{}", self.layout.room_name(r)).into()))
                 .into_iter()
@@ -111,7 +123,7 @@ impl Adapter {
     }
 
     /// The message `from` sends to `dest` with id `id`.
-    pub fn message(&self, from: usize, dest: &Dest, id: &str) -> Frame {
+    pub fn message(&self, state: &mut ConnState, from: usize, dest: &Dest, id: &str) -> Frame {
         let (channel, to, topic) = match *dest {
             Dest::User(u) => {
                 let name = self.layout.user_name(u);
@@ -123,18 +135,27 @@ impl Adapter {
                 format!("r.{}", self.layout.room_name(r)),
             ),
         };
+        let samvad = |to: &str| {
+            let m = Message {
+                version: 2.1,
+                id: id.to_owned(),
+                kind: MessageType::Message,
+                channel,
+                destination: to.to_owned(),
+                content: format!("{{\"text\":\"{}\"}}", self.text).into_bytes(),
+                ..Message::default()
+            };
+            samvad_protocol::encode_text(&m, Encoding::V2_1)
+        };
         match self.target {
-            Target::Samvad => {
-                let m = Message {
-                    version: 2.1,
-                    id: id.to_owned(),
-                    kind: MessageType::Message,
-                    channel,
-                    destination: to,
-                    content: format!("{{\"text\":\"{}\"}}", self.text).into_bytes(),
-                    ..Message::default()
+            Target::Samvad => Frame::Text(samvad(&to).into()),
+            Target::SamvadMqtt => {
+                let from = self.layout.user_name(from);
+                let to_topic = match channel {
+                    Channel::Group => Err(to.as_str()),
+                    _ => Ok(to.as_str()),
                 };
-                Frame::Text(samvad_protocol::encode_text(&m, Encoding::V2_1).into())
+                crate::mqtt::publish(&mut state.mqtt, &from, to_topic, id, samvad(&to))
             }
             Target::Bun => {
                 Frame::Text(format!("pub {topic} {}", self.payload(from, &topic, id)).into())
@@ -176,7 +197,11 @@ impl Adapter {
     /// The application-level keep-alive, if the target wants one (samvad closes a
     /// connection that sends nothing for two minutes; clients ping every 30 s).
     pub fn keepalive(&self) -> Option<Frame> {
-        (self.target == Target::Samvad).then(|| Frame::Text("ping".into()))
+        match self.target {
+            Target::Samvad => Some(Frame::Text("ping".into())),
+            Target::SamvadMqtt => Some(crate::mqtt::ping()),
+            Target::Bun | Target::Nats => None,
+        }
     }
 
     pub fn parse(&self, state: &mut ConnState, frame: &Frame, out: &mut Vec<Event>) {
@@ -184,6 +209,11 @@ impl Adapter {
             Target::Samvad => {
                 if let Frame::Text(t) = frame {
                     out.extend(parse_samvad(t.as_str()));
+                }
+            }
+            Target::SamvadMqtt => {
+                if let Frame::Binary(b) = frame {
+                    crate::mqtt::parse(&mut state.mqtt, b, parse_samvad, out);
                 }
             }
             Target::Bun => {
@@ -298,7 +328,8 @@ mod tests {
     #[test]
     fn samvad_frames_read_as_the_real_codec_writes_them() {
         let a = Adapter::new(Target::Samvad, layout(), vec!["g0".into(), "g1".into()], 16);
-        let Frame::Text(sent) = a.message(3, &Dest::Room(1), "2.123.7") else {
+        let Frame::Text(sent) = a.message(&mut ConnState::default(), 3, &Dest::Room(1), "2.123.7")
+        else {
             panic!("samvad sends text");
         };
         let limits = samvad_protocol::Limits { max_bytes: 1 << 20 };
@@ -338,7 +369,8 @@ mod tests {
     #[test]
     fn bun_payloads_carry_the_id_first() {
         let a = Adapter::new(Target::Bun, layout(), Vec::new(), 16);
-        let Frame::Text(t) = a.message(0, &Dest::User(1), "0.5.1") else {
+        let Frame::Text(t) = a.message(&mut ConnState::default(), 0, &Dest::User(1), "0.5.1")
+        else {
             panic!("bun sends text");
         };
         let payload = t.as_str().splitn(3, ' ').nth(2).expect("pub topic payload");
@@ -351,7 +383,7 @@ mod tests {
         );
         assert_eq!(out, vec![Event::Delivery("0.5.1".into())]);
         assert_eq!(
-            a.on_open(12),
+            a.on_open(12, ""),
             vec![Frame::Text("sub r.t-r1".into())],
             "a member subscribes to its room"
         );

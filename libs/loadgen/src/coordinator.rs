@@ -164,7 +164,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
     if layout.scenario == Scenario::Fanout && layout.room_size < 2 {
         bail!("--room-size must be at least 2");
     }
-    if layout.scenario == Scenario::MultiDevice && args.target != Target::Samvad {
+    if layout.scenario == Scenario::MultiDevice && !args.target.is_samvad() {
         bail!("multi-device is for Samvad only: the peers have no notion of a user's devices");
     }
     let source = args
@@ -353,7 +353,7 @@ async fn drive(
             matches!(e, Event::LoggedIn { .. }).then_some(())
         })
         .await?;
-    let groups = if args.target == Target::Samvad && layout.rooms() > 0 {
+    let groups = if args.target.is_samvad() && layout.rooms() > 0 {
         create_groups(args.addr, layout).await?
     } else {
         Vec::new()
@@ -471,8 +471,7 @@ async fn drive(
         while Instant::now() < drain_end {
             events.next(Duration::from_millis(100)).await?;
             let t = events.total(Some(index)).counts;
-            let done =
-                t.delivered >= t.expected && (args.target != Target::Samvad || t.acked >= t.sent);
+            let done = t.delivered >= t.expected && (!args.target.is_samvad() || t.acked >= t.sent);
             // Progress lines come every 250 ms: wait for one more after it looks done.
             match (done, settled_at) {
                 (true, None) => settled_at = Some(Instant::now()),
@@ -545,7 +544,7 @@ fn summarize(
     let delivery_us = Latency::of(&stats.delivery_us);
     let t = &stats.counts;
     let lost = t.expected.saturating_sub(t.delivered);
-    let unacked = if args.target == Target::Samvad {
+    let unacked = if args.target.is_samvad() {
         t.sent.saturating_sub(t.acked)
     } else {
         0
@@ -578,7 +577,7 @@ fn stop_reason(s: &StepResult, args: &RunArgs) -> String {
     if s.lost > 0 {
         why.push(format!("{} of {} deliveries missing", s.lost, c.expected));
     }
-    if c.sent > c.acked && args.target == Target::Samvad {
+    if c.sent > c.acked && args.target.is_samvad() {
         why.push(format!(
             "{} of {} sends not acked",
             c.sent - c.acked,

@@ -6,6 +6,7 @@
 mod adapter;
 mod coordinator;
 mod http;
+mod mqtt;
 mod plan;
 mod procfs;
 mod report;

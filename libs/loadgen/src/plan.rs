@@ -28,10 +28,20 @@ pub enum Scenario {
 pub enum Target {
     /// Samvad's client protocol: v2.1 text frames, server acks, client acks.
     Samvad,
+    /// Samvad's MQTT door, MQTT 3.1.1 over WebSocket at `/mqtt`: QoS 1 both ways, the PUBACK
+    /// as the server ack and as the client ack.
+    SamvadMqtt,
     /// The Bun pub/sub server in deployment/bench/bun.
     Bun,
     /// nats-server's WebSocket listener, NATS text protocol.
     Nats,
+}
+
+impl Target {
+    /// Samvad, by whichever door: its users log in, and its acks are counted.
+    pub fn is_samvad(self) -> bool {
+        matches!(self, Self::Samvad | Self::SamvadMqtt)
+    }
 }
 
 /// Devices per user in the multi-device scenario.

@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::adapter::{Adapter, ConnState, Event as Seen};
 use crate::http::{self, Http};
-use crate::plan::{Dest, Target};
+use crate::plan::Dest;
 use crate::stats::{self, Clock, StepStats};
 use crate::wire::{Command, Event, Progress, WorkerSpec, emit};
 
@@ -104,7 +104,7 @@ pub fn main(spec: WorkerSpec) -> anyhow::Result<()> {
 async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let conns: Vec<usize> = spec.layout.worker_connections(spec.index).collect();
     let mut commands = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let keys = if spec.target == Target::Samvad {
+    let keys = if spec.target.is_samvad() {
         login_all(&spec, &conns).await?
     } else {
         vec![String::new(); conns.len()]
@@ -261,7 +261,8 @@ async fn connect_all(
     for (c, ws) in opened {
         match ws {
             Ok(ws) => {
-                let tx = start_connection(shared, c, ws);
+                let key = &keys[conns.iter().position(|&k| k == c).expect("one of ours")];
+                let tx = start_connection(shared, c, key, ws);
                 if spec.layout.dest(c).is_some() {
                     senders.push((c, tx));
                 }
@@ -300,17 +301,27 @@ async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> any
     Ok(ws)
 }
 
-fn start_connection(shared: &Arc<Shared>, conn: usize, ws: Ws) -> UnboundedSender<Out> {
+fn start_connection(shared: &Arc<Shared>, conn: usize, key: &str, ws: Ws) -> UnboundedSender<Out> {
     let (tx, rx) = unbounded_channel();
     let layout = shared.adapter.layout();
     let user = layout.user_of(conn);
-    for frame in shared.adapter.on_open(user) {
+    for frame in shared.adapter.on_open(user, key) {
         let _ = tx.send(Out::Frame(frame));
     }
     let (sink, stream) = ws.split();
     let dest = layout.dest(conn);
-    tokio::spawn(write(Arc::clone(shared), user, dest, sink, rx));
-    tokio::spawn(read(Arc::clone(shared), stream, tx.clone()));
+    // The writer notes what it sent that awaits an answer (MQTT's packet ids), the reader
+    // reads the answers.
+    let state = Arc::new(Mutex::new(ConnState::default()));
+    tokio::spawn(write(
+        Arc::clone(shared),
+        user,
+        dest,
+        sink,
+        rx,
+        Arc::clone(&state),
+    ));
+    tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
     tx
 }
 
@@ -321,6 +332,7 @@ async fn write(
     dest: Option<Dest>,
     mut sink: SplitSink<Ws, Frame>,
     mut rx: UnboundedReceiver<Out>,
+    state: Arc<Mutex<ConnState>>,
 ) {
     let mut seq: u64 = 0;
     let keepalive = shared.adapter.keepalive();
@@ -346,7 +358,10 @@ async fn write(
                     seq += 1;
                     let id = format!("{step}.{t_ns}.{seq}");
                     match &dest {
-                        Some(d) => shared.adapter.message(user, d, &id),
+                        Some(d) => {
+                            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                            shared.adapter.message(&mut state, user, d, &id)
+                        }
                         None => continue,
                     }
                 }
@@ -365,8 +380,12 @@ async fn write(
 }
 
 /// Reads frames, measures, and hands acks and replies to the writer.
-async fn read(shared: Arc<Shared>, mut stream: SplitStream<Ws>, tx: UnboundedSender<Out>) {
-    let mut conn = ConnState::default();
+async fn read(
+    shared: Arc<Shared>,
+    mut stream: SplitStream<Ws>,
+    tx: UnboundedSender<Out>,
+    state: Arc<Mutex<ConnState>>,
+) {
     let mut events = Vec::new();
     loop {
         let frame = match stream.next().await {
@@ -388,7 +407,10 @@ async fn read(shared: Arc<Shared>, mut stream: SplitStream<Ws>, tx: UnboundedSen
             s.note_error(format!("closed by the server: {c:?}"));
             break;
         }
-        shared.adapter.parse(&mut conn, &frame, &mut events);
+        {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            shared.adapter.parse(&mut state, &frame, &mut events);
+        }
         let now = shared.clock.now_ns();
         let mut s = shared.lock();
         s.frames += 1;
@@ -403,17 +425,10 @@ async fn read(shared: Arc<Shared>, mut stream: SplitStream<Ws>, tx: UnboundedSen
                     }
                 }
                 Seen::Delivery(id) => {
-                    if let Some((step, t)) = parse_id(&id)
-                        && let Some(st) = s.step(step)
-                    {
-                        st.counts.delivered += 1;
-                        stats::record(&mut st.delivery_us, t, now);
-                        if let Some(ack) = shared.adapter.client_ack(&id) {
-                            st.counts.client_acks += 1;
-                            let _ = tx.send(Out::Frame(ack));
-                        }
-                    }
+                    let ack = shared.adapter.client_ack(&id);
+                    delivered(&mut s, &id, now, ack, &tx);
                 }
+                Seen::DeliveryAcked(id, ack) => delivered(&mut s, &id, now, Some(ack), &tx),
                 Seen::System(id) => {
                     if let Some(ack) = shared.adapter.client_ack(&id) {
                         let _ = tx.send(Out::Frame(ack));
@@ -431,6 +446,20 @@ async fn read(shared: Arc<Shared>, mut stream: SplitStream<Ws>, tx: UnboundedSen
                     let _ = tx.send(Out::Frame(frame));
                 }
             }
+        }
+    }
+}
+
+/// Counts a delivery of message `id` at `now` in its step, and sends its client ack, if any.
+fn delivered(s: &mut State, id: &str, now: u64, ack: Option<Frame>, tx: &UnboundedSender<Out>) {
+    if let Some((step, t)) = parse_id(id)
+        && let Some(st) = s.step(step)
+    {
+        st.counts.delivered += 1;
+        stats::record(&mut st.delivery_us, t, now);
+        if let Some(ack) = ack {
+            st.counts.client_acks += 1;
+            let _ = tx.send(Out::Frame(ack));
         }
     }
 }
