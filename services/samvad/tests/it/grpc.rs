@@ -522,6 +522,54 @@ async fn a_grpc_connection_that_says_nothing_is_closed() {
 }
 
 #[tokio::test]
+async fn a_grpc_call_ends_with_a_logout_and_past_the_connection_cap() {
+    let grpc = samvad_testkit::free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let app = TestApp::spawn_with(&[
+        ("SAMVAD_GRPC_LISTEN", listen.as_str()),
+        ("SAMVAD_MAX_CONNECTIONS_PER_USER", "2"),
+    ])
+    .await;
+    let phone = app.device("carol", "phone").await;
+    let laptop = app.device("carol", "laptop").await;
+    let mut on_phone = Connection::open(grpc, &phone, false).await;
+    let mut on_laptop = Connection::open(grpc, &laptop, false).await;
+    // Both calls are in once each is fed (a message each way proves it).
+    let alice = app.user("alice").await;
+    let sent = call(
+        grpc,
+        &alice.key,
+        &["send", &b64(&chat("c1", "alice", "carol", "hi"))],
+    )
+    .await;
+    assert!(sent.get("acks").is_some(), "{sent}");
+    assert_eq!(on_phone.chat_message().await.id, "c1");
+    assert_eq!(on_laptop.chat_message().await.id, "c1");
+
+    // A third connection of the user is one too many, whatever its door.
+    let mut third = Connection::open(grpc, &phone, false).await;
+    let (code, details) = third.ended().await;
+    assert_eq!(code, "RESOURCE_EXHAUSTED", "{details}");
+
+    // The laptop logs out: its call ends, the phone's goes on.
+    let (status, _) =
+        crate::support::call(app.as_user(reqwest::Method::POST, "/v1.0/logout", &laptop)).await;
+    assert_eq!(status, 200);
+    let (code, details) = on_laptop.ended().await;
+    assert_eq!(code, "UNAUTHENTICATED", "{details}");
+    let sent = call(
+        grpc,
+        &alice.key,
+        &["send", &b64(&chat("c2", "alice", "carol", "still?"))],
+    )
+    .await;
+    assert!(sent.get("acks").is_some(), "{sent}");
+    assert_eq!(on_phone.chat_message().await.id, "c2");
+    on_phone.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn grpc_health_and_reflection() {
     let (app, grpc, _) = spawn().await;
     let health = call(grpc, "-", &["health", "samvad.chat.v1.Chat"]).await;
