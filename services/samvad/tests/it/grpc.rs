@@ -26,14 +26,19 @@ const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/grpc_client.
 
 /// An all-in-one server with its gRPC door (and its MQTT door) open, and their ports.
 async fn spawn() -> (TestApp, u16, u16) {
-    let (grpc, mqtt) = (samvad_testkit::free_port(), samvad_testkit::free_port());
-    let (grpc_listen, mqtt_listen) = (format!("127.0.0.1:{grpc}"), format!("127.0.0.1:{mqtt}"));
-    let app = TestApp::spawn_with(&[
-        ("SAMVAD_GRPC_LISTEN", grpc_listen.as_str()),
-        ("SAMVAD_MQTT_LISTEN", mqtt_listen.as_str()),
-    ])
-    .await;
+    let mqtt = samvad_testkit::free_port();
+    let mqtt_listen = format!("127.0.0.1:{mqtt}");
+    let (app, grpc) = spawn_with(&[("SAMVAD_MQTT_LISTEN", mqtt_listen.as_str())]).await;
     (app, grpc, mqtt)
+}
+
+/// An all-in-one server with its gRPC door open and `extra` settings, and the door's port.
+async fn spawn_with(extra: &[(&str, &str)]) -> (TestApp, u16) {
+    let grpc = samvad_testkit::free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let mut settings = vec![("SAMVAD_GRPC_LISTEN", listen.as_str())];
+    settings.extend_from_slice(extra);
+    (TestApp::spawn_with(&settings).await, grpc)
 }
 
 fn b64(m: &Message) -> String {
@@ -455,10 +460,7 @@ pub(crate) async fn round_trip(port: u16, sender: &User, recipient: &User) {
 
 #[tokio::test]
 async fn a_grpc_client_that_stops_reading_is_let_go_and_told_why() {
-    let grpc = samvad_testkit::free_port();
-    let listen = format!("127.0.0.1:{grpc}");
-    let app = TestApp::spawn_with(&[
-        ("SAMVAD_GRPC_LISTEN", listen.as_str()),
+    let (app, grpc) = spawn_with(&[
         ("SAMVAD_SLOW_CLIENT_SECS", "1"),
         ("SAMVAD_RATE_LIMIT", "100000"),
         ("SAMVAD_RATE_BURST", "100000"),
@@ -502,14 +504,10 @@ async fn a_grpc_client_that_stops_reading_is_let_go_and_told_why() {
 
 #[tokio::test]
 async fn a_grpc_connection_that_says_nothing_is_closed() {
-    let grpc = samvad_testkit::free_port();
-    let listen = format!("127.0.0.1:{grpc}");
-    let app = TestApp::spawn_with(&[
-        ("SAMVAD_GRPC_LISTEN", listen.as_str()),
-        ("SAMVAD_REQUEST_HEAD_SECS", "1"),
-    ])
-    .await;
-    let mut silent = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    let (app, grpc) = spawn_with(&[("SAMVAD_REQUEST_HEAD_SECS", "1")]).await;
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .unwrap();
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
         .await
@@ -523,13 +521,7 @@ async fn a_grpc_connection_that_says_nothing_is_closed() {
 
 #[tokio::test]
 async fn a_grpc_call_ends_with_a_logout_and_past_the_connection_cap() {
-    let grpc = samvad_testkit::free_port();
-    let listen = format!("127.0.0.1:{grpc}");
-    let app = TestApp::spawn_with(&[
-        ("SAMVAD_GRPC_LISTEN", listen.as_str()),
-        ("SAMVAD_MAX_CONNECTIONS_PER_USER", "2"),
-    ])
-    .await;
+    let (app, grpc) = spawn_with(&[("SAMVAD_MAX_CONNECTIONS_PER_USER", "2")]).await;
     let phone = app.device("carol", "phone").await;
     let laptop = app.device("carol", "laptop").await;
     let mut on_phone = Connection::open(grpc, &phone, false).await;
