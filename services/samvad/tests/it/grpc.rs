@@ -468,11 +468,12 @@ async fn a_grpc_client_that_stops_reading_is_let_go_and_told_why() {
     .await;
     let alice = app.user("alice").await;
     let bob = app.device("bob", "phone").await;
-    // 12 MB owed: more than HTTP/2's windows and grpcio's buffers hold.
-    const SENT: usize = 1500;
-    let text = "x".repeat(8 * 1024);
-    for batch in 0..SENT / 100 {
-        let frames: Vec<String> = (0..100)
+    // 40 MB owed: more than HTTP/2's windows, grpcio's buffers and loopback's socket buffers
+    // (which the kernel grows to several MB) hold between them.
+    const SENT: usize = 2500;
+    let text = "x".repeat(16 * 1024);
+    for batch in 0..SENT / 50 {
+        let frames: Vec<String> = (0..50)
             .map(|i| {
                 let m = chat(&format!("s{batch}-{i}"), "alice", "bob", &text);
                 samvad_protocol::encode_text(&m, samvad_protocol::Encoding::V2_1)

@@ -107,8 +107,13 @@ def main():
             next(events)
             taken = 1
             time.sleep(float(args[0]))
+            # Read on for 30 s at most: a call the server did not end stays open.
+            deadline = time.monotonic() + 30
             for _ in events:
                 taken += 1
+                if time.monotonic() > deadline:
+                    say(events=taken, status="STILL_OPEN", details="")
+                    return
             say(events=taken, status="OK", details="")
         except grpc.RpcError as e:
             say(events=taken, status=e.code().name, details=e.details())
