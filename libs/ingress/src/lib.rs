@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
-use samvad_kit::{ApiError, Context, DoorLabel, Metrics, ReasonLabel};
+use samvad_kit::{ApiError, Context, DoorLabel, Metrics, PerUser, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_store::{Conv, StoreError, Stores};
 use tokio::sync::mpsc;
@@ -120,6 +120,7 @@ pub struct Ingress {
     bus: Arc<dyn Bus>,
     stores: Stores,
     limits: Limits,
+    sends: PerUser,
     known_users: Arc<Mutex<HashSet<String>>>,
     acks: mpsc::Sender<Record>,
 }
@@ -140,6 +141,7 @@ impl Ingress {
             limits: Limits {
                 max_bytes: ctx.settings.max_message_bytes,
             },
+            sends: ctx.sends().clone(),
             known_users: Arc::default(),
             acks,
         }
@@ -156,6 +158,16 @@ impl Ingress {
             self.count_refusal(rejection.reason());
         }
         result
+    }
+
+    /// Takes `n` messages from what `user` may send through this process ([`Context::sends`]),
+    /// or none (counted as refused) if the user sent too many too fast.
+    pub fn admit(&self, user: &str, n: usize) -> bool {
+        let admitted = self.sends.take(user, n);
+        if !admitted {
+            self.count_refusal("rate_limit");
+        }
+        admitted
     }
 
     /// Counts a message refused before or after [`Ingress::accept`].

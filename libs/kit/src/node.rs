@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::PerUser;
 use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings, StoreSettings};
 use crate::metrics::Metrics;
 
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) inline: Option<InlineBus>,
     /// The bearer token `/metrics` asks for, if one is set.
     pub(crate) metrics_token: Option<String>,
+    /// What each user may send here, through every door together.
+    sends: PerUser,
     tasks: TaskTracker,
     failed: AtomicBool,
 }
@@ -90,6 +93,13 @@ impl Context {
     /// goes elsewhere while it still serves.
     pub fn draining(&self) -> CancellationToken {
         self.shared.draining.clone()
+    }
+
+    /// What each user may send (acks aside) through this process, whatever the door or the
+    /// connection: `SAMVAD_RATE_LIMIT` a second with bursts of `SAMVAD_RATE_BURST`, so that
+    /// more sockets or another door do not buy a faster flood.
+    pub fn sends(&self) -> &PerUser {
+        &self.shared.sends
     }
 
     /// Cancelled when long-lived connections should close, each after a random delay within
@@ -282,6 +292,7 @@ pub async fn start(
         bus: Arc::clone(&bus),
         inline,
         metrics_token: settings.metrics_token.clone(),
+        sends: PerUser::new(f64::from(settings.rate_limit), settings.rate_burst),
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });

@@ -1,6 +1,6 @@
-//! Flood control: token buckets (so many per second, with bursts) — one per WebSocket
-//! connection, and one per user for what they send over WebSockets (all their connections to a
-//! gateway together), for the REST door, for logins and for contact syncs.
+//! Flood control: token buckets (so many per second, with bursts) — one per connection, and one
+//! per user for what they send (through every door of a process together), for logins and for
+//! contact syncs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

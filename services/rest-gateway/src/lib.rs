@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use samvad_ingress::{Ingress, MAX_BATCH};
-use samvad_kit::{ApiError, Context, PerUser, ServiceDef, User};
+use samvad_kit::{ApiError, Context, ServiceDef, User};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,8 +26,6 @@ pub const SERVICE: ServiceDef = ServiceDef {
 struct Rest {
     ctx: Context,
     ingress: Ingress,
-    /// The same rate and burst a WebSocket connection has, per user.
-    flood: PerUser,
 }
 
 fn routes(ctx: &Context) -> Router {
@@ -41,7 +39,6 @@ fn routes(ctx: &Context) -> Router {
         .with_state(Rest {
             ctx: ctx.clone(),
             ingress: Ingress::new(ctx, "rest"),
-            flood: PerUser::new(f64::from(ctx.settings.rate_limit), ctx.settings.rate_burst),
         })
 }
 
@@ -53,7 +50,6 @@ struct Params {
 
 async fn send(
     State(ingress): State<Ingress>,
-    State(flood): State<PerUser>,
     Query(params): Query<Params>,
     User { name: user, device }: User,
     Json(frames): Json<Vec<String>>,
@@ -63,8 +59,7 @@ async fn send(
             "send 1 to {MAX_BATCH} messages per request"
         )));
     }
-    if !flood.take(&user, frames.len()) {
-        ingress.count_refusal("rate_limit");
+    if !ingress.admit(&user, frames.len()) {
         return Err(ApiError::too_many(
             "rate limit exceeded: nothing of this batch was sent; slow down and send it again",
         ));

@@ -157,7 +157,10 @@ impl Chat for ChatService {
             end: Arc::clone(&end),
             limits: *gateway.grpc.limits(),
             slow_client: gateway.ctx.settings.slow_client,
-            look: tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY),
+            // Only where a look can find anything ([`Session::pinged`]).
+            look: gateway.ctx.presence.heartbeat_every().map(|_| {
+                tokio::time::interval_at(tokio::time::Instant::now() + LOOK_EVERY, LOOK_EVERY)
+            }),
             half_closed: false,
         };
         let ctx = gateway.ctx.clone();
@@ -188,8 +191,7 @@ impl Chat for ChatService {
             )));
         }
         let ingress = &self.gateway.grpc;
-        if !self.gateway.sends.take(&who.user, messages.len()) {
-            ingress.count_refusal("rate_limit");
+        if !ingress.admit(&who.user, messages.len()) {
             return Err(Status::resource_exhausted(
                 "rate limit exceeded: nothing of this call was sent; slow down and send it again",
             ));
@@ -235,13 +237,13 @@ impl Chat for ChatService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
-        use pb::history_request::Page as From;
+        use pb::history_request::Page as Asked;
         let user = self.authenticate(request.metadata()).await?.who.user;
         let asked = request.into_inner();
         let page = match asked.page {
             None => Page::Latest,
-            Some(From::Before(seq)) => Page::Before(seq),
-            Some(From::After(seq)) => Page::After(seq),
+            Some(Asked::Before(seq)) => Page::Before(seq),
+            Some(Asked::After(seq)) => Page::After(seq),
         };
         let limit = match asked.limit as usize {
             0 => HISTORY_PAGE,
@@ -287,7 +289,7 @@ struct GrpcDoor {
     limits: Limits,
     /// How long a write may wait for the client to take events.
     slow_client: Duration,
-    look: tokio::time::Interval,
+    look: Option<tokio::time::Interval>,
     /// The client has sent all it will send; the call lasts until it cancels.
     half_closed: bool,
 }
@@ -307,7 +309,7 @@ impl Door for GrpcDoor {
         loop {
             tokio::select! {
                 () = self.out.closed() => return Err(End::ClientClosed),
-                _ = self.look.tick() => return Ok(Input::Look),
+                _ = look(&mut self.look) => return Ok(Input::Look),
                 message = self.inbound.message(), if !self.half_closed => match message {
                     Ok(Some(message)) => return Ok(Input::Message(message)),
                     Ok(None) => self.half_closed = true,
@@ -328,8 +330,8 @@ impl Door for GrpcDoor {
         match session.submit(decode_pb(message, &self.limits)).await {
             Ok(accepted) if accepted.kind == MessageType::ClientAck => Ok(()),
             Ok(accepted) => {
-                let ack = samvad_protocol::encode_binary(&accepted.server_ack());
-                self.send(session, vec![Event::message(&ack)]).await
+                let ack = Event::message(&accepted.server_ack());
+                self.send(session, vec![ack]).await
             }
             Err(Refused::Flood) => Err(End::Close(Why::Flood)),
             Err(Refused::TooLarge) => Err(End::Close(Why::TooLarge)),
@@ -354,7 +356,7 @@ impl Door for GrpcDoor {
         let mut events = Vec::with_capacity(items.len());
         for item in items {
             session.written(item);
-            events.push(Event::message(&item.v3()));
+            events.push(item.event());
         }
         self.send(session, events).await
     }
@@ -385,6 +387,14 @@ impl GrpcDoor {
             Ok(sent) => sent,
             Err(_) => Err(session.too_slow()),
         }
+    }
+}
+
+/// The next time to look, if ever.
+async fn look(every: &mut Option<tokio::time::Interval>) {
+    match every {
+        Some(every) => _ = every.tick().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -426,18 +436,17 @@ impl tokio_stream::Stream for Events {
     }
 }
 
-/// What `Connect` sends, encoded already: a message's v3 bytes are made once, however many
-/// devices it goes to ([`Item::v3`]), and an event only wraps them.
+/// What `Connect` sends, encoded already: a message's event is made once, however many
+/// devices it goes to ([`Item::event`]).
+#[derive(Clone)]
 pub(crate) struct Event(Bytes);
 
 impl Event {
-    /// `Event.message`: a `samvad.v3.Message` (its encoded bytes).
-    fn message(v3: &[u8]) -> Self {
-        use prost::encoding::{WireType, encode_key, encode_varint};
-        let mut buf = Vec::with_capacity(v3.len() + 6);
-        encode_key(1, WireType::LengthDelimited, &mut buf);
-        encode_varint(v3.len() as u64, &mut buf);
-        buf.extend_from_slice(v3);
+    /// `Event.message`.
+    pub(crate) fn message(message: &samvad_protocol::Message) -> Self {
+        let message = to_pb(message);
+        let mut buf = Vec::with_capacity(message.encoded_len() + 6);
+        prost::encoding::message::encode(1, &message, &mut buf);
         Self(buf.into())
     }
 

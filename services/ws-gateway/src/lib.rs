@@ -28,7 +28,7 @@ use axum::routing::get;
 use samvad_auth::Access;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
-use samvad_kit::{ApiError, Context, PerUser, ServiceDef};
+use samvad_kit::{ApiError, Context, ServiceDef};
 use samvad_protocol::{Encoding, Message};
 use samvad_store::Conv;
 use serde::Deserialize;
@@ -65,6 +65,8 @@ pub(crate) struct Item {
     pub(crate) message: Message,
     /// By `Format as usize`.
     frames: [OnceLock<Frame>; 2],
+    /// As a gRPC `Connect` call sends it.
+    event: OnceLock<grpc::Event>,
 }
 
 impl Item {
@@ -82,6 +84,7 @@ impl Item {
             device,
             message,
             frames: Default::default(),
+            event: OnceLock::new(),
         })
     }
 
@@ -91,12 +94,10 @@ impl Item {
             .clone()
     }
 
-    /// Its v3 bytes: the payload of its binary frame.
-    pub(crate) fn v3(&self) -> bytes::Bytes {
-        match self.frame(Format::Binary) {
-            Frame::Binary(bytes) => bytes,
-            _ => unreachable!("a binary frame"),
-        }
+    pub(crate) fn event(&self) -> grpc::Event {
+        self.event
+            .get_or_init(|| grpc::Event::message(&self.message))
+            .clone()
     }
 }
 
@@ -141,9 +142,6 @@ pub(crate) struct GatewayState {
     ws: Ingress,
     mqtt: Ingress,
     pub(crate) grpc: Ingress,
-    /// What each user may send (acks aside) across all their connections here, so that more
-    /// sockets do not buy a faster flood.
-    pub(crate) sends: PerUser,
     conns: Mutex<HashMap<String, Vec<Conn>>>,
     next_id: AtomicU64,
 }
@@ -173,7 +171,6 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         ws: Ingress::new(ctx, "ws"),
         mqtt: Ingress::new(ctx, "mqtt"),
         grpc: Ingress::new(ctx, "grpc"),
-        sends: PerUser::new(f64::from(ctx.settings.rate_limit), ctx.settings.rate_burst),
         conns: Mutex::default(),
         next_id: AtomicU64::new(0),
     }));

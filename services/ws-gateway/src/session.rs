@@ -623,10 +623,16 @@ impl Session {
         let gateway = self.gateway.clone();
         let ingress = gateway.ingress(self.via);
         // A connection's budget is for every frame; its user's, shared by all their
-        // connections, for what is sent to others (acks only end a duty, and cost little).
+        // connections and doors, for what is sent to others (acks only end a duty, and cost
+        // little).
         let ack = matches!(&decoded, Ok(m) if m.kind == MessageType::ClientAck);
-        if !self.bucket.take() || !ack && !self.gateway.sends.take(&self.device.user, 1) {
+        let admitted = if self.bucket.take() {
+            ack || ingress.admit(&self.device.user, 1)
+        } else {
             ingress.count_refusal("rate_limit");
+            false
+        };
+        if !admitted {
             self.refusals += 1;
             if self.refusals >= FLOOD_CLOSE {
                 return Err(Refused::Flood);

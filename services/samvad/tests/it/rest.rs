@@ -6,7 +6,7 @@ use reqwest::Method;
 use samvad_protocol::{Encoding, Limits, MessageType};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, call, chat, text_of};
+use crate::support::{Seen, TestApp, call, chat, text_of};
 
 #[tokio::test]
 async fn rest_send_in_text_answers_acks_and_delivers() {
@@ -165,7 +165,8 @@ async fn health_readiness_metrics_and_the_page() {
 }
 
 #[tokio::test]
-async fn rest_sends_are_rate_limited_per_user_and_a_refused_batch_sends_nothing() {
+async fn rest_sends_are_rate_limited_per_user_with_the_other_doors_and_a_refused_batch_sends_nothing()
+ {
     let app = TestApp::spawn_with(&[("SAMVAD_RATE_LIMIT", "1"), ("SAMVAD_RATE_BURST", "5")]).await;
     let alice = app.user("alice").await;
     let carol = app.user("carol").await;
@@ -196,6 +197,27 @@ async fn rest_sends_are_rate_limited_per_user_and_a_refused_batch_sends_nothing(
     assert!(
         body["error"].as_str().unwrap().contains("rate limit"),
         "{body}"
+    );
+    // Another door draws on the same budget: alice's WebSocket, with a whole burst of its own,
+    // gets no more than what refilled since.
+    let started = std::time::Instant::now();
+    let mut a = app.connect(&alice, "text", true).await;
+    for i in 0..3 {
+        a.send(&chat(&format!("ws-{i}"), "alice", "carol", "hi"))
+            .await;
+    }
+    let mut acks = 0;
+    for _ in 0..3 {
+        match a.next().await {
+            Seen::Message(ack) if ack.kind == MessageType::ServerAck => acks += 1,
+            Seen::Error(e) => assert!(e["error"].as_str().unwrap().contains("rate limit"), "{e}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let most = 1 + started.elapsed().as_secs() as usize + 1;
+    assert!(
+        acks < 3 && acks <= most,
+        "{acks} of 3 accepted over the WebSocket"
     );
     assert_eq!(
         post(&carol, batch("carol", "c", 5)).await.0,
