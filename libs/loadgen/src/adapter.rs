@@ -4,6 +4,8 @@
 //! - **samvad**: `ws://ADDR/v1.0/wss/?ack=true&format=text` with headers `user`/`accesskey`;
 //!   messages are v2.1 text (the protocol crate's encoder), the server acks each one once it is
 //!   durable, and the client acks every message and notification it receives.
+//! - **samvad-mqtt** and **samvad-grpc**: the same over Samvad's other doors (`mqtt.rs`,
+//!   `grpc.rs`; the gRPC door's messages are v3 binary).
 //! - **bun** (`deployment/bench/bun/server.js`): `ws://ADDR/?user=NAME` subscribes the
 //!   connection to `u.NAME`; text frames `sub TOPIC` and `pub TOPIC PAYLOAD`; a recipient
 //!   receives `PAYLOAD` as is.
@@ -80,6 +82,7 @@ impl Adapter {
         let url = match self.target {
             Target::Samvad => format!("ws://{addr}/v1.0/wss/?ack=true&format=text"),
             Target::SamvadMqtt => format!("ws://{addr}/mqtt"),
+            Target::SamvadGrpc => anyhow::bail!("the gRPC door is not a WebSocket"),
             Target::Bun => format!("ws://{addr}/?user={name}"),
             Target::Nats => format!("ws://{addr}/"),
         };
@@ -93,7 +96,7 @@ impl Adapter {
             Target::SamvadMqtt => {
                 headers.insert("sec-websocket-protocol", "mqtt".parse()?);
             }
-            Target::Bun | Target::Nats => {}
+            Target::SamvadGrpc | Target::Bun | Target::Nats => {}
         }
         Ok(request)
     }
@@ -102,7 +105,7 @@ impl Adapter {
     pub fn on_open(&self, user: usize, key: &str) -> Vec<Frame> {
         let room = (self.layout.rooms() > 0).then(|| self.layout.room_of(user));
         match self.target {
-            Target::Samvad => Vec::new(),
+            Target::Samvad | Target::SamvadGrpc => Vec::new(),
             Target::SamvadMqtt => crate::mqtt::open(&self.layout.user_name(user), key),
             Target::Bun => room
                 .map(|r| Frame::Text(format!("sub r.{}", self.layout.room_name(r)).into()))
@@ -135,20 +138,21 @@ impl Adapter {
                 format!("r.{}", self.layout.room_name(r)),
             ),
         };
-        let samvad = |to: &str| {
-            let m = Message {
-                version: 2.1,
-                id: id.to_owned(),
-                kind: MessageType::Message,
-                channel,
-                destination: to.to_owned(),
-                content: format!("{{\"text\":\"{}\"}}", self.text).into_bytes(),
-                ..Message::default()
-            };
-            samvad_protocol::encode_text(&m, Encoding::V2_1)
+        let message = |to: &str| Message {
+            version: 2.1,
+            id: id.to_owned(),
+            kind: MessageType::Message,
+            channel,
+            destination: to.to_owned(),
+            content: format!("{{\"text\":\"{}\"}}", self.text).into_bytes(),
+            ..Message::default()
         };
+        let samvad = |to: &str| samvad_protocol::encode_text(&message(to), Encoding::V2_1);
         match self.target {
             Target::Samvad => Frame::Text(samvad(&to).into()),
+            Target::SamvadGrpc => {
+                Frame::Binary(samvad_protocol::encode_binary(&message(&to)).into())
+            }
             Target::SamvadMqtt => {
                 let from = self.layout.user_name(from);
                 let to_topic = match channel {
@@ -179,19 +183,26 @@ impl Adapter {
         )
     }
 
-    /// The client ack for a received message (samvad only).
+    /// The client ack for a received message (samvad's WebSocket and gRPC doors; MQTT's is
+    /// its PUBACK).
     pub fn client_ack(&self, id: &str) -> Option<Frame> {
-        (self.target == Target::Samvad).then(|| {
-            let ack = Message {
-                version: 2.1,
-                id: id.to_owned(),
-                kind: MessageType::ClientAck,
-                channel: Channel::Individual,
-                destination: "server".into(),
-                ..Message::default()
-            };
-            Frame::Text(samvad_protocol::encode_text(&ack, Encoding::V2_1).into())
-        })
+        let ack = || Message {
+            version: 2.1,
+            id: id.to_owned(),
+            kind: MessageType::ClientAck,
+            channel: Channel::Individual,
+            destination: "server".into(),
+            ..Message::default()
+        };
+        match self.target {
+            Target::Samvad => Some(Frame::Text(
+                samvad_protocol::encode_text(&ack(), Encoding::V2_1).into(),
+            )),
+            Target::SamvadGrpc => {
+                Some(Frame::Binary(samvad_protocol::encode_binary(&ack()).into()))
+            }
+            Target::SamvadMqtt | Target::Bun | Target::Nats => None,
+        }
     }
 
     /// The application-level keep-alive, if the target wants one (samvad closes a
@@ -200,7 +211,8 @@ impl Adapter {
         match self.target {
             Target::Samvad => Some(Frame::Text("ping".into())),
             Target::SamvadMqtt => Some(crate::mqtt::ping()),
-            Target::Bun | Target::Nats => None,
+            // HTTP/2 pings keep a gRPC connection alive.
+            Target::SamvadGrpc | Target::Bun | Target::Nats => None,
         }
     }
 
@@ -214,6 +226,11 @@ impl Adapter {
             Target::SamvadMqtt => {
                 if let Frame::Binary(b) = frame {
                     crate::mqtt::parse(&mut state.mqtt, b, parse_samvad, out);
+                }
+            }
+            Target::SamvadGrpc => {
+                if let Frame::Binary(b) = frame {
+                    out.push(crate::grpc::parse(b, |m| classify(m.id.clone(), m.kind)));
                 }
             }
             Target::Bun => {
@@ -261,11 +278,17 @@ fn parse_samvad(text: &str) -> Option<Event> {
         .and_then(|h| h.content_type)
         .and_then(|c| MessageType::from_str(&c).ok())
         .unwrap_or(MessageType::Message);
-    Some(match kind {
+    Some(classify(id, kind))
+}
+
+/// A Samvad message by its id and kind: a server ack, a load message delivered (its id is
+/// `STEP.INTENDED_NS.SEQ`), or something else the server sent.
+fn classify(id: String, kind: MessageType) -> Event {
+    match kind {
         MessageType::ServerAck => Event::ServerAck(id),
         MessageType::Message if id.split('.').count() == 3 => Event::Delivery(id),
         _ => Event::System(id),
-    })
+    }
 }
 
 /// The id at the start of a peer payload: `{"id":"ID",...`.

@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// The server (samvad: its HTTP address; bun and nats: their WebSocket listener).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Samvad's gRPC door (`--target samvad-grpc`; logins still go to `--addr`).
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
     /// Idle: connections. One-to-one and multi-device: pairs. Fan-out: rooms.
     #[arg(long)]
     pub count: usize,
@@ -164,6 +167,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
     if layout.scenario == Scenario::Fanout && layout.room_size < 2 {
         bail!("--room-size must be at least 2");
     }
+    if args.target == Target::SamvadGrpc && args.grpc_addr.is_none() {
+        bail!("--target samvad-grpc needs --grpc-addr (the server's SAMVAD_GRPC_LISTEN)");
+    }
     if layout.scenario == Scenario::MultiDevice && !args.target.is_samvad() {
         bail!("multi-device is for Samvad only: the peers have no notion of a user's devices");
     }
@@ -182,6 +188,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunResult> {
             index: w,
             target: args.target,
             addr: args.addr.to_string(),
+            grpc_addr: args.grpc_addr.map(|a| a.to_string()),
             layout: layout.clone(),
             payload_bytes: args.payload_bytes,
             source_ip: Some(Ipv4Addr::new(a, b, c + w as u8, d)),

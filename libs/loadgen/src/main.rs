@@ -5,6 +5,7 @@
 
 mod adapter;
 mod coordinator;
+mod grpc;
 mod http;
 mod mqtt;
 mod plan;

@@ -31,6 +31,9 @@ pub enum Target {
     /// Samvad's MQTT door, MQTT 3.1.1 over WebSocket at `/mqtt`: QoS 1 both ways, the PUBACK
     /// as the server ack and as the client ack.
     SamvadMqtt,
+    /// Samvad's gRPC door, a `Connect` call per device (`--grpc-addr`): v3 messages both ways,
+    /// server acks, client acks.
+    SamvadGrpc,
     /// The Bun pub/sub server in deployment/bench/bun.
     Bun,
     /// nats-server's WebSocket listener, NATS text protocol.
@@ -40,7 +43,7 @@ pub enum Target {
 impl Target {
     /// Samvad, by whichever door: its users log in, and its acks are counted.
     pub fn is_samvad(self) -> bool {
-        matches!(self, Self::Samvad | Self::SamvadMqtt)
+        matches!(self, Self::Samvad | Self::SamvadMqtt | Self::SamvadGrpc)
     }
 }
 

@@ -15,6 +15,8 @@ pub struct WorkerSpec {
     pub index: usize,
     pub target: Target,
     pub addr: String,
+    /// The gRPC door's address (`samvad-grpc`).
+    pub grpc_addr: Option<String>,
     pub layout: Layout,
     pub payload_bytes: usize,
     /// Local address to bind before connecting (spreads sockets over loopback addresses).

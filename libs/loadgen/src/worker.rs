@@ -9,13 +9,13 @@
 //! (coordinated omission). Tokio's timer has millisecond granularity; a thread's sleep is
 //! accurate to tens of microseconds, which is what a 1 ms p99 needs.
 
-use std::net::{IpAddr, SocketAddr};
+use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -25,11 +25,18 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::adapter::{Adapter, ConnState, Event as Seen};
 use crate::http::{self, Http};
-use crate::plan::Dest;
+use crate::plan::{Dest, Target};
 use crate::stats::{self, Clock, StepStats};
 use crate::wire::{Command, Event, Progress, WorkerSpec, emit};
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// An open connection: a WebSocket, or a gRPC door's `Connect` call (its frames are v3 messages
+/// out and `Event`s in).
+enum Conn {
+    Ws(Ws),
+    Grpc(crate::grpc::Out, crate::grpc::In),
+}
 
 /// Small buffers: a connection costs a few KiB here, as it should on the server.
 fn ws_config() -> WebSocketConfig {
@@ -250,19 +257,18 @@ async fn connect_all(
     conns: &[usize],
     keys: &[String],
 ) -> (Vec<UnboundedSender<Out>>, usize) {
-    let opened: Vec<(usize, anyhow::Result<Ws>)> =
-        futures_util::stream::iter(conns.iter().zip(keys))
-            .map(|(&c, key)| async move { (c, open(spec, shared, c, key).await) })
-            .buffer_unordered(spec.connect_concurrency.max(1))
-            .collect()
-            .await;
+    let opened: Vec<_> = futures_util::stream::iter(conns.iter().zip(keys))
+        .map(|(&c, key)| async move { (c, open(spec, shared, c, key).await) })
+        .buffer_unordered(spec.connect_concurrency.max(1))
+        .collect()
+        .await;
     let mut senders: Vec<(usize, UnboundedSender<Out>)> = Vec::new();
     let mut failed = 0;
-    for (c, ws) in opened {
-        match ws {
-            Ok(ws) => {
+    for (c, conn) in opened {
+        match conn {
+            Ok(conn) => {
                 let key = &keys[conns.iter().position(|&k| k == c).expect("one of ours")];
-                let tx = start_connection(shared, c, key, ws);
+                let tx = start_connection(shared, c, key, conn);
                 if spec.layout.dest(c).is_some() {
                     senders.push((c, tx));
                 }
@@ -277,13 +283,34 @@ async fn connect_all(
     (senders.into_iter().map(|(_, tx)| tx).collect(), failed)
 }
 
-async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> anyhow::Result<Ws> {
+async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> anyhow::Result<Conn> {
+    if shared.adapter.target == Target::SamvadGrpc {
+        let addr = spec
+            .grpc_addr
+            .as_deref()
+            .context("--grpc-addr is needed for the gRPC door")?
+            .parse()
+            .context("--grpc-addr must be IP:PORT")?;
+        let (sink, stream) = crate::grpc::connect(addr, spec.source_ip, key).await?;
+        return Ok(Conn::Grpc(sink, stream));
+    }
     let addr: SocketAddr = spec.addr.parse().context("--addr must be IP:PORT")?;
+    let stream = tcp(addr, spec.source_ip).await?;
+    let user = shared.adapter.layout().user_of(conn);
+    let request = shared.adapter.request(&spec.addr, user, key)?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+        .await
+        .context("WebSocket handshake")?;
+    Ok(Conn::Ws(ws))
+}
+
+/// A TCP connection to `addr` from `source_ip` (if given), without Nagle's delay.
+pub async fn tcp(addr: SocketAddr, source_ip: Option<Ipv4Addr>) -> anyhow::Result<TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(ip) = spec.source_ip {
+    if let Some(ip) = source_ip {
         socket
             .bind(SocketAddr::new(IpAddr::V4(ip), 0))
             .with_context(|| format!("cannot bind {ip}"))?;
@@ -293,96 +320,115 @@ async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> any
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
-    let user = shared.adapter.layout().user_of(conn);
-    let request = shared.adapter.request(&spec.addr, user, key)?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
-        .await
-        .context("WebSocket handshake")?;
-    Ok(ws)
+    Ok(stream)
 }
 
-fn start_connection(shared: &Arc<Shared>, conn: usize, key: &str, ws: Ws) -> UnboundedSender<Out> {
+fn start_connection(
+    shared: &Arc<Shared>,
+    conn: usize,
+    key: &str,
+    opened: Conn,
+) -> UnboundedSender<Out> {
     let (tx, rx) = unbounded_channel();
     let layout = shared.adapter.layout();
     let user = layout.user_of(conn);
     for frame in shared.adapter.on_open(user, key) {
         let _ = tx.send(Out::Frame(frame));
     }
-    let (sink, stream) = ws.split();
     let dest = layout.dest(conn);
     // The writer notes what it sent that awaits an answer (MQTT's packet ids), the reader
     // reads the answers.
     let state = Arc::new(Mutex::new(ConnState::default()));
-    tokio::spawn(write(
-        Arc::clone(shared),
+    let writer = Writer {
+        shared: Arc::clone(shared),
         user,
         dest,
-        sink,
-        rx,
-        Arc::clone(&state),
-    ));
-    tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
+        state: Arc::clone(&state),
+    };
+    match opened {
+        Conn::Ws(ws) => {
+            let (sink, stream) = ws.split();
+            tokio::spawn(writer.run(sink, rx));
+            tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
+        }
+        Conn::Grpc(sink, stream) => {
+            tokio::spawn(writer.run(sink, rx));
+            tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
+        }
+    }
     tx
 }
 
-/// Writes what the pacer and the reader hand over, batching whatever is queued into one flush.
-async fn write(
+/// A connection's writer.
+struct Writer {
     shared: Arc<Shared>,
     user: usize,
     dest: Option<Dest>,
-    mut sink: SplitSink<Ws, Frame>,
-    mut rx: UnboundedReceiver<Out>,
     state: Arc<Mutex<ConnState>>,
-) {
-    let mut seq: u64 = 0;
-    let keepalive = shared.adapter.keepalive();
-    let mut ping = tokio::time::interval(Duration::from_secs(30));
-    ping.tick().await;
-    loop {
-        let first = tokio::select! {
-            out = rx.recv() => match out {
-                Some(out) => out,
-                None => break,
-            },
-            _ = ping.tick(), if keepalive.is_some() => match &keepalive {
-                Some(frame) => Out::Frame(frame.clone()),
-                None => continue,
-            }
-        };
-        let mut next = Some(first);
-        let mut result = Ok(());
-        while let Some(out) = next.take() {
-            let frame = match out {
-                Out::Frame(f) => f,
-                Out::Send { step, t_ns } => {
-                    seq += 1;
-                    let id = format!("{step}.{t_ns}.{seq}");
-                    match &dest {
-                        Some(d) => {
-                            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                            shared.adapter.message(&mut state, user, d, &id)
-                        }
-                        None => continue,
-                    }
+}
+
+impl Writer {
+    /// Writes what the pacer and the reader hand over, batching whatever is queued into one flush.
+    async fn run<S>(self, mut sink: S, mut rx: UnboundedReceiver<Out>)
+    where
+        S: Sink<Frame, Error: Display + Send> + Unpin,
+    {
+        let Self {
+            shared,
+            user,
+            dest,
+            state,
+        } = self;
+        let mut seq: u64 = 0;
+        let keepalive = shared.adapter.keepalive();
+        let mut ping = tokio::time::interval(Duration::from_secs(30));
+        ping.tick().await;
+        loop {
+            let first = tokio::select! {
+                out = rx.recv() => match out {
+                    Some(out) => out,
+                    None => break,
+                },
+                _ = ping.tick(), if keepalive.is_some() => match &keepalive {
+                    Some(frame) => Out::Frame(frame.clone()),
+                    None => continue,
                 }
             };
-            result = sink.feed(frame).await;
-            if result.is_err() {
+            let mut next = Some(first);
+            let mut result = Ok(());
+            while let Some(out) = next.take() {
+                let frame = match out {
+                    Out::Frame(f) => f,
+                    Out::Send { step, t_ns } => {
+                        seq += 1;
+                        let id = format!("{step}.{t_ns}.{seq}");
+                        match &dest {
+                            Some(d) => {
+                                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                                shared.adapter.message(&mut state, user, d, &id)
+                            }
+                            None => continue,
+                        }
+                    }
+                };
+                result = sink.feed(frame).await;
+                if result.is_err() {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if let Err(e) = result.and(sink.flush().await) {
+                shared.lock().note_error(format!("write: {e}"));
                 break;
             }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = result.and(sink.flush().await) {
-            shared.lock().note_error(format!("write: {e}"));
-            break;
         }
     }
 }
 
 /// Reads frames, measures, and hands acks and replies to the writer.
-async fn read(
+async fn read<E: Display>(
     shared: Arc<Shared>,
-    mut stream: SplitStream<Ws>,
+    mut stream: impl Stream<Item = Result<Frame, E>> + Unpin,
     tx: UnboundedSender<Out>,
     state: Arc<Mutex<ConnState>>,
 ) {
