@@ -5,8 +5,8 @@
 use std::error::Error;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    const PROTOS: &str = "../protocol/proto";
-    const CHAT: &str = "../protocol/proto/chat.proto";
+    const PROTOS: &str = "../../libs/protocol/proto";
+    const CHAT: &str = "../../libs/protocol/proto/chat.proto";
     println!("cargo:rerun-if-changed={PROTOS}");
     prost_build::Config::new()
         .protoc_executable(protoc_bin_vendored::protoc_bin_path()?)
