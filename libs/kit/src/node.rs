@@ -1,6 +1,5 @@
 //! A node: one process running one or more services over shared backends.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::PerUser;
-use crate::config::{AuthProvider, BusSettings, Config, PresenceSettings, Settings, StoreSettings};
+use crate::config::{
+    AuthProvider, BusSettings, Config, Environment, PresenceSettings, Settings, StoreSettings,
+};
 use crate::metrics::Metrics;
 
 /// How long a stopping node gives its in-flight work (requests, consumer batches, the consumers'
@@ -410,7 +411,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// (`samvad delivery`) or `serve` for all of them; otherwise all run.
 pub fn main(services: &[ServiceDef]) -> ExitCode {
     let mut args: Vec<String> = std::env::args().collect();
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let env = match Environment::read() {
+        Ok(env) => env,
+        Err(problem) => {
+            eprintln!("samvad cannot start: {problem}");
+            return ExitCode::from(2);
+        }
+    };
     if args.get(1).map(String::as_str) == Some("check-config") {
         args.remove(1);
         return check_config(&args, &env);
@@ -434,7 +441,7 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
             }
         }
     }
-    let config = match Config::parse_with_env(&args, &env) {
+    let config = match Config::parse_with_env(&args, &env.vars) {
         Ok(config) => config,
         Err(e) => e.exit(),
     };
@@ -448,7 +455,7 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.json_logs);
+    init_tracing(settings.json_logs, env.vars.get("RUST_LOG"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -474,14 +481,14 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
 /// `check-config`: every setting as this process would take it (secrets hidden) and where it
 /// came from, then every problem with them; exit status 0 when the process could start with
 /// them, 2 when not.
-fn check_config(args: &[String], env: &HashMap<String, String>) -> ExitCode {
+fn check_config(args: &[String], env: &Environment) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for setting in Config::effective(args, env) {
         let value = setting.shown.as_deref().unwrap_or("(unset)");
         let _ = writeln!(out, "{}={value}  # {}", setting.var, setting.source);
     }
-    let problems = match Config::parse_with_env(args, env) {
+    let problems = match Config::parse_with_env(args, &env.vars) {
         Ok(config) => config.validate().err().unwrap_or_default(),
         Err(e) => vec![e.to_string()],
     };
@@ -581,9 +588,12 @@ async fn wait_for_signal() -> Stop {
     }
 }
 
-fn init_tracing(json: bool) {
+/// Logs as `filter` (`RUST_LOG`) says, `info` and above by default.
+fn init_tracing(json: bool, filter: Option<&String>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     // A log that cannot be written (a full disk under a log file, its file-size limit) must
     // cost only the lines: by default the subscriber would say so with `eprintln!`, which
     // panics when stderr fails too, and take down whichever thread logged — the database

@@ -1,13 +1,14 @@
 //! Settings: every one an environment variable and a flag of the same meaning (`--help` lists
-//! them, `.env.tmpl` documents them). Values are read as text and checked together by
+//! them, `.env.tmpl` documents them), which a `.env` file in the working directory may also
+//! give ([`Environment`]). Values are read as text and checked together by
 //! [`Config::validate`], so a bad start-up reports every problem at once.
 //!
 //! The loader takes its environment as a parameter, so tests never touch the process's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
@@ -659,6 +660,53 @@ pub(crate) fn number(
     }
 }
 
+/// The file of settings a process reads from its working directory, as `.env.tmpl` says.
+pub const ENV_FILE: &str = ".env";
+
+/// What a process is given besides its command line: its environment, over the settings in
+/// [`ENV_FILE`] if there is one. A variable set in the environment wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub vars: HashMap<String, String>,
+    /// Those whose value came from the file.
+    from_file: HashSet<String>,
+}
+
+impl Environment {
+    /// The process's environment over `./.env`; an error names the file, and the line, it
+    /// cannot read.
+    pub fn read() -> Result<Self, String> {
+        Self::over_file(std::env::vars().collect(), Path::new(ENV_FILE))
+    }
+
+    fn over_file(mut vars: HashMap<String, String>, file: &Path) -> Result<Self, String> {
+        let cannot = |e: dotenvy::Error| format!("cannot read {}: {e}", file.display());
+        let lines = match dotenvy::from_path_iter(file) {
+            Ok(lines) => lines,
+            Err(e) if e.not_found() => return Ok(Self::from(vars)),
+            Err(e) => return Err(cannot(e)),
+        };
+        let mut from_file = HashSet::new();
+        for line in lines {
+            let (var, value) = line.map_err(cannot)?;
+            if !vars.contains_key(&var) {
+                vars.insert(var.clone(), value);
+                from_file.insert(var);
+            }
+        }
+        Ok(Self { vars, from_file })
+    }
+}
+
+impl From<HashMap<String, String>> for Environment {
+    fn from(vars: HashMap<String, String>) -> Self {
+        Self {
+            vars,
+            from_file: HashSet::new(),
+        }
+    }
+}
+
 /// One setting as a process given `args` and `env` would take it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effective {
@@ -666,14 +714,14 @@ pub struct Effective {
     pub var: String,
     /// Its value as it may be shown: a secret hidden, a URL's password too; `None` if unset.
     pub shown: Option<String>,
-    /// Where the value came from: `flag`, `environment` or `default`.
+    /// Where the value came from: `flag`, `environment`, `.env` or `default`.
     pub source: &'static str,
 }
 
 impl Config {
     /// Every setting as a process given `args` (its own name first) and `env` would take it,
     /// in `--help`'s order, secrets hidden.
-    pub fn effective(args: &[String], env: &HashMap<String, String>) -> Vec<Effective> {
+    pub fn effective(args: &[String], env: &Environment) -> Vec<Effective> {
         Self::command()
             .get_arguments()
             .filter_map(|arg| {
@@ -687,8 +735,11 @@ impl Config {
                             Some("") => args.get(i + 1).cloned(),
                             _ => None,
                         });
-                let (value, source) = match (given, env.get(&var)) {
+                let (value, source) = match (given, env.vars.get(&var)) {
                     (Some(value), _) => (Some(value), "flag"),
+                    (None, Some(value)) if env.from_file.contains(&var) => {
+                        (Some(value.clone()), ENV_FILE)
+                    }
                     (None, Some(value)) => (Some(value.clone()), "environment"),
                     (None, None) => (
                         arg.get_default_values()
@@ -778,7 +829,7 @@ mod tests {
             ("SAMVAD_RATE_LIMIT", "9"),
             ("SAMVAD_METRICS_TOKEN", "scrape-me-0123456789"),
         ]);
-        let all = Config::effective(&args, &env);
+        let all = Config::effective(&args, &env.into());
         let find = |var: &str| all.iter().find(|s| s.var == var).unwrap().clone();
         let shown = |var: &str| (find(var).shown, find(var).source);
         assert_eq!(
@@ -797,6 +848,37 @@ mod tests {
         assert_eq!(shown("SAMVAD_INSTANCE_ID"), (None, "default"));
         let listed = format!("{all:?}");
         assert!(!listed.contains("hunter2") && !listed.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_dotenv_file_gives_what_the_environment_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".env");
+        std::fs::write(
+            &file,
+            "# copied from .env.tmpl\nSAMVAD_RATE_LIMIT=7\nexport SAMVAD_RATE_BURST=3\n\
+             SAMVAD_AUTH_PROVIDER=\"dev\"\n",
+        )
+        .unwrap();
+        let given = env(&[("SAMVAD_RATE_BURST", "9")]);
+        let env = Environment::over_file(given.clone(), &file).unwrap();
+        let all = Config::effective(&["samvad".into()], &env);
+        let shown = |var: &str| {
+            let s = all.iter().find(|s| s.var == var).unwrap();
+            (s.shown.clone().unwrap(), s.source)
+        };
+        assert_eq!(shown("SAMVAD_RATE_LIMIT"), ("7".into(), ".env"));
+        assert_eq!(shown("SAMVAD_RATE_BURST"), ("9".into(), "environment"));
+        assert_eq!(shown("SAMVAD_AUTH_PROVIDER"), ("dev".into(), ".env"));
+
+        let missing = Environment::over_file(given.clone(), &dir.path().join("none")).unwrap();
+        assert_eq!(missing.vars, given);
+        std::fs::write(&file, "SAMVAD_RATE_LIMIT=7\nnot a setting\n").unwrap();
+        let problem = Environment::over_file(given, &file).unwrap_err();
+        assert!(
+            problem.contains(".env") && problem.contains("not a setting"),
+            "{problem}"
+        );
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {

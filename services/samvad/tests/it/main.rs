@@ -10,6 +10,7 @@ mod backends;
 mod bad_input;
 mod chat;
 mod cluster;
+mod config;
 mod devices;
 mod durability;
 mod garbage;
