@@ -91,6 +91,9 @@ impl From<Rejection> for ApiError {
 /// Why a batch sent in one request was not sent: none of it was.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// The user sent too much too fast ([`Ingress::admit`]).
+    #[error("rate limit exceeded: nothing of this batch was sent; slow down and send it again")]
+    RateLimited,
     /// The message at this index was refused.
     #[error("message {0}: {1}")]
     Refused(usize, #[source] Rejection),
@@ -102,6 +105,7 @@ pub enum BatchError {
 impl From<BatchError> for ApiError {
     fn from(e: BatchError) -> Self {
         match e {
+            BatchError::RateLimited => ApiError::too_many(e.to_string()),
             BatchError::Refused(i, rejection) => {
                 let mut error = ApiError::from(rejection);
                 error.message = format!("message {i}: {}", error.message);
@@ -234,15 +238,25 @@ impl Ingress {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes a batch that `device` of `user` sent in one request: each message decoded,
-    /// checked and stamped, then all of them published together, durably. All or nothing: the
-    /// first message refused refuses the batch, and the rest are not looked at.
+    /// Takes a batch that `device` of `user` sent in one request: within what the user may
+    /// send (client acks aside, as on a connection), each message decoded, checked and
+    /// stamped, then all of them published together, durably. All or nothing: a batch over
+    /// the budget is refused whole, and the first message refused refuses the batch (the rest
+    /// are not looked at).
     pub async fn send_batch(
         &self,
         user: &str,
         device: &str,
         decoded: impl IntoIterator<Item = Result<Message, DecodeError>>,
     ) -> Result<Vec<Message>, BatchError> {
+        let decoded: Vec<_> = decoded.into_iter().collect();
+        let sends = decoded
+            .iter()
+            .filter(|m| !matches!(m, Ok(m) if m.kind == MessageType::ClientAck))
+            .count();
+        if !self.admit(user, sends) {
+            return Err(BatchError::RateLimited);
+        }
         let mut accepted = Vec::new();
         for (i, message) in decoded.into_iter().enumerate() {
             let message = message.map_err(|e| {

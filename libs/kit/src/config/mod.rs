@@ -138,11 +138,12 @@ pub struct LimitArgs {
     #[arg(long, env = "SAMVAD_MAX_MESSAGE_BYTES", default_value = "65536")]
     pub max_message_bytes: String,
 
-    /// Messages per second one WebSocket connection, or one user over REST, may send (sustained).
+    /// Messages per second one connection may send (sustained), and one user through every door
+    /// of the process together, client acks aside.
     #[arg(long, env = "SAMVAD_RATE_LIMIT", default_value = "50")]
     pub rate_limit: String,
 
-    /// Messages one WebSocket connection may send in a burst.
+    /// Messages one connection, or one user through every door, may send in a burst.
     #[arg(long, env = "SAMVAD_RATE_BURST", default_value = "200")]
     pub rate_burst: String,
 
@@ -665,6 +666,13 @@ pub const ENV_FILE: &str = ".env";
 
 /// What a process is given besides its command line: its environment, over the settings in
 /// [`ENV_FILE`] if there is one. A variable set in the environment wins over the file.
+///
+/// The file is `KEY=VALUE` lines (`export ` before one is allowed), blank lines and `#`
+/// comments; a later line wins over an earlier one. A value is taken as it is written: one
+/// pair of quotes around it is removed, and nothing else is changed — no `$NAME` expansion and
+/// no escapes, so a secret reads the same from the file as from the environment. (The dotenv
+/// crates expand `$` in values and repeat the line they cannot read in their error, which
+/// would put a secret in the log: hence the few lines here.)
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     pub vars: HashMap<String, String>,
@@ -680,15 +688,25 @@ impl Environment {
     }
 
     fn over_file(mut vars: HashMap<String, String>, file: &Path) -> Result<Self, String> {
-        let cannot = |e: dotenvy::Error| format!("cannot read {}: {e}", file.display());
-        let lines = match dotenvy::from_path_iter(file) {
-            Ok(lines) => lines,
-            Err(e) if e.not_found() => return Ok(Self::from(vars)),
-            Err(e) => return Err(cannot(e)),
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::from(vars)),
+            Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
         };
+        let mut given = HashMap::new();
+        for (n, line) in text.trim_start_matches('\u{feff}').lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // Never the line itself in the error: it may hold a secret.
+            let (var, value) = env_line(line).ok_or_else(|| {
+                format!("{} line {}: not a KEY=VALUE setting", file.display(), n + 1)
+            })?;
+            given.insert(var.to_owned(), value.to_owned());
+        }
         let mut from_file = HashSet::new();
-        for line in lines {
-            let (var, value) = line.map_err(cannot)?;
+        for (var, value) in given {
             if !vars.contains_key(&var) {
                 vars.insert(var.clone(), value);
                 from_file.insert(var);
@@ -696,6 +714,27 @@ impl Environment {
         }
         Ok(Self { vars, from_file })
     }
+}
+
+/// `KEY=VALUE` (or `export KEY=VALUE`), the value without one pair of quotes around it.
+fn env_line(line: &str) -> Option<(&str, &str)> {
+    let line = line.strip_prefix("export ").unwrap_or(line);
+    let (var, value) = line.split_once('=')?;
+    let var = var.trim();
+    let named = !var.is_empty()
+        && !var.starts_with(|c: char| c.is_ascii_digit())
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !named {
+        return None;
+    }
+    let value = value.trim();
+    let unquoted = ['"', '\''].iter().find_map(|&q| {
+        value
+            .strip_prefix(q)
+            .and_then(|v| v.strip_suffix(q))
+            .filter(|_| value.len() >= 2)
+    });
+    Some((var, unquoted.unwrap_or(value)))
 }
 
 impl From<HashMap<String, String>> for Environment {
@@ -856,8 +895,9 @@ mod tests {
         let file = dir.path().join(".env");
         std::fs::write(
             &file,
-            "# copied from .env.tmpl\nSAMVAD_RATE_LIMIT=7\nexport SAMVAD_RATE_BURST=3\n\
-             SAMVAD_AUTH_PROVIDER=\"dev\"\n",
+            "\u{feff}# copied from .env.tmpl\nSAMVAD_RATE_LIMIT=6\nexport SAMVAD_RATE_BURST=3\n\n\
+             SAMVAD_AUTH_PROVIDER=\"dev\"\nSAMVAD_METRICS_TOKEN='pa$word\\x \"q\"'\n\
+             SAMVAD_RATE_LIMIT=7\n",
         )
         .unwrap();
         let given = env(&[("SAMVAD_RATE_BURST", "9")]);
@@ -870,14 +910,23 @@ mod tests {
         assert_eq!(shown("SAMVAD_RATE_LIMIT"), ("7".into(), ".env"));
         assert_eq!(shown("SAMVAD_RATE_BURST"), ("9".into(), "environment"));
         assert_eq!(shown("SAMVAD_AUTH_PROVIDER"), ("dev".into(), ".env"));
+        assert_eq!(
+            env.vars["SAMVAD_METRICS_TOKEN"], "pa$word\\x \"q\"",
+            "as written: no expansion, no escapes"
+        );
 
         let missing = Environment::over_file(given.clone(), &dir.path().join("none")).unwrap();
         assert_eq!(missing.vars, given);
-        std::fs::write(&file, "SAMVAD_RATE_LIMIT=7\nnot a setting\n").unwrap();
+        std::fs::write(
+            &file,
+            "SAMVAD_RATE_LIMIT=7\nsecret-123 in the wrong place\n",
+        )
+        .unwrap();
         let problem = Environment::over_file(given, &file).unwrap_err();
+        assert!(problem.contains(".env line 2"), "{problem}");
         assert!(
-            problem.contains(".env") && problem.contains("not a setting"),
-            "{problem}"
+            !problem.contains("secret-123"),
+            "the line is not repeated: {problem}"
         );
     }
 

@@ -35,12 +35,15 @@ fn a_dotenv_file_in_the_working_directory_is_read_below_the_environment() {
         assert!(out.lines().any(|l| l == line), "no `{line}` in:\n{out}");
     }
 
-    std::fs::write(
-        dir.path().join(".env"),
-        "SAMVAD_RATE_LIMIT=7\nnot a setting\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(".env"), "SAMVAD_RATE_LIMIT=7\nhunter2\n").unwrap();
     let (code, out) = check_config(dir.path());
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("cannot read .env"), "{out}");
+    assert!(
+        out.contains(".env line 2: not a KEY=VALUE setting"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("hunter2"),
+        "a line is never repeated: it may hold a secret"
+    );
 }
