@@ -82,6 +82,8 @@ pub(crate) async fn serve(gateway: Gateway, listener: TcpListener) -> anyhow::Re
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION))
+        // No grace after it: a `Connect` call lasts as long as its device stays.
+        .max_connection_age(ctx.settings.grpc_max_connection_age)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -48,6 +48,16 @@ pub struct Config {
     #[arg(long, env = "SAMVAD_GRPC_LISTEN")]
     pub grpc_listen: Option<String>,
 
+    /// Seconds after which a gRPC connection is asked to move on (GOAWAY): calls in progress go
+    /// on, new ones come on a new connection, which may reach another gateway. Also how long a
+    /// connection that opens no call is kept.
+    #[arg(
+        long,
+        env = "SAMVAD_GRPC_MAX_CONNECTION_AGE_SECS",
+        default_value = "1800"
+    )]
+    pub grpc_max_connection_age_secs: String,
+
     /// The `{app}` of MQTT topics: `apps/{app}/users/{user}/…`.
     #[arg(long, env = "SAMVAD_MQTT_APP", default_value = "samvad")]
     pub mqtt_app: String,
@@ -236,6 +246,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub mqtt_listen: Option<SocketAddr>,
     pub grpc_listen: Option<SocketAddr>,
+    pub grpc_max_connection_age: Duration,
     pub mqtt_app: String,
     pub data_dir: PathBuf,
     pub json_logs: bool,
@@ -420,6 +431,12 @@ impl Config {
             &self.limits.request_head_secs,
             1..=600,
         );
+        let grpc_max_connection_age_secs = number(
+            &mut problems,
+            "SAMVAD_GRPC_MAX_CONNECTION_AGE_SECS",
+            &self.grpc_max_connection_age_secs,
+            1..=86_400,
+        );
         let logins_per_minute = number(
             &mut problems,
             "SAMVAD_LOGINS_PER_MINUTE",
@@ -499,6 +516,7 @@ impl Config {
                 max_group_members: max_group_members as usize,
                 slow_client: Duration::from_secs(slow_client_secs),
                 request_head: Duration::from_secs(request_head_secs),
+                grpc_max_connection_age: Duration::from_secs(grpc_max_connection_age_secs),
                 logins_per_minute: logins_per_minute as u32,
                 contact_syncs_per_minute: contact_syncs_per_minute as u32,
                 max_connections_per_user: max_connections_per_user as usize,

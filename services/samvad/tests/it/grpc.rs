@@ -521,6 +521,65 @@ async fn a_grpc_connection_that_says_nothing_is_closed() {
 }
 
 #[tokio::test]
+async fn a_grpc_connection_past_its_age_is_asked_to_move_on_and_its_calls_go_on() {
+    let (app, grpc) = spawn_with(&[("SAMVAD_GRPC_MAX_CONNECTION_AGE_SECS", "2")]).await;
+    let carol = app.user("carol").await;
+    let mut on_phone = Connection::open(grpc, &carol, false).await;
+    // A connection that opens no call: told GOAWAY once its age is up, then closed.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .unwrap();
+    // The client preface and an empty SETTINGS frame.
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // What a well-behaved client does: SETTINGS and PINGs answered, frame types noted.
+    let talk = async {
+        let mut frames = Vec::new();
+        let mut head = [0u8; 9];
+        while idle.read_exact(&mut head).await.is_ok() {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, ack) = (head[3], head[4] & 1 == 1);
+            let mut payload = vec![0u8; len];
+            if idle.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            frames.push(kind);
+            let answer = match (kind, ack) {
+                (0x4, false) => Some(Vec::new()),
+                (0x6, false) => Some(payload),
+                _ => None,
+            };
+            if let Some(body) = answer {
+                let mut frame = vec![0, 0, body.len() as u8, kind, 1, 0, 0, 0, 0];
+                frame.extend_from_slice(&body);
+                let _ = idle.write_all(&frame).await;
+            }
+        }
+        frames
+    };
+    let frames = tokio::time::timeout(Duration::from_secs(15), talk)
+        .await
+        .expect("the idle connection is closed after its age");
+    assert!(
+        frames.contains(&0x7),
+        "a GOAWAY frame before the close: {frames:?}"
+    );
+    // The call that was open through it all is still served.
+    let alice = app.user("alice").await;
+    let sent = call(
+        grpc,
+        &alice.key,
+        &["send", &b64(&chat("c1", "alice", "carol", "still there?"))],
+    )
+    .await;
+    assert!(sent.get("acks").is_some(), "{sent}");
+    assert_eq!(on_phone.chat_message().await.id, "c1");
+    on_phone.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_grpc_call_ends_with_a_logout_and_past_the_connection_cap() {
     let (app, grpc) = spawn_with(&[("SAMVAD_MAX_CONNECTIONS_PER_USER", "2")]).await;
     let phone = app.device("carol", "phone").await;
