@@ -9,17 +9,16 @@
 //! (coordinated omission). Tokio's timer has millisecond granularity; a thread's sleep is
 //! accurate to tens of microseconds, which is what a 1 ms p99 needs.
 
-use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
+use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _, TryStreamExt as _};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -29,14 +28,11 @@ use crate::plan::{Dest, Target};
 use crate::stats::{self, Clock, StepStats};
 use crate::wire::{Command, Event, Progress, WorkerSpec, emit};
 
-type Ws = WebSocketStream<TcpStream>;
-
-/// An open connection: a WebSocket, or a gRPC door's `Connect` call (its frames are v3 messages
-/// out and `Event`s in).
-enum Conn {
-    Ws(Ws),
-    Grpc(crate::grpc::Out, crate::grpc::In),
-}
+/// What a connection's writer writes to, whatever the door: a WebSocket, or a gRPC door's
+/// `Connect` call (its frames are v3 messages out and `Event`s in).
+pub type FrameSink = Pin<Box<dyn Sink<Frame, Error = String> + Send>>;
+/// What a connection's reader reads from.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, String>> + Send>>;
 
 /// Small buffers: a connection costs a few KiB here, as it should on the server.
 fn ws_config() -> WebSocketConfig {
@@ -283,7 +279,12 @@ async fn connect_all(
     (senders.into_iter().map(|(_, tx)| tx).collect(), failed)
 }
 
-async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> anyhow::Result<Conn> {
+async fn open(
+    spec: &WorkerSpec,
+    shared: &Shared,
+    conn: usize,
+    key: &str,
+) -> anyhow::Result<(FrameSink, FrameStream)> {
     if shared.adapter.target == Target::SamvadGrpc {
         let addr = spec
             .grpc_addr
@@ -291,8 +292,7 @@ async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> any
             .context("--grpc-addr is needed for the gRPC door")?
             .parse()
             .context("--grpc-addr must be IP:PORT")?;
-        let (sink, stream) = crate::grpc::connect(addr, spec.source_ip, key).await?;
-        return Ok(Conn::Grpc(sink, stream));
+        return crate::grpc::connect(addr, spec.source_ip, key).await;
     }
     let addr: SocketAddr = spec.addr.parse().context("--addr must be IP:PORT")?;
     let stream = tcp(addr, spec.source_ip).await?;
@@ -301,7 +301,11 @@ async fn open(spec: &WorkerSpec, shared: &Shared, conn: usize, key: &str) -> any
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
         .await
         .context("WebSocket handshake")?;
-    Ok(Conn::Ws(ws))
+    let (sink, stream) = ws.split();
+    Ok((
+        Box::pin(sink.sink_map_err(|e| e.to_string())),
+        Box::pin(stream.map_err(|e| e.to_string())),
+    ))
 }
 
 /// A TCP connection to `addr` from `source_ip` (if given), without Nagle's delay.
@@ -327,7 +331,7 @@ fn start_connection(
     shared: &Arc<Shared>,
     conn: usize,
     key: &str,
-    opened: Conn,
+    (sink, stream): (FrameSink, FrameStream),
 ) -> UnboundedSender<Out> {
     let (tx, rx) = unbounded_channel();
     let layout = shared.adapter.layout();
@@ -339,96 +343,76 @@ fn start_connection(
     // The writer notes what it sent that awaits an answer (MQTT's packet ids), the reader
     // reads the answers.
     let state = Arc::new(Mutex::new(ConnState::default()));
-    let writer = Writer {
-        shared: Arc::clone(shared),
+    tokio::spawn(write(
+        Arc::clone(shared),
         user,
         dest,
-        state: Arc::clone(&state),
-    };
-    match opened {
-        Conn::Ws(ws) => {
-            let (sink, stream) = ws.split();
-            tokio::spawn(writer.run(sink, rx));
-            tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
-        }
-        Conn::Grpc(sink, stream) => {
-            tokio::spawn(writer.run(sink, rx));
-            tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
-        }
-    }
+        sink,
+        rx,
+        Arc::clone(&state),
+    ));
+    tokio::spawn(read(Arc::clone(shared), stream, tx.clone(), state));
     tx
 }
 
-/// A connection's writer.
-struct Writer {
+/// Writes what the pacer and the reader hand over, batching whatever is queued into one flush.
+async fn write(
     shared: Arc<Shared>,
     user: usize,
     dest: Option<Dest>,
+    mut sink: FrameSink,
+    mut rx: UnboundedReceiver<Out>,
     state: Arc<Mutex<ConnState>>,
-}
-
-impl Writer {
-    /// Writes what the pacer and the reader hand over, batching whatever is queued into one flush.
-    async fn run<S>(self, mut sink: S, mut rx: UnboundedReceiver<Out>)
-    where
-        S: Sink<Frame, Error: Display + Send> + Unpin,
-    {
-        let Self {
-            shared,
-            user,
-            dest,
-            state,
-        } = self;
-        let mut seq: u64 = 0;
-        let keepalive = shared.adapter.keepalive();
-        let mut ping = tokio::time::interval(Duration::from_secs(30));
-        ping.tick().await;
-        loop {
-            let first = tokio::select! {
-                out = rx.recv() => match out {
-                    Some(out) => out,
-                    None => break,
-                },
-                _ = ping.tick(), if keepalive.is_some() => match &keepalive {
-                    Some(frame) => Out::Frame(frame.clone()),
-                    None => continue,
+) {
+    let mut seq: u64 = 0;
+    let keepalive = shared.adapter.keepalive();
+    let mut ping = tokio::time::interval(Duration::from_secs(30));
+    ping.tick().await;
+    loop {
+        let first = tokio::select! {
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => break,
+            },
+            _ = ping.tick(), if keepalive.is_some() => match &keepalive {
+                Some(frame) => Out::Frame(frame.clone()),
+                None => continue,
+            }
+        };
+        let mut next = Some(first);
+        let mut result = Ok(());
+        while let Some(out) = next.take() {
+            let frame = match out {
+                Out::Frame(f) => f,
+                Out::Send { step, t_ns } => {
+                    seq += 1;
+                    let id = format!("{step}.{t_ns}.{seq}");
+                    match &dest {
+                        Some(d) => {
+                            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                            shared.adapter.message(&mut state, user, d, &id)
+                        }
+                        None => continue,
+                    }
                 }
             };
-            let mut next = Some(first);
-            let mut result = Ok(());
-            while let Some(out) = next.take() {
-                let frame = match out {
-                    Out::Frame(f) => f,
-                    Out::Send { step, t_ns } => {
-                        seq += 1;
-                        let id = format!("{step}.{t_ns}.{seq}");
-                        match &dest {
-                            Some(d) => {
-                                let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                                shared.adapter.message(&mut state, user, d, &id)
-                            }
-                            None => continue,
-                        }
-                    }
-                };
-                result = sink.feed(frame).await;
-                if result.is_err() {
-                    break;
-                }
-                next = rx.try_recv().ok();
-            }
-            if let Err(e) = result.and(sink.flush().await) {
-                shared.lock().note_error(format!("write: {e}"));
+            result = sink.feed(frame).await;
+            if result.is_err() {
                 break;
             }
+            next = rx.try_recv().ok();
+        }
+        if let Err(e) = result.and(sink.flush().await) {
+            shared.lock().note_error(format!("write: {e}"));
+            break;
         }
     }
 }
 
 /// Reads frames, measures, and hands acks and replies to the writer.
-async fn read<E: Display>(
+async fn read(
     shared: Arc<Shared>,
-    mut stream: impl Stream<Item = Result<Frame, E>> + Unpin,
+    mut stream: FrameStream,
     tx: UnboundedSender<Out>,
     state: Arc<Mutex<ConnState>>,
 ) {

@@ -746,12 +746,9 @@ fn env_line(line: &str) -> Option<(&str, &str)> {
         return None;
     }
     let value = value.trim();
-    let unquoted = ['"', '\''].iter().find_map(|&q| {
-        value
-            .strip_prefix(q)
-            .and_then(|v| v.strip_suffix(q))
-            .filter(|_| value.len() >= 2)
-    });
+    let unquoted = ['"', '\'']
+        .iter()
+        .find_map(|&q| value.strip_prefix(q)?.strip_suffix(q));
     Some((var, unquoted.unwrap_or(value)))
 }
 
