@@ -220,6 +220,7 @@ mod tests {
                 Ok(axum::Router::new())
             })
         },
+        api: None,
     };
 
     #[tokio::test]

@@ -100,11 +100,21 @@ impl From<samvad_bus::BusError> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "name must be 1 to 64 characters"}))]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(serde_json::json!({ "error": self.message })),
+            Json(ErrorBody {
+                error: self.message,
+            }),
         )
             .into_response()
     }

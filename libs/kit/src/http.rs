@@ -17,6 +17,10 @@ use crate::config::AllowedHosts;
 use crate::node::Shared;
 use crate::{ApiError, ReasonLabel};
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the operator's routes, described in docs/OPERATIONS.md, not the API"
+)]
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

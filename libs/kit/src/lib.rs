@@ -18,7 +18,7 @@ pub use config::{
     AllowedHosts, AssetSettings, AssetStorage, AuthProvider, BusSettings, Config, PresenceSettings,
     PushSettings, S3Settings, Settings, StoreSettings,
 };
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
 pub use node::{Context, Node, ServiceDef, main, start};
 pub use rate::{PerUser, TokenBucket};

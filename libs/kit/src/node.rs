@@ -40,11 +40,15 @@ const STOP_RUNTIME: Duration = Duration::from_secs(1);
 type StartFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Router>> + Send + 'a>>;
 
 /// A service: its name (the binary and container name) and how to start it on a node. `start`
-/// spawns the service's consumers with [`Context::spawn`] and returns its HTTP routes.
+/// spawns the service's consumers with [`Context::spawn`] and returns its HTTP routes; `api`
+/// describes those routes (OpenAPI), built from the same annotated handlers as the router
+/// (`utoipa_axum::routes!`), so neither can name a route the other lacks.
 #[derive(Clone, Copy)]
 pub struct ServiceDef {
     pub name: &'static str,
     pub start: for<'a> fn(&'a Context) -> StartFuture<'a>,
+    /// `None` for a service that serves no API routes.
+    pub api: Option<fn() -> utoipa::openapi::OpenApi>,
 }
 
 /// What a service is given: settings, backends, and the node's task and metric plumbing.

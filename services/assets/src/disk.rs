@@ -13,13 +13,14 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::StreamExt;
 use samvad_auth::UrlSigner;
-use samvad_kit::{ApiError, AssetSettings};
+use samvad_kit::{ApiError, AssetSettings, ErrorBody};
 use samvad_store::{Asset, Stores};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::is_file_id;
 
@@ -170,15 +171,22 @@ impl Disk {
     }
 }
 
-pub(super) fn routes<S>(disk: Disk, stores: Stores) -> Router<S> {
-    Router::new()
-        .route(&format!("{FILES}/{{file_id}}"), get(fetch).put(store))
-        .with_state((disk, stores))
+/// The file routes, each where its handler's `#[utoipa::path]` says (under [`FILES`]).
+pub(super) fn api() -> OpenApiRouter<(Disk, Stores)> {
+    OpenApiRouter::new().routes(routes!(fetch, store))
 }
 
-#[derive(Deserialize)]
+pub(super) fn routes<S>(disk: Disk, stores: Stores) -> Router<S> {
+    let (router, _) = api().split_for_parts();
+    router.with_state((disk, stores))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Signed {
+    /// When the URL stops working (seconds since the Unix epoch).
     expires: u64,
+    /// Binds the method, the path, the expiry and (for an upload) the content type.
     signature: String,
 }
 
@@ -218,6 +226,21 @@ fn essence(headers: &HeaderMap) -> Option<String> {
     Some(value.split(';').next()?.trim().to_ascii_lowercase())
 }
 
+/// Upload a file (local storage)
+///
+/// The upload URL `GET /v1.0/assets/upload/presigned_url` answers, when attachments are kept
+/// on the server's disk (`SAMVAD_ASSETS_STORAGE=local`, the default): the file's bytes, with
+/// the content type that answer named.
+#[utoipa::path(put, path = "/v1.0/assets/files/{file_id}", operation_id = "uploadFile", tag = "assets", params(
+        ("file_id" = String, Path, description = "The `fileId`"), Signed),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The file, with the `Content-Type` its upload URL was issued for"),
+    responses(
+        (status = 201, description = "Stored; mark it uploaded next"),
+        (status = 403, description = "The URL has expired or was altered", body = ErrorBody),
+        (status = 409, description = "The file is marked uploaded already", body = ErrorBody),
+        (status = 413, description = "Larger than the size limit", body = ErrorBody),
+        (status = 415, description = "Not the content type the URL was issued for", body = ErrorBody)))]
 async fn store(
     State((disk, stores)): State<(Disk, Stores)>,
     Path(file_id): Path<String>,
@@ -321,6 +344,16 @@ async fn sync_dir(dir: &std::path::Path) -> Result<(), ApiError> {
         .map_err(ApiError::internal)
 }
 
+/// Download a file (local storage)
+///
+/// The download URL `GET /v1.0/assets/download/{file_id}/presigned_url` answers when
+/// attachments are kept on the server's disk.
+#[utoipa::path(get, path = "/v1.0/assets/files/{file_id}", operation_id = "downloadFile", tag = "assets", params(
+        ("file_id" = String, Path, description = "The `fileId`"), Signed),
+    responses(
+        (status = 200, description = "The file, with its content type", content_type = "application/octet-stream"),
+        (status = 403, description = "The URL has expired or was altered", body = ErrorBody),
+        (status = 404, description = "Not uploaded", body = ErrorBody)))]
 async fn fetch(
     State((disk, stores)): State<(Disk, Stores)>,
     Path(file_id): Path<String>,

@@ -15,16 +15,27 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, put};
 use axum::{Json, Router};
-use samvad_kit::{ApiError, AssetSettings, AssetStorage, Context, ServiceDef, User, now_ms};
+use samvad_kit::{
+    ApiError, AssetSettings, AssetStorage, Context, ErrorBody, ServiceDef, User, now_ms,
+};
 use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "assets",
     start: |ctx| Box::pin(start(ctx)),
+    // The file routes are only served with local storage; they are described whatever the
+    // storage, as what its URLs lead to.
+    api: Some(|| {
+        let mut doc = api().into_openapi();
+        doc.merge(disk::api().into_openapi());
+        doc
+    }),
 };
 
 /// Longest category accepted.
@@ -104,15 +115,16 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         blobs,
     };
     ctx.spawn("assets-sweeper", sweep(assets.clone(), ctx.shutdown()));
-    Ok(router
-        .route("/v1.0/assets/upload/presigned_url", get(upload_url))
-        // Vartalap's clients mark with PUT; an older one POSTs.
-        .route("/v1.0/assets/{file_id}/status", put(mark).post(mark))
-        .route(
-            "/v1.0/assets/download/{file_id}/presigned_url",
-            get(download_url),
-        )
-        .with_state(assets))
+    let (api, _) = api().split_for_parts();
+    Ok(router.merge(api.with_state(assets)))
+}
+
+/// The routes, each where its handler's `#[utoipa::path]` says.
+fn api() -> OpenApiRouter<Assets> {
+    OpenApiRouter::new()
+        .routes(routes!(upload_url))
+        .routes(routes!(mark))
+        .routes(routes!(download_url))
 }
 
 /// What [`User`] authenticates with.
@@ -122,13 +134,29 @@ impl FromRef<Assets> for Context {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadQuery {
+    /// The file's extension, one of the accepted types (`SAMVAD_ASSETS_TYPES`), e.g. `jpg`.
     ext: String,
+    /// What the file is for: 1 to 32 letters, digits, `-` or `_`; `chat` if not given.
     #[serde(default)]
     category: Option<String>,
 }
 
+/// Ask for an upload URL
+///
+/// A new `fileId` and where to `PUT` its bytes, with the content type to send them with. The
+/// upload stays pending until it is marked, and is deleted if not marked in time.
+#[utoipa::path(get, path = "/v1.0/assets/upload/presigned_url", operation_id = "getUploadUrl", tag = "assets", params(UploadQuery),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Where to upload", body = Object, example = json!({
+            "url": "http://127.0.0.1:8080/v1.0/assets/files/asset-…?expires=…&signature=…",
+            "fileId": "asset-…", "assetId": "asset-…", "contentType": "image/jpeg", "maxBytes": 10_485_760})),
+        (status = 400, description = "The extension or category is refused", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many uploads pending", body = ErrorBody)))]
 async fn upload_url(
     State(assets): State<Assets>,
     user: User,
@@ -183,8 +211,9 @@ async fn upload_url(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Mark {
+    /// `true`: the file is uploaded.
     status: bool,
 }
 
@@ -200,6 +229,20 @@ async fn owned(assets: &Assets, user: &User, file_id: &str) -> Result<Asset, Api
     }
 }
 
+/// Mark a file uploaded
+///
+/// Once its bytes are at the upload URL. From then on it cannot change, and a message may
+/// name its `fileId`. Vartalap's clients mark with `PUT`; older ones `POST`.
+#[utoipa::path(method(put, post), path = "/v1.0/assets/{file_id}/status", operation_id = "markUploaded", tag = "assets",
+    params(("file_id" = String, Path, description = "The `fileId`")),
+    request_body = Mark,
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Marked", body = Object,
+            example = json!({"fileId": "asset-…", "status": true, "size": 48_213})),
+        (status = 400, description = "Not uploaded yet, or marked already", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No such file of the caller's", body = ErrorBody)))]
 async fn mark(
     State(assets): State<Assets>,
     user: User,
@@ -238,6 +281,17 @@ async fn mark(
     ))
 }
 
+/// Ask for a download URL
+///
+/// For the owner, and for whoever can see a stored message that named the `fileId`.
+#[utoipa::path(get, path = "/v1.0/assets/download/{file_id}/presigned_url", operation_id = "getDownloadUrl", tag = "assets",
+    params(("file_id" = String, Path, description = "The `fileId`")),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Where to download it", body = Object,
+            example = json!({"url": "http://127.0.0.1:8080/v1.0/assets/files/asset-…?expires=…&signature=…"})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No such file the caller may read", body = ErrorBody)))]
 async fn download_url(
     State(assets): State<Assets>,
     user: User,

@@ -18,6 +18,7 @@ use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, Stores, TimelineSto
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "delivery",
     start: |ctx| Box::pin(start(ctx)),
+    api: None,
 };
 
 #[derive(Clone)]

@@ -3,18 +3,21 @@
 //! becomes admin. Every change sends each affected member a NOTIFICATION system message.
 
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use samvad_bus::{Record, Routed, Topic};
-use samvad_kit::{ApiError, Context, ServiceDef, User};
+use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef, User};
 use samvad_protocol::Channel;
 use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "group",
     start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
+    api: Some(|| api().into_openapi()),
 };
 
 const MAX_CREATE_MEMBERS: usize = 100;
@@ -34,14 +37,29 @@ fn check_size(ctx: &Context, members: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn routes(ctx: &Context) -> Router {
-    Router::new()
-        .route("/v1.0/groups/", get(list).post(create))
-        .route("/v1.0/groups/{id}", get(fetch))
-        .route("/v1.0/groups/{id}/members", post(add).delete(remove))
-        .with_state(ctx.clone())
+/// The routes, each where its handler's `#[utoipa::path]` says.
+fn api() -> OpenApiRouter<Context> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(fetch))
+        .routes(routes!(add, remove))
 }
 
+fn routes(ctx: &Context) -> Router {
+    let (router, _) = api().split_for_parts();
+    router.with_state(ctx.clone())
+}
+
+/// One's groups
+///
+/// Every group the caller is in, with its members and their roles.
+#[utoipa::path(get, path = "/v1.0/groups/", operation_id = "listGroups", tag = "groups",
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The caller's groups", body = Object, example = json!([{
+            "groupId": "2f0c…", "name": "Climbing", "profilePic": null,
+            "members": [{"username": "alice", "role": "admin"}, {"username": "bob", "role": "user"}]}])),
+        (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn list(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -49,16 +67,30 @@ async fn list(
     Ok(Json(ctx.stores.groups.groups_of(&user).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Create {
+    /// 1 to 200 bytes.
+    #[schema(example = "Climbing")]
     name: String,
+    /// Usernames besides the creator's (at most 100; each must exist).
     #[serde(default)]
+    #[schema(example = json!(["bob", "carol"]))]
     members: Vec<String>,
+    /// A URL or an attachment's `fileId` (at most 2,048 bytes).
     #[serde(default)]
     profile_pic: Option<String>,
 }
 
+/// Create a group
+///
+/// The caller is its first admin. Every member is sent a `NOTIFICATION` of the `add`.
+#[utoipa::path(post, path = "/v1.0/groups/", operation_id = "createGroup", tag = "groups", request_body = Create,
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Created", body = Object, example = json!({"groupId": "2f0c…"})),
+        (status = 400, description = "A field is refused, a member does not exist, or the group is too large", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn create(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -129,6 +161,17 @@ fn not_found() -> (axum::http::StatusCode, Json<Value>) {
     )
 }
 
+/// One group
+#[utoipa::path(get, path = "/v1.0/groups/{id}", operation_id = "getGroup", tag = "groups",
+    params(("id" = String, Path, description = "The `groupId`")),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The group", body = Object, example = json!({
+            "groupId": "2f0c…", "name": "Climbing", "profilePic": null,
+            "members": [{"username": "alice", "role": "admin"}]})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No such group, or the caller is not in it (the two are not told apart)",
+            body = Object, example = json!({"status": false, "error": "no such group of yours"}))))]
 async fn fetch(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -148,11 +191,26 @@ async fn group_of_member(ctx: &Context, id: &str, user: &str) -> Result<Group, A
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Add {
+    /// Usernames to add (at most 50; each must exist). Those already in are left as they are.
+    #[schema(example = json!(["dave"]))]
     members: Vec<String>,
 }
 
+/// Add members
+///
+/// Admins only. Everyone in the group, the new members included, is sent a `NOTIFICATION`
+/// of the `add`; the new members see what is sent from then on.
+#[utoipa::path(post, path = "/v1.0/groups/{id}/members", operation_id = "addMembers", tag = "groups", request_body = Add,
+    params(("id" = String, Path, description = "The `groupId`")),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "They are members", body = Object, example = json!({"status": true})),
+        (status = 400, description = "Too many, a user does not exist, or the group would be too large", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
+        (status = 404, description = "No such group of the caller's", body = ErrorBody)))]
 async fn add(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -188,11 +246,26 @@ async fn add(
     Ok(Json(json!({ "status": true })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Remove {
+    /// The username to remove: anyone may remove themself, admins anyone.
+    #[schema(example = "dave")]
     member: String,
 }
 
+/// Remove a member
+///
+/// Everyone who was in the group, the removed member included, is sent a `NOTIFICATION` of
+/// the `remove`; the removed member is sent nothing after it. When the last admin leaves, the
+/// longest-standing member becomes admin.
+#[utoipa::path(delete, path = "/v1.0/groups/{id}/members", operation_id = "removeMember", tag = "groups", request_body = Remove,
+    params(("id" = String, Path, description = "The `groupId`")),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Removed", body = Object, example = json!({"status": true})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 403, description = "Only an admin may remove others", body = ErrorBody),
+        (status = 404, description = "No such group of the caller's, or no such member", body = ErrorBody)))]
 async fn remove(
     State(ctx): State<Context>,
     User { name: user, .. }: User,

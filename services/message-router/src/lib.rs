@@ -9,6 +9,7 @@ use samvad_store::Conv;
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "message-router",
     start: |ctx| Box::pin(start(ctx)),
+    api: None,
 };
 
 async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {

@@ -6,17 +6,20 @@
 //! sync. Each login registers the device for push.
 
 use axum::extract::{FromRef, Path, Query, State};
-use axum::routing::{any, delete, get, post};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
-use samvad_kit::{ApiError, Context, PerUser, ReasonLabel, ServiceDef, User};
+use samvad_kit::{ApiError, Context, ErrorBody, PerUser, ReasonLabel, ServiceDef, User};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "profile",
     start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
+    api: Some(|| api().into_openapi()),
 };
 
 /// Longest username accepted.
@@ -71,36 +74,51 @@ impl Limits {
     }
 }
 
-fn routes(ctx: &Context) -> Router {
-    Router::new()
-        .route("/v1.0/login", post(login))
-        .route("/v1.0/auth", any(auth))
-        .route("/v1.0/logout", post(logout))
-        .route("/v1.0/devices", get(devices))
-        .route("/v1.0/devices/{device}", delete(unlink))
-        .route("/v1.0/profile/", get(profile).put(set_profile))
-        .route("/v1.0/profile/{username}", get(profile_of))
-        .route("/v1.0/contactbook/sync", post(sync))
-        .route("/v1.0/presence", get(presence))
-        .with_state(Profiles {
-            ctx: ctx.clone(),
-            limits: Limits {
-                logins: Limits::per_minute(ctx.settings.logins_per_minute),
-                syncs: Limits::per_minute(ctx.settings.contact_syncs_per_minute),
-            },
-        })
+/// The routes, each where its handler's `#[utoipa::path]` says.
+fn api() -> OpenApiRouter<Profiles> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(auth))
+        .routes(routes!(logout))
+        .routes(routes!(devices))
+        .routes(routes!(unlink))
+        .routes(routes!(profile, set_profile))
+        .routes(routes!(profile_of))
+        .routes(routes!(sync))
+        .routes(routes!(presence))
 }
 
-#[derive(Deserialize)]
+fn routes(ctx: &Context) -> Router {
+    let (router, _) = api().split_for_parts();
+    router.with_state(Profiles {
+        ctx: ctx.clone(),
+        limits: Limits {
+            logins: Limits::per_minute(ctx.settings.logins_per_minute),
+            syncs: Limits::per_minute(ctx.settings.contact_syncs_per_minute),
+        },
+    })
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Login {
+    /// Who logs in: 1 to 64 bytes, no control or invisible characters.
+    #[schema(example = "alice")]
     username: String,
+    /// What proves the username to the configured auth provider (a signed JWT; any token with
+    /// the `dev` provider).
     auth_token: String,
+    /// Where this device is pushed: an FCM registration token or a Web Push subscription
+    /// (JSON); empty for none. At most 4,096 bytes.
     #[serde(default)]
     notification_token: String,
+    /// Which of the user's devices this is: 1 to 128 bytes, no control characters.
     #[serde(default = "default_device")]
+    #[schema(default = "default")]
     device_id: String,
+    /// The message version pushes to this device are encoded in (1, 2, 2.1 or 3).
     #[serde(default = "default_version")]
+    #[schema(default = 2.1)]
     message_version: f32,
 }
 
@@ -139,6 +157,19 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Log in
+///
+/// The auth provider checks `authToken` proves `username`; Samvad then links this device to
+/// the user (unlinking the one whose last login is oldest past the device limit) and issues
+/// an access key for it. The first login creates the profile (`isNew`).
+#[utoipa::path(post, path = "/v1.0/login", operation_id = "login", tag = "identity", request_body = Login,
+    responses(
+        (status = 200, description = "Logged in", body = Object, example = json!({
+            "status": true, "username": "alice", "accesskey": "eyJ…", "isNew": false})),
+        (status = 400, description = "A field is malformed", body = ErrorBody),
+        (status = 401, description = "The auth provider refused `authToken`", body = ErrorBody),
+        (status = 429, description = "Too many logins for this username in a minute", body = ErrorBody),
+        (status = 503, description = "A backend is unavailable; try again", body = ErrorBody)))]
 async fn login(
     State(ctx): State<Context>,
     State(limits): State<Limits>,
@@ -237,13 +268,31 @@ async fn unlinked(ctx: &Context, user: &str, devices: Vec<String>) -> Result<(),
     Ok(())
 }
 
+/// Log out
+///
 /// Unlinks the device the caller's key was issued to: that key, and every other key of the
 /// device, stops working, and its sockets close.
+#[utoipa::path(post, path = "/v1.0/logout", operation_id = "logout", tag = "devices",
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Logged out", body = Object, example = json!({"status": true})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "The device was not linked (any more)", body = ErrorBody)))]
 async fn logout(State(ctx): State<Context>, user: User) -> Result<Json<Value>, ApiError> {
     unlink_device(&ctx, &user.name, user.device).await
 }
 
-/// Unlinks one of the caller's devices (a lost phone, say).
+/// Unlink a device
+///
+/// Unlinks one of the caller's devices (a lost phone, say): its keys stop working, its
+/// sockets close and it is owed nothing more.
+#[utoipa::path(delete, path = "/v1.0/devices/{device}", operation_id = "unlinkDevice", tag = "devices",
+    params(("device" = String, Path, description = "The `deviceId` it logged in with")),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Unlinked", body = Object, example = json!({"status": true})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No such device is linked", body = ErrorBody)))]
 async fn unlink(
     State(ctx): State<Context>,
     User { name, .. }: User,
@@ -264,8 +313,17 @@ async fn unlink_device(ctx: &Context, user: &str, device: String) -> Result<Json
     Ok(Json(json!({ "status": true })))
 }
 
+/// List one's devices
+///
 /// The caller's linked devices: which one is theirs now, when each last logged in (ms since
 /// the Unix epoch), and whether it can be pushed to.
+#[utoipa::path(get, path = "/v1.0/devices", operation_id = "listDevices", tag = "devices",
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The linked devices", body = Object, example = json!([{
+            "deviceId": "phone", "current": true, "lastLogin": 1_765_000_000_000_u64,
+            "push": true, "messageVersion": 2.1}])),
+        (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn devices(State(ctx): State<Context>, user: User) -> Result<Json<Value>, ApiError> {
     let linked = ctx.stores.profiles.devices(&user.name).await?;
     Ok(Json(Value::Array(
@@ -284,6 +342,15 @@ async fn devices(State(ctx): State<Context>, user: User) -> Result<Json<Value>, 
     )))
 }
 
+/// Check credentials
+///
+/// For nginx's `auth_request`: any method, any body; the answer says whether the request's
+/// credentials are good.
+#[utoipa::path(method(get, post, put, delete, patch, head), path = "/v1.0/auth", operation_id = "checkCredentials", tag = "identity",
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The credentials are good", body = Object, example = json!({})),
+        (status = 401, description = "They are not", body = Object, example = json!({}))))]
 async fn auth(user: Result<User, ApiError>) -> (axum::http::StatusCode, Json<Value>) {
     match user {
         Ok(_) => (axum::http::StatusCode::OK, Json(json!({}))),
@@ -315,6 +382,16 @@ async fn own_profile(ctx: &Context, user: &str) -> Result<Profile, ApiError> {
         .ok_or_else(|| ApiError::not_found("no profile; log in first"))
 }
 
+/// One's own profile
+///
+/// With its settings (`showPresence`). A name or picture not set is left out.
+#[utoipa::path(get, path = "/v1.0/profile/", operation_id = "getOwnProfile", tag = "profiles",
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The caller's profile", body = Object, example = json!({
+            "username": "alice", "name": "Alice", "profilePic": "9f1c…", "showPresence": true})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No profile: log in first", body = ErrorBody)))]
 async fn profile(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -322,8 +399,17 @@ async fn profile(
     Ok(Json(profile_json(&own_profile(&ctx, &user).await?, true)))
 }
 
-/// Someone's profile, for whoever shares a conversation with them; to anyone else it does not
-/// exist.
+/// Someone's profile
+///
+/// For whoever shares a conversation with them; to anyone else it does not exist.
+#[utoipa::path(get, path = "/v1.0/profile/{username}", operation_id = "getProfile", tag = "profiles",
+    params(("username" = String, Path, description = "Whose profile")),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Their profile", body = Object, example = json!({
+            "username": "bob", "name": "Bob"})),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No profile the caller may see", body = ErrorBody)))]
 async fn profile_of(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -351,13 +437,20 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Deserialize)]
+/// What to change; a field left out stays as it is, `null` clears it.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ProfileChange {
+    /// The display name: 1 to 64 characters, no control or invisible characters or
+    /// surrounding spaces.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     name: Option<Option<String>>,
+    /// The `fileId` of a picture the caller uploaded and marked.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     profile_pic: Option<Option<String>>,
+    /// Whether others who share a conversation see when the caller is online.
     #[serde(default)]
     show_presence: Option<bool>,
 }
@@ -378,7 +471,17 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Change one's profile
+///
 /// Sets what the body names of the caller's profile; what it leaves out stays.
+#[utoipa::path(put, path = "/v1.0/profile/", operation_id = "setOwnProfile", tag = "profiles", request_body = ProfileChange,
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The profile as it now is", body = Object, example = json!({
+            "username": "alice", "name": "Alice", "showPresence": false})),
+        (status = 400, description = "A field is refused", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "No profile: log in first", body = ErrorBody)))]
 async fn set_profile(
     State(ctx): State<Context>,
     User { name: user, .. }: User,
@@ -417,14 +520,26 @@ async fn set_profile(
     Ok(Json(profile_json(&profile, true)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PresenceQuery {
-    /// Comma separated.
+    /// Usernames, comma separated (at most 100).
     users: String,
 }
 
-/// Whether each named user is online, and when they were last: for those who share a
-/// conversation with the caller and show their presence; the others are left out.
+/// Who is online
+///
+/// Whether each named user is online, and when they were last (ms since the Unix epoch): for
+/// those who share a conversation with the caller and show their presence; the others are
+/// left out.
+#[utoipa::path(get, path = "/v1.0/presence", operation_id = "getPresence", tag = "profiles", params(PresenceQuery),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "Presence by username", body = Object, example = json!({
+            "bob": {"online": true, "lastSeen": null},
+            "carol": {"online": false, "lastSeen": 1_765_000_000_000_u64}})),
+        (status = 400, description = "Too many users named", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn presence(
     State(ctx): State<Context>,
     User { name: viewer, .. }: User,
@@ -467,11 +582,24 @@ async fn presence(
     Ok(Json(Value::Object(answer)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct Sync {
+    /// Usernames from the caller's contact book (at most 5,000).
+    #[schema(example = json!(["bob", "carol"]))]
     users: Vec<String>,
 }
 
+/// Find contacts
+///
+/// Which of the named users have Samvad: only those that exist are in the answer.
+#[utoipa::path(post, path = "/v1.0/contactbook/sync", operation_id = "syncContacts", tag = "profiles", request_body = Sync,
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The users that exist", body = Object,
+            example = json!({"bob": true})),
+        (status = 400, description = "Too many users named", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 429, description = "Too many syncs in a minute", body = ErrorBody)))]
 async fn sync(
     State(ctx): State<Context>,
     State(limits): State<Limits>,

@@ -19,16 +19,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use samvad_bus::{Addressed, DeviceLogin, Topic};
-use samvad_kit::{ApiError, Context, Metrics, ReasonLabel, ServiceDef};
+use samvad_kit::{ApiError, Context, ErrorBody, Metrics, ReasonLabel, ServiceDef};
 use samvad_protocol::{Encoding, Message, MessageType};
 use samvad_store::{Device, ProfileStore};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use fcm::{Fcm, FcmError, SCOPE, ServiceAccount};
 pub use provider::{Failure, LogProvider, MAX_RESPONSE_BYTES, Outcome, Push, PushProvider, Retry};
@@ -40,6 +41,7 @@ pub use webpush::{
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "push",
     start: |ctx| Box::pin(start(ctx)),
+    api: Some(|| api().into_openapi()),
 };
 
 /// Pushes in flight at once within one batch.
@@ -100,12 +102,23 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         async { Ok(()) }
     })
     .await?;
-    Ok(Router::new()
-        .route("/v1.0/push/vapid", get(vapid))
-        .with_state(vapid_public_key))
+    let (router, _) = api().split_for_parts();
+    Ok(router.with_state(vapid_public_key))
 }
 
-/// `GET /v1.0/push/vapid` (ext): `{"publicKey"}` when Web Push is on, else 404.
+/// The routes, each where its handler's `#[utoipa::path]` says.
+fn api() -> OpenApiRouter<Option<String>> {
+    OpenApiRouter::new().routes(routes!(vapid))
+}
+
+/// The Web Push key
+///
+/// The server's VAPID public key (base64url), which a browser subscribes to push with.
+#[utoipa::path(get, path = "/v1.0/push/vapid", operation_id = "getVapidKey", tag = "push",
+    responses(
+        (status = 200, description = "Web Push is on", body = Object,
+            example = json!({"publicKey": "BOr…"})),
+        (status = 404, description = "Web Push is not configured on this server", body = ErrorBody)))]
 async fn vapid(State(key): State<Option<String>>) -> Result<Json<Value>, ApiError> {
     key.map(|key| Json(json!({ "publicKey": key })))
         .ok_or_else(|| ApiError::not_found("Web Push is not configured on this server"))

@@ -5,14 +5,23 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use samvad_kit::{ApiError, Context, User};
+use samvad_kit::{ApiError, Context, ErrorBody, User};
 use samvad_protocol::Encoding;
 use samvad_store::{Conv, HISTORY_PAGE, HISTORY_PAGE_MAX, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// `GET /v1.0/conversations`: every conversation the caller takes part in, most recently
-/// active first.
+/// One's conversations
+///
+/// Every conversation the caller takes part in, most recently active first, with its last
+/// seq, the caller's read position and how many messages from others are unread.
+#[utoipa::path(get, path = "/v1.0/conversations", operation_id = "listConversations", tag = "history",
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The caller's conversations", body = Object, example = json!([
+            {"conv": "bob", "type": "chat", "lastSeq": 42, "lastAt": 1_765_000_000_000_u64,
+             "readSeq": 40, "unread": 2}])),
+        (status = 401, description = "Credentials refused", body = ErrorBody)))]
 pub(crate) async fn conversations(
     State(ctx): State<Context>,
     User { name, .. }: User,
@@ -34,16 +43,33 @@ pub(crate) async fn conversations(
     Ok(Json(Value::Array(list)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PageParams {
+    /// The page that ends just before this seq.
     before: Option<u64>,
+    /// The page that starts just after this seq (not with `before`).
     after: Option<u64>,
+    /// Messages on the page: 1 to 200, 50 if not given.
     limit: Option<usize>,
+    /// `text` (v2.1 JSON strings; the default) or `binary` (base64 of v3 bytes).
     format: Option<String>,
 }
 
-/// `GET /v1.0/conversations/{conv}/messages`: the latest page, or the one before or after a
-/// seq, oldest first; a group member sees nothing from before they joined.
+/// A page of history
+///
+/// The latest page of a conversation, or the one before or after a seq, oldest first, each
+/// message encoded as the WebSocket would send it, with `meta.conv` and `meta.seq`. A group
+/// member sees nothing from before they joined.
+#[utoipa::path(get, path = "/v1.0/conversations/{conv}/messages", operation_id = "getHistory", tag = "history",
+    params(("conv" = String, Path, description = "A username (a chat) or a `groupId`"), PageParams),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 200, description = "The page, and whether there is more beyond it", body = Object,
+            example = json!({"messages": ["…"], "more": true})),
+        (status = 400, description = "A parameter is refused", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 404, description = "The caller takes no part in that conversation", body = ErrorBody)))]
 pub(crate) async fn messages(
     State(ctx): State<Context>,
     User { name, .. }: User,

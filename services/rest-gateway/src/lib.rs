@@ -7,19 +7,21 @@ mod history;
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use samvad_ingress::{Ingress, MAX_BATCH};
-use samvad_kit::{ApiError, Context, ServiceDef, User};
+use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef, User};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "rest-gateway",
     start: |ctx| Box::pin(async move { Ok(routes(ctx)) }),
+    api: Some(|| api().into_openapi()),
 };
 
 #[derive(Clone, FromRef)]
@@ -28,26 +30,47 @@ struct Rest {
     ingress: Ingress,
 }
 
-fn routes(ctx: &Context) -> Router {
-    Router::new()
-        .route("/v1.0/messages", post(send))
-        .route("/v1.0/conversations", get(history::conversations))
-        .route(
-            "/v1.0/conversations/{conv}/messages",
-            get(history::messages),
-        )
-        .with_state(Rest {
-            ctx: ctx.clone(),
-            ingress: Ingress::new(ctx, "rest"),
-        })
+/// The routes, each where its handler's `#[utoipa::path]` says.
+fn api() -> OpenApiRouter<Rest> {
+    OpenApiRouter::new()
+        .routes(routes!(send))
+        .routes(routes!(history::conversations))
+        .routes(routes!(history::messages))
 }
 
-#[derive(Deserialize)]
+fn routes(ctx: &Context) -> Router {
+    let (router, _) = api().split_for_parts();
+    router.with_state(Rest {
+        ctx: ctx.clone(),
+        ingress: Ingress::new(ctx, "rest"),
+    })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// `text` (v1, v2 or v2.1 JSON strings; the default) or `binary` (base64 of v3 bytes).
     format: Option<String>,
+    /// `true`: answer with a `SERVER_ACK` for each message, encoded like the request.
     ack: Option<String>,
 }
 
+/// Send messages
+///
+/// A batch of encoded messages, checked and made durable exactly as over the WebSocket: the
+/// answer comes once every message in it is durable. Client acks (`CLIENT_ACK`) may be sent
+/// this way too. A batch is all or nothing: one refused message refuses the batch.
+#[utoipa::path(post, path = "/v1.0/messages", operation_id = "sendMessages", tag = "messages", params(Params),
+    request_body(content = Vec<String>, description = "1 to 100 encoded messages",
+        example = json!([r#"{"_v":2.1,"id":"m1","head":{"type":"chat","to":"bob","from":"alice","chatid":"alice","contentType":"text","action":"message"},"body":{"text":"hi bob"}}"#])),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 201, description = "Every message is durable; `acks` only with `ack=true`",
+            body = Object, example = json!({"acks": ["…"]})),
+        (status = 400, description = "A message is malformed or refused (named by its index)", body = ErrorBody),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 429, description = "The sender's send budget is spent", body = ErrorBody),
+        (status = 503, description = "Not stored (a backend is unavailable); nothing was acked, send again", body = ErrorBody)))]
 async fn send(
     State(ingress): State<Ingress>,
     Query(params): Query<Params>,

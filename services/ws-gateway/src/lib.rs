@@ -24,16 +24,17 @@ use axum::extract::ws::{Message as Frame, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use samvad_auth::Access;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
-use samvad_kit::{ApiError, Context, ServiceDef};
+use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef};
 use samvad_protocol::{Encoding, Message};
 use samvad_store::Conv;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::session::Wants;
 use crate::websocket::WebSocketDoor;
@@ -41,6 +42,7 @@ use crate::websocket::WebSocketDoor;
 pub const SERVICE: ServiceDef = ServiceDef {
     name: "ws-gateway",
     start: |ctx| Box::pin(start(ctx)),
+    api: Some(|| api().into_openapi()),
 };
 
 /// Events queued for one connection before it counts as too slow.
@@ -200,11 +202,16 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
         tracing::info!(%addr, "gRPC listening");
         ctx.spawn("grpc server", grpc::serve(gateway.clone(), listener));
     }
-    Ok(Router::new()
-        .route("/v1.0/wss/", get(upgrade))
-        .route("/v1.0/wss", get(upgrade))
-        .route("/mqtt", get(upgrade_mqtt))
-        .with_state(gateway))
+    let (router, _) = api().split_for_parts();
+    Ok(router.with_state(gateway))
+}
+
+/// The routes, each where its handler's `#[utoipa::path]` says.
+fn api() -> OpenApiRouter<Gateway> {
+    OpenApiRouter::new()
+        .routes(routes!(upgrade))
+        .routes(routes!(upgrade_unslashed))
+        .routes(routes!(upgrade_mqtt))
 }
 
 /// Takes connections on `listener` for `door` until the node stops, and serves each in a task
@@ -238,7 +245,14 @@ where
     }
 }
 
-/// MQTT over WebSocket (subprotocol `mqtt`): the client logs in with its CONNECT, as over TCP.
+/// Connect over MQTT
+///
+/// MQTT 3.1.1 or 5 over a WebSocket (subprotocol `mqtt`): the client logs in with its
+/// CONNECT (username and access key), as over TCP. See docs/TRANSPORTS.md.
+#[utoipa::path(get, path = "/mqtt", operation_id = "connectMqtt", tag = "connections",
+    responses(
+        (status = 101, description = "Switched to the WebSocket; MQTT from here on"),
+        (status = 403, description = "A browser page from an origin not allowed", body = ErrorBody)))]
 async fn upgrade_mqtt(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
@@ -380,14 +394,32 @@ fn offer(conn: &Conn, event: Outbound) {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Params {
+    /// `true`: each stored message the client sends is answered with a `SERVER_ACK` once it
+    /// is durable.
     ack: Option<String>,
+    /// `text` (v1/v2 JSON in, v2.1 out; the default) or `binary` (v3 protobuf both ways).
     format: Option<String>,
+    /// `true`: also the messages the user sent from other devices.
     sync: Option<String>,
+    /// `true`: also presence notices of those who share a conversation.
     presence: Option<String>,
 }
 
+/// Connect
+///
+/// The chat connection: a WebSocket on which the device sends messages and acks and is sent
+/// what it is owed, in order per conversation, until it acks it. Credentials as elsewhere, or,
+/// from a browser, cookies or the subprotocol `accesskey.<key>`. See PROTOCOL §3–7.
+#[utoipa::path(get, path = "/v1.0/wss/", operation_id = "connect", tag = "connections", params(Params),
+    security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket"),
+        (status = 401, description = "Credentials refused", body = ErrorBody),
+        (status = 403, description = "A browser page from an origin not allowed", body = ErrorBody),
+        (status = 429, description = "The user has as many connections as they may", body = ErrorBody)))]
 async fn upgrade(
     State(gateway): State<Gateway>,
     Query(params): Query<Params>,
@@ -433,6 +465,21 @@ async fn upgrade(
         let serve = session::run(gateway, registration, door, Via::WebSocket, wants);
         ctx.spawn_detached(serve);
     })
+}
+
+/// Connect (without the trailing slash)
+///
+/// The same as `GET /v1.0/wss/`, refusals included.
+#[utoipa::path(get, path = "/v1.0/wss", operation_id = "connectWithoutSlash", tag = "connections",
+    params(Params), security(("bearer" = []), ("user" = [], "accesskey" = [])),
+    responses((status = 101, description = "Switched to the WebSocket")))]
+async fn upgrade_unslashed(
+    gateway: State<Gateway>,
+    params: Query<Params>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(gateway, params, headers, ws).await
 }
 
 /// A WebSocket's buffers, bounded: a small read buffer that grows only for a frame that needs
