@@ -1,6 +1,6 @@
-use std::borrow::Cow;
 use std::fmt;
 
+use cookie::Cookie;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, AsHeaderName, COOKIE, SEC_WEBSOCKET_PROTOCOL};
 
@@ -57,19 +57,19 @@ pub fn credentials(headers: &HeaderMap) -> Result<Credentials, AuthError> {
     // another login in the same browser must not spoil a key presented another way.
     let (key, user) = match presented {
         Some(key) => (
-            Cow::Borrowed(key),
-            header_value(headers, "user").map(Cow::Borrowed),
+            key.to_owned(),
+            header_value(headers, "user").map(str::to_owned),
         ),
         None => (
             cookie(headers, "accesskey").ok_or(AuthError::MissingCredentials)?,
             header_value(headers, "user")
-                .map(Cow::Borrowed)
+                .map(str::to_owned)
                 .or_else(|| cookie(headers, "user")),
         ),
     };
     Ok(Credentials {
-        user: user.map(Cow::into_owned),
-        key: key.into_owned(),
+        user,
+        key,
         subprotocol: subprotocol.map(str::to_owned),
     })
 }
@@ -108,21 +108,15 @@ fn offered_subprotocol(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
+/// The first non-empty value of cookie `name`, percent-decoded, without the double quotes
+/// RFC 6265 allows around it.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     values(headers, COOKIE)
-        .flat_map(|list| list.split(';'))
-        .filter_map(|pair| {
-            let (cookie_name, value) = pair.split_once('=')?;
-            let value = value.trim();
-            // RFC 6265 allows a cookie value in double quotes.
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(value);
-            (cookie_name.trim() == name).then_some(value)
-        })
+        .flat_map(Cookie::split_parse_encoded)
+        .filter_map(Result::ok)
+        .filter(|cookie| cookie.name() == name)
+        .map(|cookie| cookie.value_trimmed().to_owned())
         .find(|value| !value.is_empty())
-        .map(|value| percent_encoding::percent_decode_str(value).decode_utf8_lossy())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use http::header::{ACCEPT, CACHE_CONTROL};
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -307,21 +308,6 @@ fn cache_max_age(headers: &HeaderMap) -> Duration {
     max_age.map_or(DEFAULT_MAX_AGE, |age| age.min(MAX_MAX_AGE))
 }
 
-/// One JWK, only the members we use.
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    kid: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    alg: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-    crv: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct JwkSet {
     keys: Vec<Value>,
@@ -329,7 +315,8 @@ struct JwkSet {
 
 /// The usable signature keys of a JWKS, by kid. Keys we cannot or must not use (no kid, `use`
 /// other than `sig`, another key type or curve, an `alg` that does not fit the key, weak or
-/// malformed key material) are skipped, so one odd key does not hide the others.
+/// malformed key material, members jsonwebtoken does not read) are skipped, so one odd key
+/// does not hide the others.
 fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     let set: JwkSet =
         serde_json::from_slice(body).map_err(|e| format!("the JWKS is not valid JSON: {e}"))?;
@@ -338,10 +325,15 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             continue;
         };
-        let Some(kid) = jwk.kid.clone().filter(|kid| !kid.is_empty()) else {
+        let Some(kid) = jwk.common.key_id.clone().filter(|kid| !kid.is_empty()) else {
             continue;
         };
-        if jwk.use_.as_deref().is_some_and(|use_| use_ != "sig") {
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|use_| *use_ != PublicKeyUse::Signature)
+        {
             continue;
         }
         match usable_key(&jwk) {
@@ -349,7 +341,7 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
             Some(key) => {
                 keys.entry(kid).or_insert_with(|| Arc::new(key));
             }
-            None => tracing::debug!(kid, kty = jwk.kty, "skipping an unusable JWK"),
+            None => tracing::debug!(kid, "skipping an unusable JWK"),
         }
     }
     if keys.is_empty() {
@@ -358,49 +350,39 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     Ok(keys)
 }
 
+/// RS256 with a modulus of at least [`MIN_RSA_MODULUS_BYTES`], or ES256 on P-256, and an
+/// `alg`, if the key names one, that says so.
 fn usable_key(jwk: &Jwk) -> Option<JwkKey> {
-    let decoded_len = |b64: &Option<String>| {
-        b64.as_deref()
-            .and_then(|b64| URL_SAFE_NO_PAD.decode(b64).ok())
-            .map(|bytes| bytes.iter().skip_while(|b| **b == 0).count())
-    };
-    let (alg, key) = match jwk.kty.as_str() {
-        "RSA" => {
-            let (n, e) = (jwk.n.as_deref()?, jwk.e.as_deref()?);
-            let modulus_len = decoded_len(&jwk.n)?;
-            let exponent_len = decoded_len(&jwk.e)?;
-            if modulus_len < MIN_RSA_MODULUS_BYTES || !(1..=8).contains(&exponent_len) {
+    let decoded_len = |b64: &str| URL_SAFE_NO_PAD.decode(b64).ok().map(|bytes| bytes.len());
+    let (alg, declared) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let significant = |b64: &str| {
+                let bytes = URL_SAFE_NO_PAD.decode(b64).ok()?;
+                Some(bytes.iter().skip_while(|b| **b == 0).count())
+            };
+            if significant(&rsa.n)? < MIN_RSA_MODULUS_BYTES
+                || !(1..=8).contains(&significant(&rsa.e)?)
+            {
                 return None;
             }
-            (
-                Algorithm::RS256,
-                DecodingKey::from_rsa_components(n, e).ok()?,
-            )
+            (Algorithm::RS256, KeyAlgorithm::RS256)
         }
-        "EC" if jwk.crv.as_deref() == Some("P-256") => {
-            let (x, y) = (jwk.x.as_deref()?, jwk.y.as_deref()?);
-            let coordinate_len = |c: &str| URL_SAFE_NO_PAD.decode(c).ok().map(|b| b.len());
-            if coordinate_len(x)? != 32 || coordinate_len(y)? != 32 {
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            if decoded_len(&ec.x)? != 32 || decoded_len(&ec.y)? != 32 {
                 return None;
             }
-            (
-                Algorithm::ES256,
-                DecodingKey::from_ec_components(x, y).ok()?,
-            )
+            (Algorithm::ES256, KeyAlgorithm::ES256)
         }
         _ => return None,
     };
-    let alg_name = match alg {
-        Algorithm::RS256 => "RS256",
-        _ => "ES256",
-    };
     if jwk
-        .alg
-        .as_deref()
-        .is_some_and(|declared| declared != alg_name)
+        .common
+        .key_algorithm
+        .is_some_and(|named| named != declared)
     {
         return None;
     }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
     Some(JwkKey { alg, key })
 }
 

@@ -22,10 +22,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::{Bus, BusError, Membership, Memberships, Received, Record, Subscription, Topic};
+use crate::{Bus, BusError, Lag, Membership, Memberships, Received, Record, Subscription, Topic};
 
 /// How to reach and lay out the cluster's topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,14 +104,35 @@ fn serve_reports(producer: Weak<BaseProducer<Reports>>) {
     }
 }
 
-/// A consumer's librdkafka context: it follows the consumer's rebalances.
-struct GroupContext(Arc<Membership>);
+/// How often librdkafka reports a consumer's statistics, its lag among them.
+const STATISTICS_EVERY: Duration = Duration::from_secs(5);
 
-impl ClientContext for GroupContext {}
+/// A consumer's librdkafka context: it follows the consumer's rebalances and its lag.
+struct GroupContext {
+    membership: Arc<Membership>,
+    topic: String,
+    lag: Lag,
+}
+
+impl ClientContext for GroupContext {
+    /// The lag is the records after the group's committed offset, summed over the partitions
+    /// this member holds (those it does not hold say -1).
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let held = topic
+            .partitions
+            .iter()
+            .filter(|(partition, p)| **partition >= 0 && p.consumer_lag >= 0);
+        self.lag
+            .set(held.map(|(_, p)| p.consumer_lag.unsigned_abs()).sum());
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let group = &self.0.group;
+        let group = &self.membership.group;
         let assigned = match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(
@@ -129,7 +151,7 @@ impl ConsumerContext for GroupContext {
                 false
             }
         };
-        self.0.set_assigned(assigned);
+        self.membership.set_assigned(assigned);
     }
 }
 
@@ -327,19 +349,29 @@ impl Bus for KafkaBus {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "3000")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_EVERY.as_millis().to_string(),
+            );
         if let Some(instance) = &self.config.instance {
             consumer.set("group.instance.id", instance);
         }
         let membership = self.members.join(&format!("{}{group}", self.config.prefix));
-        let consumer: StreamConsumer<GroupContext> = consumer
-            .create_with_context(GroupContext(Arc::clone(&membership)))
-            .map_err(kafka)?;
         let name = self.name(topic);
+        let lag = Lag::default();
+        let consumer: StreamConsumer<GroupContext> = consumer
+            .create_with_context(GroupContext {
+                membership,
+                topic: name.clone(),
+                lag: lag.clone(),
+            })
+            .map_err(kafka)?;
         consumer.subscribe(&[&name]).map_err(kafka)?;
         Ok(Box::new(KafkaSubscription {
             consumer,
             topic: name,
+            lag,
         }))
     }
 
@@ -353,6 +385,7 @@ impl Bus for KafkaBus {
 struct KafkaSubscription {
     consumer: StreamConsumer<GroupContext>,
     topic: String,
+    lag: Lag,
 }
 
 impl KafkaSubscription {
@@ -435,6 +468,10 @@ impl Subscription for KafkaSubscription {
             Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
             Err(e) => Err(kafka(e)),
         }
+    }
+
+    fn lag(&self) -> Lag {
+        self.lag.clone()
     }
 }
 

@@ -15,7 +15,7 @@ mod nats;
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
@@ -287,4 +287,36 @@ pub trait Subscription: Send {
 
     /// Marks `records` as done. Call only once their effects are durable.
     async fn commit(&mut self, records: &[Received]) -> Result<(), BusError>;
+
+    /// How far this member is behind on its partitions, as the backend last learnt it.
+    fn lag(&self) -> Lag {
+        Lag::default()
+    }
+}
+
+/// How many records of a subscription's partitions are not yet done: on Kafka the records
+/// after the group's committed offsets (from librdkafka's statistics, every 5 s); on NATS those the server has not yet handed its consumers
+/// (the `pending` of the last record each partition delivered). A cheap handle, read at every
+/// metrics scrape; unknown until the backend first says.
+#[derive(Clone, Debug)]
+pub struct Lag(Arc<AtomicI64>);
+
+impl Default for Lag {
+    fn default() -> Self {
+        Self(Arc::new(AtomicI64::new(-1)))
+    }
+}
+
+impl Lag {
+    /// `None` while unknown.
+    pub fn get(&self) -> Option<u64> {
+        u64::try_from(self.0.load(Ordering::Relaxed)).ok()
+    }
+
+    pub(crate) fn set(&self, records: u64) {
+        self.0.store(
+            i64::try_from(records).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
 }

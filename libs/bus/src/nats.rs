@@ -38,7 +38,7 @@ use futures_util::future::try_join_all;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Bus, BusError, Membership, Memberships, Received, Record, Subscription, Topic};
+use crate::{Bus, BusError, Lag, Membership, Memberships, Received, Record, Subscription, Topic};
 
 /// How to reach JetStream and lay out Samvad's streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +276,8 @@ impl Bus for NatsBus {
             received,
             live,
             pending: BTreeMap::new(),
+            behind: BTreeMap::new(),
+            lag: Lag::default(),
             _stop: stop,
         }))
     }
@@ -533,6 +535,10 @@ struct NatsSubscription {
     live: Live,
     /// Records handed out and not yet committed, to ack through.
     pending: BTreeMap<(u32, u64), (u64, Message)>,
+    /// Per partition, the records its consumer had still to deliver when it delivered the
+    /// last one read.
+    behind: BTreeMap<u32, u64>,
+    lag: Lag,
     _stop: oneshot::Sender<()>,
 }
 
@@ -543,7 +549,9 @@ impl NatsSubscription {
             return None;
         }
         let message = delivery.message;
-        let offset = message.info().ok()?.stream_sequence;
+        let info = message.info().ok()?;
+        let offset = info.stream_sequence;
+        self.behind.insert(delivery.partition, info.pending);
         let key = message
             .headers
             .as_ref()
@@ -576,6 +584,11 @@ impl Subscription for NatsSubscription {
                 }
             }
         }
+        let live = lock(&self.live);
+        self.behind
+            .retain(|partition, _| live.contains_key(partition));
+        drop(live);
+        self.lag.set(self.behind.values().sum());
         Ok(batch)
     }
 
@@ -599,6 +612,10 @@ impl Subscription for NatsSubscription {
                 .retain(|&(p, o), _| p != partition || o > offset);
         }
         Ok(())
+    }
+
+    fn lag(&self) -> Lag {
+        self.lag.clone()
     }
 }
 

@@ -243,6 +243,7 @@ impl Ingress {
     /// stamped, then all of them published together, durably. All or nothing: a batch over
     /// the budget is refused whole, and the first message refused refuses the batch (the rest
     /// are not looked at).
+    #[tracing::instrument(level = "debug", name = "batch", skip_all, fields(%user, %device))]
     pub async fn send_batch(
         &self,
         user: &str,

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use samvad_bus::{Bus, BusError, ParkedRecord, Received, Record, Topic, Value};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
-use crate::metrics::TopicLabel;
+use crate::metrics::{ConsumerLabel, TopicLabel};
 use crate::node::Context;
 
 /// Most records a consumer handles in one batch.
@@ -77,9 +78,18 @@ impl Context {
             .subscribe(&topic, &group)
             .await
             .with_context(|| format!("subscribing to {topic}"))?;
+        self.metrics.lags.follow(
+            ConsumerLabel {
+                topic: topic.name(),
+                group: group.clone(),
+            },
+            subscription.lag(),
+        );
         let retries = self.metrics.retries.get_or_create(&label).clone();
         let shutdown = self.shutdown();
-        self.spawn("consumer", async move {
+        // Whatever the consumer and its handler log says which group it is.
+        let span = tracing::info_span!("consumer", group = %group);
+        let consumer = async move {
             let consumed = async {
                 loop {
                     let batch = tokio::select! {
@@ -122,7 +132,8 @@ impl Context {
             // threads, and waited for only within the node's stop allowance.
             let _ = tokio::task::spawn_blocking(move || drop(subscription)).await;
             consumed
-        });
+        };
+        self.spawn("consumer", consumer.instrument(span));
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use samvad_auth::Access;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
 use samvad_ingress::Ingress;
-use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef};
+use samvad_kit::{ApiError, Context, ErrorBody, Metrics, ServiceDef};
 use samvad_protocol::{Encoding, Message};
 use samvad_store::Conv;
 use serde::Deserialize;
@@ -361,7 +361,7 @@ impl Gateway {
                     }
                 };
                 for conn in list {
-                    offer(conn, Arc::clone(&outbound));
+                    offer(conn, Arc::clone(&outbound), &self.ctx.metrics);
                 }
             }
         }
@@ -385,11 +385,16 @@ pub(crate) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.gateway.unregister(&self.access.who.user, self.id);
+        let left = i64::try_from(self.queue.len()).unwrap_or(i64::MAX);
+        self.gateway.ctx.metrics.queued.dec_by(left);
     }
 }
 
-fn offer(conn: &Conn, event: Outbound) {
+/// Queues `event` for `conn`, counted as queued until the connection takes it (or ends).
+fn offer(conn: &Conn, event: Outbound, metrics: &Metrics) {
+    metrics.queued.inc();
     if conn.queue.try_send(event).is_err() {
+        metrics.queued.dec();
         conn.slow.cancel();
     }
 }

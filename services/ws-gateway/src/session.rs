@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use samvad_bus::Outgoing;
-use samvad_ingress::Rejection;
+use samvad_ingress::{Ingress, Rejection};
 use samvad_kit::TokenBucket;
 use samvad_protocol::{Channel, DecodeError, Message, MessageType};
 use samvad_store::{Conv, DeviceRef, Page, Position, SYSTEM_DEVICE};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::{Gateway, Item, Outbound, Registration, Via};
 
@@ -215,6 +216,11 @@ pub(crate) enum Refused {
 }
 
 /// Serves a registered connection of a device through `door` until it ends.
+#[tracing::instrument(name = "connection", skip_all, fields(
+    user = %registration.access.who.user,
+    device = %registration.access.who.device,
+    door = ?via,
+))]
 pub(crate) async fn run<D: Door>(
     gateway: Gateway,
     mut registration: Registration,
@@ -418,10 +424,13 @@ impl Session {
                     Ok(input) => Box::pin(door.handle(self, input)).await,
                     Err(end) => return end,
                 },
-                Some(items) = queue.recv() => match self.live(&items, door.window()).await {
-                    Ok(out) => door.write(self, &out).await,
-                    Err(end) => Err(end),
-                },
+                Some(items) = queue.recv() => {
+                    self.gateway.ctx.metrics.queued.dec();
+                    match self.live(&items, door.window()).await {
+                        Ok(out) => door.write(self, &out).await,
+                        Err(end) => Err(end),
+                    }
+                }
                 // Always ready while a conversation is behind and the client has room;
                 // select! picks among the ready branches at random, so catching up and live
                 // traffic share the connection.
@@ -652,6 +661,14 @@ impl Session {
                 return Err(refused(None, rejection));
             }
         };
+        let id = message.id.clone();
+        // Everything done for the message in line (all-in-one: routing, storing, handing it
+        // to connections) logs with its id.
+        let span = tracing::debug_span!("message", id = %id, to = %message.destination);
+        self.accept(ingress, message).instrument(span).await
+    }
+
+    async fn accept(&mut self, ingress: &Ingress, message: Message) -> Result<Message, Refused> {
         let id = message.id.clone();
         let mut accepted = match ingress.accept(&self.device.user, message).await {
             Ok(m) => m,

@@ -86,6 +86,43 @@ async fn contract(bus: &dyn Bus, fresh: &str) {
     );
 }
 
+/// Waits, waiting for records as a consumer does (the client learns its lag meanwhile), until
+/// `sub` says it is `want` records behind. Nothing more may arrive.
+async fn lag_becomes(sub: &mut Box<dyn Subscription>, want: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sub.lag().get() != Some(want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: lag {:?}, not {want}, within {WAIT:?}",
+            sub.lag().get()
+        );
+        let more = tokio::time::timeout(Duration::from_millis(200), sub.next_batch(64)).await;
+        assert!(more.is_err(), "{what}: nothing more to read");
+    }
+}
+
+/// A member's lag: none once it has done everything; on Kafka, the records after its group's
+/// committed offsets, read or not.
+async fn lag_contract(bus: &dyn Bus, kafka: bool) {
+    let topic = Topic::Gateway("lag".into());
+    let mut sub = bus.subscribe(&topic, "lag").await.unwrap();
+    let publish = |from: u32, n: u32| {
+        let records = (from..from + n).map(|i| record("ann", i)).collect();
+        bus.publish(&topic, records)
+    };
+    publish(0, 10).await.unwrap();
+    let got = read(&mut sub, 10, "lag").await;
+    sub.commit(&got).await.unwrap();
+    lag_becomes(&mut sub, 0, "all done").await;
+    if kafka {
+        publish(10, 5).await.unwrap();
+        let got = read(&mut sub, 5, "five more").await;
+        lag_becomes(&mut sub, 5, "five read, none done").await;
+        sub.commit(&got).await.unwrap();
+        lag_becomes(&mut sub, 0, "the five done").await;
+    }
+}
+
 /// A gateway's topic: what is published once it subscribed reaches it, even before the
 /// broker has finished assigning it partitions.
 async fn gateway_contract(bus: &dyn Bus, fresh: &str) {
@@ -140,6 +177,7 @@ async fn kafka_keeps_the_contract_on_a_real_broker() {
     let bus = bus.expect("tansu came up");
     contract(&bus, "k").await;
     gateway_contract(&bus, "g1").await;
+    lag_contract(&bus, true).await;
 }
 
 fn nats_config(url: String, instance: &str) -> NatsConfig {
@@ -162,6 +200,7 @@ async fn nats_keeps_the_contract() {
         .unwrap();
     contract(&bus, "k").await;
     gateway_contract(&bus, "g1").await;
+    lag_contract(&bus, false).await;
 }
 
 /// Two members of a group on NATS share its partitions, each keeping every key's order; when

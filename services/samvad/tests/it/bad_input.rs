@@ -196,23 +196,33 @@ async fn a_client_that_reads_nothing_is_let_go_and_loses_nothing() {
         a.send(&chat(&format!("big-{i}"), "alice", "bob", &big))
             .await;
     }
-    let slow_closes = || async {
-        app.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix("samvad_slow_closes_total "))
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
+    // Slow closes, and events queued for connections and not yet written.
+    let gauges = || async {
+        let metrics = app.metrics().await;
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (
+            value("samvad_slow_closes_total"),
+            value("samvad_gateway_queued_events"),
+        )
     };
-    let mut closed = 0;
-    for _ in 0..100 {
-        closed = slow_closes().await;
+    let (mut closed, mut most_queued) = (0, 0);
+    for _ in 0..1000 {
+        let (closes, queued) = gauges().await;
+        (closed, most_queued) = (closes, most_queued.max(queued));
         if closed > 0 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(closed, 1, "the stalled connection was let go");
+    assert!(most_queued > 0, "what waited for bob was counted as queued");
+    assert_eq!(gauges().await.1, 0, "and no longer once he was let go");
     bob_still_hears_alice(&mut a, &mut c, "others-unharmed").await;
     drop(stalled);
 
