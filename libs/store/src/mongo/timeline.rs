@@ -19,7 +19,7 @@ use crate::timeline::{
     Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, TimelineStore,
     Window,
 };
-use crate::{Result, now_ms};
+use crate::{Result, StoreError, now_ms};
 
 impl MongoStore {
     pub(super) async fn create_timeline_indexes(&self) -> Result<()> {
@@ -62,6 +62,22 @@ impl MongoStore {
             .map_or(Ok(0), |d| int(&d, "last_seq"))
     }
 
+    /// The cached last seq of each of `keys` (0 for a conversation not yet begun), in one
+    /// query.
+    async fn last_seqs(&self, keys: &[String]) -> Result<HashMap<String, u64>> {
+        let found = all(self
+            .conversations
+            .find(doc! { "_id": { "$in": keys } })
+            .projection(doc! { "last_seq": 1 }))
+        .await?;
+        let mut last: HashMap<String, u64> = keys.iter().map(|k| (k.clone(), 0)).collect();
+        for d in found {
+            let key = d.get_str("_id").map_err(corrupt)?.to_owned();
+            last.insert(key, int(&d, "last_seq")?);
+        }
+        Ok(last)
+    }
+
     /// The highest seq actually in the timeline (the cache may lag after a crash).
     async fn highest_seq(&self, key: &str) -> Result<u64> {
         self.timeline
@@ -72,19 +88,46 @@ impl MongoStore {
             .map_or(Ok(0), |d| int(&d, "seq"))
     }
 
-    async fn record_last(&self, key: &str, seq: u64, at: i64) -> Result<()> {
-        self.conversations
-            .update_one(
-                doc! { "_id": key },
+    /// Moves each conversation's cached last seq (and when it was reached) forward, in one
+    /// `update` command of one statement per conversation.
+    async fn record_last(&self, last: &HashMap<String, (u64, i64)>) -> Result<()> {
+        if last.is_empty() {
+            return Ok(());
+        }
+        let updates: Vec<Document> = last
+            .iter()
+            .map(|(key, &(seq, at))| {
                 doc! {
-                    "$max": { "last_seq": seq as i64, "last_at": at },
-                    "$setOnInsert": { "first_seq": 1_i64 },
-                },
-            )
-            .upsert(true)
+                    "q": { "_id": key },
+                    "u": {
+                        "$max": { "last_seq": seq as i64, "last_at": at },
+                        "$setOnInsert": { "first_seq": 1_i64 },
+                    },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        let namespace = self.conversations.namespace();
+        let reply = self
+            .conversations
+            .client()
+            .database(&namespace.db)
+            .run_command(doc! {
+                "update": &namespace.coll,
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": { "w": "majority" },
+            })
             .await
             .map_err(backend)?;
-        Ok(())
+        // A statement that failed (two upserts of a new conversation raced, say) fails the
+        // append, which is tried again: by then the conversation is there.
+        match reply.get_array("writeErrors") {
+            Ok(errors) if !errors.is_empty() => Err(StoreError::Backend(format!(
+                "updating conversations' last seqs: {errors:?}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     async fn participate(&self, user: &str, key: &str, since: u64) -> Result<()> {
@@ -115,31 +158,21 @@ impl MongoStore {
 
     /// Stores one entry after `last` (the highest seq this append knows of in its
     /// conversation), or finds it stored already. The unique indexes decide: a repeat is found
-    /// only when its insert is refused, so a new message costs one write. The first entry of a
-    /// conversation, and a repeat (which repairs what a crash may have cut short), make sure of
-    /// the 1:1 participants.
+    /// only when its insert is refused, so a new message costs one write.
     async fn append_one(
         &self,
         key: &str,
         item: &NewEntry,
-        body: &str,
         mut last: u64,
         at: i64,
     ) -> Result<Appended> {
-        let (appended, first) = loop {
+        let appended = loop {
             let seq = last + 1;
-            let mut entry = doc! {
-                "conv": key, "seq": seq as i64, "sender": &item.message.source,
-                "device": &item.device, "id": &item.message.id, "at": at, "message": body,
-            };
-            if item.message.is_system() {
-                entry.insert("system", true); // never unread
-            }
-            match self.timeline.insert_one(entry).await {
-                Ok(_) => break (Appended::New(seq), last == 0),
+            match self.timeline.insert_one(entry(key, item, seq, at)?).await {
+                Ok(_) => break Appended::New(seq),
                 Err(e) if is_duplicate(&e) => {
                     if let Some(seq) = self.find_repeat(key, item).await? {
-                        break (Appended::Repeat(seq), true);
+                        break Appended::Repeat(seq);
                     }
                     // The seq was taken: by a crashed append whose cache update never
                     // happened, or by a writer racing this one.
@@ -148,6 +181,15 @@ impl MongoStore {
                 Err(e) => return Err(backend(e)),
             }
         };
+        self.settle(key, item, appended).await?;
+        Ok(appended)
+    }
+
+    /// What an entry's storing brings with it: the first entry of a 1:1 conversation, and a
+    /// repeat (which repairs what a crash may have cut short), make sure of its participants;
+    /// the notice of a removal ends the removed members' part.
+    async fn settle(&self, key: &str, item: &NewEntry, appended: Appended) -> Result<()> {
+        let first = matches!(appended, Appended::New(1) | Appended::Repeat(_));
         if first && let Some(pair) = item.conv.pair() {
             for user in pair {
                 self.participate(user, key, 0).await?;
@@ -168,7 +210,7 @@ impl MongoStore {
                 .await
                 .map_err(backend)?;
         }
-        Ok(appended)
+        Ok(())
     }
 
     async fn state(&self, user: &str, part: &Document) -> Result<ConvState> {
@@ -279,29 +321,75 @@ impl MongoStore {
     }
 }
 
+/// The stored form of `item` at `seq` of conversation `key`.
+fn entry(key: &str, item: &NewEntry, seq: u64, at: i64) -> Result<Document> {
+    let body = serde_json::to_string(&item.message).map_err(corrupt)?;
+    let mut entry = doc! {
+        "conv": key, "seq": seq as i64, "sender": &item.message.source,
+        "device": &item.device, "id": &item.message.id, "at": at, "message": body,
+    };
+    if item.message.is_system() {
+        entry.insert("system", true); // never unread
+    }
+    Ok(entry)
+}
+
 #[async_trait::async_trait]
 impl TimelineStore for MongoStore {
+    /// A batch costs three round trips when all of it is new: the conversations' last seqs
+    /// read in one query, the entries inserted in one ordered insert (each taking the next seq
+    /// of its conversation), the last seqs written back in one command, before anyone is told
+    /// of the entries. An entry the insert refuses (a repeat, or a seq taken by a crashed
+    /// append) stops the insert there, so no seq after it is used; it and the rest of the
+    /// batch then go one by one.
     async fn append(&self, items: &[NewEntry]) -> Result<Vec<Appended>> {
-        // Each conversation's last seq is read once per batch and its cache written once, after
-        // the batch's entries and before anyone is told of them.
-        let mut last: HashMap<String, (u64, i64)> = HashMap::new();
+        let keys: Vec<String> = items.iter().map(|item| item.conv.key()).collect();
+        let mut last = self.last_seqs(&keys).await?;
+        let at = now_ms();
+        let mut planned = Vec::with_capacity(items.len());
+        let mut entries = Vec::with_capacity(items.len());
+        for (item, key) in items.iter().zip(&keys) {
+            let seq = last[key] + 1;
+            last.insert(key.clone(), seq);
+            planned.push(seq);
+            entries.push(entry(key, item, seq, at)?);
+        }
+        let stored = match self.timeline.insert_many(entries).ordered(true).await {
+            Ok(_) => items.len(),
+            Err(e) => match e.kind.as_ref() {
+                mongodb::error::ErrorKind::InsertMany(failure) if is_duplicate(&e) => failure
+                    .write_errors
+                    .iter()
+                    .flatten()
+                    .map(|w| w.index)
+                    .min()
+                    .unwrap_or(0),
+                _ => return Err(backend(e)),
+            },
+        };
+        let mut reached: HashMap<String, (u64, i64)> = HashMap::new();
         let mut appended = Vec::with_capacity(items.len());
-        for item in items {
-            let body = serde_json::to_string(&item.message).map_err(corrupt)?;
-            let key = item.conv.key();
-            let known = match last.get(&key) {
-                Some(&(seq, _)) => seq,
-                None => self.last_seq(&key).await?,
-            };
-            let at = now_ms();
-            let result = self.append_one(&key, item, &body, known, at).await?;
-            let seq = known.max(result.seq());
-            last.insert(key, (seq, at));
-            appended.push(result);
+        for ((item, key), &seq) in items.iter().zip(&keys).zip(&planned).take(stored) {
+            self.settle(key, item, Appended::New(seq)).await?;
+            reached.insert(key.clone(), (seq, at));
+            appended.push(Appended::New(seq));
         }
-        for (key, (seq, at)) in last {
-            self.record_last(&key, seq, at).await?;
+        if stored < items.len() {
+            let mut known = self.last_seqs(&keys[stored..]).await?;
+            for (key, &(seq, _)) in &reached {
+                if let Some(last) = known.get_mut(key) {
+                    *last = (*last).max(seq);
+                }
+            }
+            for (item, key) in items.iter().zip(&keys).skip(stored) {
+                let result = self.append_one(key, item, known[key], at).await?;
+                let seq = known[key].max(result.seq());
+                known.insert(key.clone(), seq);
+                reached.insert(key.clone(), (seq, at));
+                appended.push(result);
+            }
         }
+        self.record_last(&reached).await?;
         Ok(appended)
     }
 

@@ -74,6 +74,32 @@ pub async fn contract(s: &dyn TimelineStore) {
         [Appended::Repeat(1), Appended::New(4)],
         "the same id from another sender is another message"
     );
+    // A repeat amid new entries takes no seq, and none after it is skipped.
+    let other = Conv::direct("ivy", "jon");
+    s.append(&[
+        entry(&other, "ivy", "default", "i1"),
+        entry(&other, "jon", "default", "j1"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.append(&[
+            entry(&other, "ivy", "default", "i2"),
+            entry(&other, "ivy", "default", "i1"),
+            entry(&other, "jon", "default", "j2"),
+            entry(&chat, "bob", "phone", "a1"),
+        ])
+        .await
+        .unwrap(),
+        [
+            Appended::New(3),
+            Appended::Repeat(1),
+            Appended::New(4),
+            Appended::Repeat(4)
+        ]
+    );
+    let whole = s.window(&other, Page::Latest, 0, 10).await.unwrap();
+    assert_eq!(seqs(&whole), [1, 2, 3, 4]);
 
     // Paging, oldest first within a page.
     let latest = s.window(&chat, Page::Latest, 0, 2).await.unwrap();
@@ -353,8 +379,8 @@ pub async fn contract(s: &dyn TimelineStore) {
         removed += n;
     }
     assert_eq!(
-        removed, 13,
-        "five chat entries, four group entries, four more"
+        removed, 17,
+        "five chat entries, four of ivy and jon's, four group entries, four more"
     );
     let owed: Vec<_> = owed_in(s, &tablet)
         .await
