@@ -9,12 +9,13 @@
 //! - a repeat repairs what a crash may have left undone after its entry (the cache, the 1:1
 //!   participants).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use mongodb::bson::{Document, doc};
+use mongodb::Collection;
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 
-use super::{MongoStore, all, backend, conv_of, corrupt, int, is_duplicate};
+use super::{DUPLICATE_KEY, MongoStore, all, backend, conv_of, corrupt, int, is_duplicate};
 use crate::timeline::{
     Ack, Appended, Conv, ConvState, DeviceRef, Entry, NewEntry, Page, Position, TimelineStore,
     Window,
@@ -107,26 +108,16 @@ impl MongoStore {
                 }
             })
             .collect();
-        let namespace = self.conversations.namespace();
-        let reply = self
-            .conversations
-            .client()
-            .database(&namespace.db)
-            .run_command(doc! {
-                "update": &namespace.coll,
-                "updates": updates,
-                "ordered": false,
-                "writeConcern": { "w": "majority" },
-            })
-            .await
-            .map_err(backend)?;
-        // A statement that failed (two upserts of a new conversation raced, say) fails the
-        // append, which is tried again: by then the conversation is there.
-        match reply.get_array("writeErrors") {
-            Ok(errors) if !errors.is_empty() => Err(StoreError::Backend(format!(
-                "updating conversations' last seqs: {errors:?}"
-            ))),
-            _ => Ok(()),
+        // A statement that failed (two upserts of a new conversation raced) fails the append,
+        // which is tried again: by then the conversation is there.
+        let raced = update_all(&self.conversations, updates).await?;
+        if raced.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::Backend(format!(
+                "{} conversations were created meanwhile; try again",
+                raced.len()
+            )))
         }
     }
 
@@ -250,19 +241,44 @@ impl MongoStore {
     /// Moves the device's cursor to `seq` and past the entries its own device sent right
     /// after it, never past what is stored (that would skip what comes next), nor over entries
     /// retention removed (a gap the device is to be told of).
-    async fn advance(&self, device: &DeviceRef, key: &str, seq: u64) -> Result<()> {
-        let Some(conv) = self
-            .conversations
-            .find_one(doc! { "_id": key })
-            .await
-            .map_err(backend)?
-        else {
+    /// Moves each device's cursor in each conversation to the seq given (or past its own
+    /// entries right after it), the conversations read in one query and the cursors written
+    /// in one command.
+    async fn advance(&self, upto: HashMap<(DeviceRef, String), u64>) -> Result<()> {
+        if upto.is_empty() {
             return Ok(());
-        };
-        let (last, first) = (int(&conv, "last_seq")?, int(&conv, "first_seq")?);
-        let seq = self.past_own(device, key, seq, last, first).await?;
-        self.upsert_cursor(device, key, doc! { "$max": { "seq": seq as i64 } })
-            .await
+        }
+        let keys: Vec<&String> = upto.keys().map(|(_, key)| key).collect();
+        let mut convs = HashMap::new();
+        for conv in all(self.conversations.find(doc! { "_id": { "$in": keys } })).await? {
+            let key = conv.get_str("_id").map_err(corrupt)?.to_owned();
+            convs.insert(key, (int(&conv, "last_seq")?, int(&conv, "first_seq")?));
+        }
+        let mut moves = Vec::with_capacity(upto.len());
+        for ((device, key), seq) in upto {
+            let Some(&(last, first)) = convs.get(&key) else {
+                continue;
+            };
+            let seq = self.past_own(&device, &key, seq, last, first).await?;
+            moves.push((device, key, seq));
+        }
+        let statements = moves
+            .iter()
+            .map(|(device, key, seq)| {
+                doc! {
+                    "q": { "user": &device.user, "device": &device.device, "conv": key },
+                    "u": { "$max": { "seq": *seq as i64 } },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        // Two upserts raced and the other created the cursor: now it is there to update.
+        for raced in update_all(&self.cursors, statements).await? {
+            let (device, key, seq) = &moves[raced];
+            self.upsert_cursor(device, key, doc! { "$max": { "seq": *seq as i64 } })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Where a device stands that has acked `cursor`: past the entries its own device sent
@@ -310,15 +326,44 @@ impl MongoStore {
             other => other.map(|_| ()).map_err(backend),
         }
     }
+}
 
-    async fn takes_part(&self, user: &str, key: &str) -> Result<bool> {
-        Ok(self
-            .participants
-            .find_one(doc! { "user": user, "conv": key })
-            .await
-            .map_err(backend)?
-            .is_some())
-    }
+/// Runs `statements` (each `{q, u, upsert}`) as one `update` command, majority-acknowledged,
+/// and returns the indexes of those refused as duplicates (upserts that raced another). Any
+/// other refusal is an error.
+async fn update_all(
+    collection: &Collection<Document>,
+    statements: Vec<Document>,
+) -> Result<Vec<usize>> {
+    let namespace = collection.namespace();
+    let reply = collection
+        .client()
+        .database(&namespace.db)
+        .run_command(doc! {
+            "update": &namespace.coll,
+            "updates": statements,
+            "ordered": false,
+            "writeConcern": { "w": "majority" },
+        })
+        .await
+        .map_err(backend)?;
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Ok(Vec::new());
+    };
+    errors
+        .iter()
+        .map(|error| {
+            let error = error.as_document();
+            let code = error.and_then(|e| e.get("code")).and_then(Bson::as_i32);
+            match (
+                error.and_then(|e| e.get("index")).and_then(Bson::as_i32),
+                code,
+            ) {
+                (Some(index), Some(DUPLICATE_KEY)) => Ok(index as usize),
+                _ => Err(StoreError::Backend(format!("update refused: {error:?}"))),
+            }
+        })
+        .collect()
 }
 
 /// The stored form of `item` at `seq` of conversation `key`.
@@ -615,30 +660,41 @@ impl TimelineStore for MongoStore {
                     .push((key.to_owned(), int(d, "seq")?));
             }
         }
+        let candidates: Vec<(&DeviceRef, Vec<(String, u64)>)> = acks
+            .iter()
+            .map(|(device, ack)| match ack {
+                Ack::Upto { conv, seq } => (device, vec![(conv.key(), *seq)]),
+                Ack::Id(id) => (device, places.get(id).cloned().unwrap_or_default()),
+            })
+            .collect();
+        // Who takes part where, all looked up at once.
+        let asked: Vec<Document> = candidates
+            .iter()
+            .flat_map(|(device, places)| {
+                places
+                    .iter()
+                    .map(|(key, _)| doc! { "user": &device.user, "conv": key })
+            })
+            .collect();
+        let mut parts: HashSet<(String, String)> = HashSet::new();
+        if !asked.is_empty() {
+            let found = self
+                .participants
+                .find(doc! { "$or": asked })
+                .projection(doc! { "user": 1, "conv": 1 });
+            for part in all(found).await? {
+                let user = part.get_str("user").map_err(corrupt)?.to_owned();
+                parts.insert((user, part.get_str("conv").map_err(corrupt)?.to_owned()));
+            }
+        }
         // Cursors are cumulative: each device moves once per conversation, to the highest
         // seq it acked there in this batch.
-        let mut parts: HashMap<(String, String), bool> = HashMap::new();
         let mut upto: HashMap<(DeviceRef, String), u64> = HashMap::new();
-        for (device, ack) in acks {
-            let candidates = match ack {
-                Ack::Upto { conv, seq } => vec![(conv.key(), *seq)],
-                Ack::Id(id) => places.get(id).cloned().unwrap_or_default(),
-            };
-            let mut mine = Vec::new();
-            for (key, seq) in candidates {
-                let part = (device.user.clone(), key.clone());
-                let takes_part = match parts.get(&part) {
-                    Some(&known) => known,
-                    None => {
-                        let known = self.takes_part(&device.user, &key).await?;
-                        parts.insert(part, known);
-                        known
-                    }
-                };
-                if takes_part {
-                    mine.push((key, seq));
-                }
-            }
+        for (device, places) in candidates {
+            let mine: Vec<_> = places
+                .into_iter()
+                .filter(|(key, _)| parts.contains(&(device.user.clone(), key.clone())))
+                .collect();
             // Only an id that names one message: another sender may reuse an id in another
             // conversation, and must not move this cursor.
             if let [(key, seq)] = &mine[..] {
@@ -646,10 +702,7 @@ impl TimelineStore for MongoStore {
                 *at = (*at).max(*seq);
             }
         }
-        for ((device, key), seq) in upto {
-            self.advance(&device, &key, seq).await?;
-        }
-        Ok(())
+        self.advance(upto).await
     }
 
     async fn last_of(&self, conv: &Conv, ids: &[String]) -> Result<Option<u64>> {
