@@ -388,6 +388,9 @@ impl TimelineStore for MongoStore {
     /// append) stops the insert there, so no seq after it is used; it and the rest of the
     /// batch then go one by one.
     async fn append(&self, items: &[NewEntry]) -> Result<Vec<Appended>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let keys: Vec<String> = items.iter().map(|item| item.conv.key()).collect();
         let mut last = self.last_seqs(&keys).await?;
         let at = now_ms();

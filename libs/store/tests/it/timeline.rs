@@ -74,6 +74,7 @@ pub async fn contract(s: &dyn TimelineStore) {
         [Appended::Repeat(1), Appended::New(4)],
         "the same id from another sender is another message"
     );
+    assert_eq!(s.append(&[]).await.unwrap(), [], "nothing to store");
     // A repeat amid new entries takes no seq, and none after it is skipped.
     let other = Conv::direct("ivy", "jon");
     s.append(&[
