@@ -132,6 +132,11 @@ pub struct Ingress {
 impl Ingress {
     /// The front door named `door` (`ws`, `rest`) in metrics.
     pub fn new(ctx: &Context, door: &'static str) -> Self {
+        // Counted from zero at start, not from the first message: a rate over the door's
+        // counters is then defined from the start.
+        let label = DoorLabel { door };
+        drop(ctx.metrics.accepted.get_or_create(&label));
+        drop(ctx.metrics.accept_latency.get_or_create(&label));
         let (acks, queued) = mpsc::channel(ACK_QUEUE);
         ctx.spawn(
             "client acks",

@@ -30,6 +30,14 @@ struct Delivery {
 }
 
 async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
+    // Counted from zero at start, so that a rate over each is defined from the start.
+    for outcome in OUTCOMES {
+        drop(
+            ctx.metrics
+                .deliveries
+                .get_or_create(&OutcomeLabel { outcome }),
+        );
+    }
     let delivery = Delivery {
         metrics: ctx.metrics.clone(),
         bus: ctx.bus.clone(),
@@ -137,6 +145,13 @@ fn same(a: &Outgoing, b: &Outgoing) -> bool {
     a.seq == b.seq && a.message.id == b.message.id && a.message.source == b.message.source
 }
 
+/// What delivery does with a message, each counted (`samvad_deliveries{outcome}`).
+const OUTCOMES: [&str; 4] = [LIVE, OFFLINE, REPEAT, EPHEMERAL_DROPPED];
+const LIVE: &str = "live";
+const OFFLINE: &str = "offline";
+const REPEAT: &str = "repeat";
+const EPHEMERAL_DROPPED: &str = "ephemeral_dropped";
+
 impl Delivery {
     fn count(&self, outcome: &'static str) {
         self.metrics
@@ -173,7 +188,7 @@ impl Delivery {
                 false => match appended.next() {
                     Some(Appended::New(seq)) => (Some(seq), true),
                     Some(Appended::Repeat(seq)) => {
-                        self.count("repeat");
+                        self.count(REPEAT);
                         (Some(seq), false)
                     }
                     None => anyhow::bail!("the timeline answered fewer appends than asked"),
@@ -202,9 +217,9 @@ impl Delivery {
                 let recipient = *user != message.source;
                 if gateways.is_empty() && recipient {
                     if message.ephemeral {
-                        self.count("ephemeral_dropped");
+                        self.count(EPHEMERAL_DROPPED);
                     } else if new && message.kind != MessageType::Notification {
-                        self.count("offline");
+                        self.count(OFFLINE);
                         let addressed = Addressed {
                             recipient: user.clone(),
                             message: message.clone(),
@@ -214,7 +229,7 @@ impl Delivery {
                     continue;
                 }
                 if recipient {
-                    self.count("live");
+                    self.count(LIVE);
                 }
                 for gateway in gateways {
                     handoff.add(gateway, user, &item);

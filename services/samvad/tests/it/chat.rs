@@ -226,3 +226,35 @@ async fn typing_indicators_pass_through_and_are_not_kept() {
     assert_eq!(got.meta.get("action").map(String::as_str), Some("typing"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_door_and_outcome_is_counted_from_zero() {
+    let app = TestApp::spawn().await;
+    let metrics = app.metrics().await;
+    for door in ["ws", "mqtt", "grpc", "rest"] {
+        let line = format!("samvad_messages_accepted_total{{door=\"{door}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+        let line = format!("samvad_accept_latency_seconds_count{{door=\"{door}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    for outcome in ["live", "offline", "repeat", "ephemeral_dropped"] {
+        let line = format!("samvad_deliveries_total{{outcome=\"{outcome}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
+    // And counted on from there.
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut b = app.connect(&bob, "text", false).await;
+    a.send(&chat("z-1", "alice", "bob", "one")).await;
+    assert_eq!(a.message().await.kind, MessageType::ServerAck);
+    assert_eq!(text_of(&b.message().await), "one");
+    let metrics = app.metrics().await;
+    for line in [
+        "samvad_messages_accepted_total{door=\"ws\"} 1",
+        "samvad_deliveries_total{outcome=\"live\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    app.stop().await;
+}
