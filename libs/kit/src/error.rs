@@ -1,4 +1,5 @@
-//! The one table from errors to what an HTTP client sees: a status and `{"error": "..."}`.
+//! The one table from errors to what a client sees: an HTTP status and `{"error": "..."}`, and
+//! the gRPC status code the gRPC door answers with instead.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -66,6 +67,21 @@ impl ApiError {
         }
     }
 
+    /// The gRPC status code (`google.rpc.Code`) for this error: what the gRPC door answers.
+    pub fn grpc_code(&self) -> i32 {
+        // OK 0, INVALID_ARGUMENT 3, NOT_FOUND 5, PERMISSION_DENIED 7, RESOURCE_EXHAUSTED 8,
+        // INTERNAL 13, UNAVAILABLE 14, UNAUTHENTICATED 16.
+        match self.status.as_u16() {
+            400 | 415 => 3,
+            401 => 16,
+            403 => 7,
+            404 => 5,
+            413 | 429 => 8,
+            503 => 14,
+            _ => 13,
+        }
+    }
+
     pub fn unavailable(error: impl std::fmt::Display) -> Self {
         tracing::warn!(%error, "dependency unavailable");
         Self {
@@ -117,5 +133,57 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The table, pinned: each kind of refusal, the HTTP status and body a client sees, and the
+    /// gRPC code the gRPC door answers with.
+    #[tokio::test]
+    async fn each_error_has_one_answer_per_protocol() {
+        let missing = AuthError::MissingCredentials.to_string();
+        let table = [
+            (ApiError::bad_request("bad"), 400, 3, "bad"),
+            (
+                ApiError::from(AuthError::MissingCredentials),
+                401,
+                16,
+                missing.as_str(),
+            ),
+            (ApiError::forbidden("not yours"), 403, 7, "not yours"),
+            (ApiError::not_found("gone"), 404, 5, "gone"),
+            (ApiError::too_large("big"), 413, 8, "big"),
+            (ApiError::misdirected("elsewhere"), 421, 13, "elsewhere"),
+            (ApiError::too_many("slow down"), 429, 8, "slow down"),
+            (
+                ApiError::internal("secret detail"),
+                500,
+                13,
+                "internal error; try again",
+            ),
+            (
+                ApiError::unavailable("secret detail"),
+                503,
+                14,
+                "temporarily unavailable; try again",
+            ),
+        ];
+        for (error, http, grpc, said) in table {
+            assert_eq!(error.grpc_code(), grpc, "{error:?}");
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), http);
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body, json!({ "error": said }), "{http}");
+        }
     }
 }

@@ -263,18 +263,9 @@ impl Chat for ChatService {
     }
 }
 
-/// The one table from an HTTP-style error to a gRPC status.
+/// An error as the gRPC door answers it ([`ApiError::grpc_code`]).
 fn status(e: ApiError) -> Status {
-    let code = match e.status.as_u16() {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        413 | 429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        _ => Code::Internal,
-    };
-    Status::new(code, e.message)
+    Status::new(Code::from(e.grpc_code()), e.message)
 }
 
 /// A `Connect` call: the client's stream of messages in, events out.
