@@ -661,10 +661,9 @@ impl Session {
                 return Err(refused(None, rejection));
             }
         };
-        let id = message.id.clone();
         // Everything done for the message in line (all-in-one: routing, storing, handing it
         // to connections) logs with its id.
-        let span = tracing::debug_span!("message", id = %id, to = %message.destination);
+        let span = tracing::debug_span!("message", id = %message.id, to = %message.destination);
         self.accept(ingress, message).instrument(span).await
     }
 
