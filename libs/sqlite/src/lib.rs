@@ -97,13 +97,7 @@ impl Db {
             .map_err(open_err)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            let reader = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(open_err)?;
-            reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-            readers.push(reader);
+            readers.push(open_reader(path).map_err(open_err)?);
         }
         let (writer, jobs) = mpsc::channel::<Job>();
         let restart = Arc::new(AtomicBool::new(false));
@@ -194,10 +188,7 @@ impl Db {
             let conn = match conn {
                 Some(conn) => conn,
                 // More reads at once than connections yet: open one more; it joins the pool.
-                None => Connection::open_with_flags(
-                    path.as_path(),
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?,
+                None => open_reader(&path)?,
             };
             let result = f(&conn);
             if let Ok(mut pool) = readers.lock()
@@ -210,6 +201,17 @@ impl Db {
         .await
         .map_err(|_| DbError::Closed)?
     }
+}
+
+/// A connection of the read pool: read-only, and waiting out a checkpoint's lock as the
+/// writer does.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 /// Creates the database file readable by its owner only, or makes an existing one so: it holds

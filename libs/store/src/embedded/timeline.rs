@@ -19,8 +19,7 @@ CREATE TABLE IF NOT EXISTS timeline (
     conv TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL, device TEXT NOT NULL,
     id TEXT NOT NULL, at INTEGER NOT NULL, message TEXT NOT NULL,
     system INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (conv, seq));
-CREATE UNIQUE INDEX IF NOT EXISTS timeline_dedupe ON timeline (conv, sender, id);
-CREATE INDEX IF NOT EXISTS timeline_by_id ON timeline (id);
+CREATE UNIQUE INDEX IF NOT EXISTS timeline_ids ON timeline (id, conv, sender);
 CREATE INDEX IF NOT EXISTS timeline_by_age ON timeline (at);
 CREATE TABLE IF NOT EXISTS participants (
     username TEXT NOT NULL, conv TEXT NOT NULL, since_seq INTEGER NOT NULL,
@@ -35,10 +34,12 @@ CREATE TABLE IF NOT EXISTS cursors (
 
 /// Databases made before a part could end gain the column that says where it did, and
 /// those made before unread counts left out receipts the column that marks them (their older
-/// entries all count, as they did).
+/// entries all count, as they did). The dedupe key and the lookup by id were two indexes,
+/// each written on every append; `timeline_ids` is both.
 pub(super) fn migrate(t: &Transaction<'_>) -> rusqlite::Result<()> {
     super::add_column(t, "participants", "until_seq", "INTEGER")?;
-    super::add_column(t, "timeline", "system", "INTEGER NOT NULL DEFAULT 0")
+    super::add_column(t, "timeline", "system", "INTEGER NOT NULL DEFAULT 0")?;
+    t.execute_batch("DROP INDEX IF EXISTS timeline_dedupe; DROP INDEX IF EXISTS timeline_by_id;")
 }
 
 const BEFORE: &str = "SELECT seq, device, at, message FROM timeline
@@ -499,5 +500,56 @@ impl TimelineStore for EmbeddedStore {
             })
             .await
             .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use samvad_sqlite::Db;
+
+    use super::super::EmbeddedStore;
+
+    /// A database made with the two indexes over ids, and a message in it, keeps the message
+    /// and its dedupe key under the one index that replaces them.
+    #[tokio::test]
+    async fn the_two_id_indexes_become_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        db.write(|t| {
+            t.execute_batch(
+                "CREATE TABLE timeline (
+                    conv TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                    device TEXT NOT NULL, id TEXT NOT NULL, at INTEGER NOT NULL,
+                    message TEXT NOT NULL, PRIMARY KEY (conv, seq));
+                 CREATE UNIQUE INDEX timeline_dedupe ON timeline (conv, sender, id);
+                 CREATE INDEX timeline_by_id ON timeline (id);
+                 INSERT INTO timeline VALUES ('c', 1, 'alice', 'd', 'm1', 0, '{}');",
+            )
+        })
+        .await
+        .unwrap();
+        EmbeddedStore::open(db.clone()).await.unwrap();
+        let indexes = db
+            .read(|c| {
+                c.prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'
+                     AND tbl_name = 'timeline' AND sql IS NOT NULL ORDER BY name",
+                )?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+        assert_eq!(indexes, ["timeline_by_age", "timeline_ids"]);
+        let repeat = db
+            .write(|t| {
+                t.execute(
+                    "INSERT INTO timeline (conv, seq, sender, device, id, at, message)
+                     VALUES ('c', 2, 'alice', 'd', 'm1', 0, '{}')",
+                    [],
+                )
+            })
+            .await;
+        assert!(repeat.is_err(), "the dedupe key still holds: {repeat:?}");
     }
 }
