@@ -205,7 +205,9 @@ mod tests {
 
     use samvad_bus::{Bus, ClientAck, ParkedRecord, Record, Topic};
 
-    use crate::{Config, ServiceDef};
+    use samvad_config::Config;
+
+    use crate::ServiceDef;
 
     static BUS: OnceLock<Arc<dyn Bus>> = OnceLock::new();
     static SEEN: Mutex<Vec<ClientAck>> = Mutex::new(Vec::new());

@@ -1,7 +1,6 @@
 //! The routes every process answers — liveness, readiness and Prometheus metrics —, the check
 //! every request passes first (the `Host` it names), and the shape of every API error.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -13,9 +12,9 @@ use axum::routing::get;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::config::AllowedHosts;
 use crate::node::Shared;
 use crate::{ApiError, ReasonLabel};
+use samvad_config::AllowedHosts;
 
 #[expect(
     clippy::disallowed_methods,
@@ -152,7 +151,7 @@ pub(crate) async fn check_host(
         .get(header::HOST)
         .map(|h| h.to_str().unwrap_or("\u{fffd}"));
     match host {
-        Some(host) if !host_allowed(&check.allowed, host) => {
+        Some(host) if !check.allowed.allows(host) => {
             check
                 .refused
                 .get_or_create(&ReasonLabel { reason: "host" })
@@ -171,78 +170,4 @@ pub(crate) struct HostCheck {
     pub(crate) allowed: AllowedHosts,
     /// Where refusals are counted.
     pub(crate) refused: Family<ReasonLabel, Counter>,
-}
-
-/// The host of an authority (`Host` header, or a URL's `host:port`): a name or an IP literal,
-/// without port or brackets, without a trailing dot, in lowercase.
-pub(crate) fn host_name(authority: &str) -> String {
-    let name = match authority.strip_prefix('[') {
-        // `[::1]:8080`
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => authority
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority, |(name, _)| name),
-    };
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// Whether a `Host` header value (a name or an IP literal, with or without a port) is allowed.
-fn host_allowed(allowed: &AllowedHosts, host: &str) -> bool {
-    let AllowedHosts::Only { names, loopback } = allowed else {
-        return true;
-    };
-    let name = host_name(host);
-    names.contains(&name)
-        || *loopback
-            && (name == "localhost"
-                || name.ends_with(".localhost")
-                || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_are_matched_by_name_without_port_or_case() {
-        let only = AllowedHosts::Only {
-            names: vec!["chat.example.com".into()],
-            loopback: true,
-        };
-        for host in [
-            "chat.example.com",
-            "Chat.Example.com:443",
-            "chat.example.com.",
-            "localhost:8080",
-            "app.localhost",
-            "127.0.0.1:8080",
-            "127.9.9.9",
-            "[::1]:8080",
-            "[::1]",
-        ] {
-            assert!(host_allowed(&only, host), "{host}");
-        }
-        for host in [
-            "evil.example",
-            "evil.example:8080",
-            "chat.example.com.evil.example",
-            "localhost.evil.example",
-            "10.0.0.1:8080",
-            "[::2]:8080",
-            "",
-            "127.0.0.1:80:80",
-            // An IPv6 address without brackets is no Host value.
-            "::1",
-            "\u{fffd}",
-        ] {
-            assert!(!host_allowed(&only, host), "{host}");
-        }
-        let names_only = AllowedHosts::Only {
-            names: vec!["chat.example.com".into()],
-            loopback: false,
-        };
-        assert!(!host_allowed(&names_only, "127.0.0.1:8080"));
-        assert!(host_allowed(&AllowedHosts::Any, "evil.example"));
-    }
 }

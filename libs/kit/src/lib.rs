@@ -4,7 +4,6 @@
 //! [`ServiceDef`]; a binary is `kit::main` over one or more of them, so the same services run
 //! one per process or all in one.
 
-mod config;
 mod consume;
 mod error;
 mod http;
@@ -14,10 +13,6 @@ mod rate;
 mod serve;
 mod user;
 
-pub use config::{
-    AllowedHosts, AssetSettings, AssetStorage, AuthProvider, BusSettings, Config, PresenceSettings,
-    PushSettings, S3Settings, Settings, StoreSettings,
-};
 pub use error::{ApiError, ErrorBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
 pub use node::{Context, Node, ServiceDef, main, start};

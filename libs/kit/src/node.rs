@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::PerUser;
-use crate::config::{
+use crate::metrics::Metrics;
+use samvad_config::{
     AuthProvider, BusSettings, Config, Environment, PresenceSettings, Settings, StoreSettings,
 };
-use crate::metrics::Metrics;
 
 /// How long a stopping node gives its in-flight work (requests, consumer batches, the consumers'
 /// leaving their groups) once its connections are closed. The orchestrator's grace period must
@@ -341,7 +341,7 @@ pub async fn start(
 
     router = router.layer(axum::middleware::from_fn(crate::http::json_errors));
     // Answering for any host costs a request nothing.
-    if ctx.settings.allowed_hosts != crate::config::AllowedHosts::Any {
+    if ctx.settings.allowed_hosts != samvad_config::AllowedHosts::Any {
         router = router.layer(axum::middleware::from_fn_with_state(
             Arc::new(crate::http::HostCheck {
                 allowed: ctx.settings.allowed_hosts.clone(),

@@ -16,9 +16,8 @@ use std::time::Duration;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::{Json, Router};
-use samvad_kit::{
-    ApiError, AssetSettings, AssetStorage, Context, ErrorBody, ServiceDef, User, now_ms,
-};
+use samvad_config::{AssetSettings, AssetStorage};
+use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef, User, now_ms};
 use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -49,7 +49,7 @@ impl TestApp {
         for (k, v) in extra {
             env.insert((*k).into(), (*v).into());
         }
-        let settings = samvad_kit::Config::parse_with_env(["samvad"], &env)
+        let settings = samvad_config::Config::parse_with_env(["samvad"], &env)
             .unwrap()
             .validate()
             .unwrap();

@@ -1,4 +1,4 @@
-//! Settings: every one an environment variable and a flag of the same meaning (`--help` lists
+//! Samvad's settings, shared sections and each service's: every one an environment variable and a flag of the same meaning (`--help` lists
 //! them, `.env.tmpl` documents them), which a `.env` file in the working directory may also
 //! give ([`Environment`]). Values are read as text and checked together by
 //! [`Config::validate`], so a bad start-up reports every problem at once.
@@ -15,10 +15,12 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 mod assets;
 mod backends;
+mod hosts;
 mod push;
 
 pub use assets::{AssetArgs, AssetSettings, AssetStorage, S3Settings};
 pub use backends::{BackendArgs, BusSettings, PresenceSettings, StoreSettings};
+pub use hosts::AllowedHosts;
 pub use push::{PushArgs, PushSettings};
 
 /// Every setting any service reads. Services use the sections they need.
@@ -214,18 +216,6 @@ pub struct LimitArgs {
     /// server listens on loopback, where only loopback names and SAMVAD_PUBLIC_URL's host.
     #[arg(long, env = "SAMVAD_ALLOWED_HOSTS", default_value = "")]
     pub allowed_hosts: String,
-}
-
-/// The `Host` names requests may carry (`SAMVAD_ALLOWED_HOSTS`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowedHosts {
-    Any,
-    /// These names (lowercase, no port), and with `loopback` also `localhost`, `*.localhost`
-    /// and loopback addresses.
-    Only {
-        names: Vec<String>,
-        loopback: bool,
-    },
 }
 
 /// Which login-token check to run.
@@ -634,7 +624,7 @@ impl Config {
             .limits
             .allowed_hosts
             .split(',')
-            .map(|h| crate::http::host_name(h.trim()))
+            .map(|h| hosts::host_name(h.trim()))
             .filter(|h| !h.is_empty())
             .collect();
         if names.iter().any(|h| h == "*") {
@@ -651,7 +641,7 @@ impl Config {
         }
         let public = assets.public_url.as_deref().and_then(|url| {
             let authority = url.split_once("://")?.1.split('/').next()?;
-            Some(crate::http::host_name(authority))
+            Some(hosts::host_name(authority))
         });
         AllowedHosts::Only {
             names: public.into_iter().collect(),
@@ -954,7 +944,7 @@ mod tests {
 
     #[test]
     fn env_template_documents_exactly_the_settings() {
-        let template = include_str!("../../../../.env.tmpl");
+        let template = include_str!("../../../.env.tmpl");
         let mut documented: Vec<String> = template
             .lines()
             .map(|l| l.trim_start_matches('#').trim())
