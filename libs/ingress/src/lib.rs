@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
-use samvad_kit::{ApiError, Context, DoorLabel, Metrics, PerUser, ReasonLabel};
+use samvad_http::ApiError;
+use samvad_kit::{Context, DoorLabel, Metrics, PerUser, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_store::{Conv, StoreError, Stores};
 use tokio::sync::mpsc;

@@ -13,7 +13,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::node::Shared;
-use crate::{ApiError, ReasonLabel};
+use samvad_http::ApiError;
+
+use crate::ReasonLabel;
 use samvad_config::AllowedHosts;
 
 #[expect(
@@ -97,45 +99,6 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl 
         )],
         text,
     )
-}
-
-/// Every error of the API (`/v1.0/...`) is `{"error": "..."}` (PROTOCOL §6), also the ones
-/// axum writes itself in plain text: a body, query or path that does not parse, a body too
-/// large, an unknown route or method. The probes and `/metrics` answer as they do.
-pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
-    let api = request.uri().path().starts_with("/v1.0/");
-    let response = next.run(request).await;
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
-    if !api || response.status().as_u16() < 400 || is_json {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    // Rejections say in a line what was wrong; a body that is not one is not passed on.
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let message = match text.trim() {
-        "" => parts
-            .status
-            .canonical_reason()
-            .unwrap_or("refused")
-            .to_owned(),
-        said => said.to_owned(),
-    };
-    let mut answer = ApiError {
-        status: parts.status,
-        message,
-    }
-    .into_response();
-    // What else it said (`Allow` on a 405, say) stays.
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            answer.headers_mut().append(name, value.clone());
-        }
-    }
-    answer
 }
 
 /// Refuses a request whose `Host` names a host this server is not (421), so that a web page

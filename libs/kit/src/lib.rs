@@ -5,19 +5,14 @@
 //! one per process or all in one.
 
 mod consume;
-mod error;
 mod http;
 mod metrics;
 mod node;
 mod rate;
-mod serve;
-mod user;
 
-pub use error::{ApiError, ErrorBody};
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
 pub use node::{Context, Node, ServiceDef, main, start};
 pub use rate::{PerUser, TokenBucket};
-pub use user::User;
 
 /// mimalloc rather than glibc's malloc, whose per-thread arenas fragment under many
 /// long-lived small allocations (a connection's buffers and queues): measured at 19,500 idle

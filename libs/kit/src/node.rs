@@ -15,6 +15,7 @@ use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
 use samvad_bus::{Bus, InlineBus, KafkaBus, NatsBus};
+use samvad_http::Gate;
 use samvad_presence::{MemoryPresence, Presence, RedisPresence};
 use samvad_sqlite::Db;
 use samvad_store::{EmbeddedStore, MongoStore, Stores};
@@ -59,6 +60,8 @@ pub struct Context {
     pub stores: Stores,
     pub presence: Arc<dyn Presence>,
     pub access_keys: Arc<AccessKeys>,
+    /// What checks a client's credentials (the [`samvad_http::User`] of a route).
+    pub gate: Gate,
     pub login: Arc<LoginProvider>,
     pub metrics: Metrics,
     pub(crate) shared: Arc<Shared>,
@@ -86,6 +89,13 @@ pub(crate) struct Shared {
     sends: PerUser,
     tasks: TaskTracker,
     failed: AtomicBool,
+}
+
+/// A route that takes a [`samvad_http::User`] on a service whose state is the context.
+impl axum::extract::FromRef<Context> for Gate {
+    fn from_ref(ctx: &Context) -> Self {
+        ctx.gate.clone()
+    }
 }
 
 impl Context {
@@ -301,12 +311,14 @@ pub async fn start(
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });
+    let access_keys = Arc::new(access_keys);
     let ctx = Context {
         settings: Arc::new(settings),
         bus,
+        gate: Gate::new(Arc::clone(&access_keys), Arc::clone(&stores.profiles)),
         stores,
         presence,
-        access_keys: Arc::new(access_keys),
+        access_keys,
         login: Arc::new(login),
         metrics,
         shared: Arc::clone(&shared),
@@ -339,7 +351,7 @@ pub async fn start(
         tracing::info!(service = service.name, "started");
     }
 
-    router = router.layer(axum::middleware::from_fn(crate::http::json_errors));
+    router = router.layer(axum::middleware::from_fn(samvad_http::json_errors));
     // Answering for any host costs a request nothing.
     if ctx.settings.allowed_hosts != samvad_config::AllowedHosts::Any {
         router = router.layer(axum::middleware::from_fn_with_state(
@@ -359,7 +371,7 @@ pub async fn start(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let server = tokio::spawn(crate::serve::serve(
+    let server = tokio::spawn(samvad_http::serve(
         listener,
         router,
         ctx.settings.request_head,

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use samvad_auth::UrlSigner;
 use samvad_config::AssetSettings;
-use samvad_kit::{ApiError, ErrorBody};
+use samvad_http::{ApiError, ErrorBody};
 use samvad_store::{Asset, Stores};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;

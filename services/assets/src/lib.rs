@@ -17,7 +17,8 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::{Json, Router};
 use samvad_config::{AssetSettings, AssetStorage};
-use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef, User, now_ms};
+use samvad_http::{ApiError, ErrorBody, Gate, User};
+use samvad_kit::{Context, ServiceDef, now_ms};
 use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -127,9 +128,9 @@ fn api() -> OpenApiRouter<Assets> {
 }
 
 /// What [`User`] authenticates with.
-impl FromRef<Assets> for Context {
+impl FromRef<Assets> for Gate {
     fn from_ref(assets: &Assets) -> Self {
-        assets.ctx.clone()
+        assets.ctx.gate.clone()
     }
 }
 

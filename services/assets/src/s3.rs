@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use rusty_s3::actions::{DeleteObject, GetObject, HeadObject, PutObject};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use samvad_config::{AssetSettings, S3Settings};
-use samvad_kit::ApiError;
+use samvad_http::ApiError;
 use samvad_store::Asset;
 
 /// How long the assets service's own requests (`HEAD`, `DELETE`) are signed for.

@@ -5,7 +5,8 @@
 use axum::extract::{Path, State};
 use axum::{Json, Router};
 use samvad_bus::{Record, Routed, Topic};
-use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef, User};
+use samvad_http::{ApiError, ErrorBody, User};
+use samvad_kit::{Context, ServiceDef};
 use samvad_protocol::Channel;
 use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
 use serde::Deserialize;

@@ -8,7 +8,8 @@
 use axum::extract::{FromRef, Path, Query, State};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
-use samvad_kit::{ApiError, Context, ErrorBody, PerUser, ReasonLabel, ServiceDef, User};
+use samvad_http::{ApiError, ErrorBody, Gate, User};
+use samvad_kit::{Context, PerUser, ReasonLabel, ServiceDef};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -37,6 +38,7 @@ const MAX_PRESENCE: usize = 100;
 #[derive(Clone, FromRef)]
 struct Profiles {
     ctx: Context,
+    gate: Gate,
     limits: Limits,
 }
 
@@ -92,6 +94,7 @@ fn routes(ctx: &Context) -> Router {
     let (router, _) = api().split_for_parts();
     router.with_state(Profiles {
         ctx: ctx.clone(),
+        gate: ctx.gate.clone(),
         limits: Limits {
             logins: Limits::per_minute(ctx.settings.logins_per_minute),
             syncs: Limits::per_minute(ctx.settings.contact_syncs_per_minute),

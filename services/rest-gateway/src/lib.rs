@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use samvad_http::{ApiError, ErrorBody, Gate, User};
 use samvad_ingress::{Ingress, MAX_BATCH};
-use samvad_kit::{ApiError, Context, ErrorBody, ServiceDef, User};
+use samvad_kit::{Context, ServiceDef};
 use samvad_protocol::{Encoding, MessageType};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,6 +28,7 @@ pub const SERVICE: ServiceDef = ServiceDef {
 #[derive(Clone, FromRef)]
 struct Rest {
     ctx: Context,
+    gate: Gate,
     ingress: Ingress,
 }
 
@@ -42,6 +44,7 @@ fn routes(ctx: &Context) -> Router {
     let (router, _) = api().split_for_parts();
     router.with_state(Rest {
         ctx: ctx.clone(),
+        gate: ctx.gate.clone(),
         ingress: Ingress::new(ctx, "rest"),
     })
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use prost::Message as _;
-use samvad_kit::ApiError;
+use samvad_http::ApiError;
 use samvad_protocol::v3::{decode_pb, pb::Message as V3, to_pb};
 use samvad_protocol::{Limits, MessageType};
 use samvad_store::{Conv, HISTORY_PAGE, HISTORY_PAGE_MAX, Page};
@@ -126,12 +126,17 @@ impl ChatService {
     async fn authenticate(&self, metadata: &MetadataMap) -> Result<samvad_auth::Access, Status> {
         let headers = metadata.clone().into_headers();
         let creds = samvad_auth::credentials(&headers).map_err(|e| status(e.into()))?;
-        self.gateway.ctx.authenticate(&creds).await.map_err(|e| {
-            if e.status.is_client_error() {
-                self.gateway.grpc.count_refusal("bad_credentials");
-            }
-            status(e)
-        })
+        self.gateway
+            .ctx
+            .gate
+            .authenticate(&creds)
+            .await
+            .map_err(|e| {
+                if e.status.is_client_error() {
+                    self.gateway.grpc.count_refusal("bad_credentials");
+                }
+                status(e)
+            })
     }
 }
 

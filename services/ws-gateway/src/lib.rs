@@ -26,8 +26,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use samvad_auth::Access;
 use samvad_bus::{GatewayEvent, Outgoing, Topic};
+use samvad_http::{ApiError, ErrorBody};
 use samvad_ingress::Ingress;
-use samvad_kit::{ApiError, Context, ErrorBody, Metrics, ServiceDef};
+use samvad_kit::{Context, Metrics, ServiceDef};
 use samvad_protocol::{Encoding, Message};
 use samvad_store::Conv;
 use serde::Deserialize;
@@ -438,7 +439,7 @@ async fn upgrade(
         Ok(creds) => creds,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let access = match gateway.ctx.authenticate(&creds).await {
+    let access = match gateway.ctx.gate.authenticate(&creds).await {
         Ok(access) => access,
         Err(e) => return e.into_response(),
     };

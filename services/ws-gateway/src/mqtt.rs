@@ -767,7 +767,7 @@ impl MqttDoor {
         let accepted = if connect.username.is_none() || creds.key.is_empty() {
             Err(Refusal::BadCredentials)
         } else {
-            match gateway.ctx.authenticate(&creds).await {
+            match gateway.ctx.gate.authenticate(&creds).await {
                 Ok(access)
                     if connect.client_id.is_empty() || connect.client_id == access.who.device =>
                 {

@@ -302,7 +302,7 @@ impl Session {
         access: &samvad_auth::Access,
     ) -> anyhow::Result<bool> {
         present.await?;
-        if !self.gateway.ctx.still_linked(access).await? {
+        if !self.gateway.ctx.gate.still_linked(access).await? {
             return Ok(false);
         }
         self.look().await?;

@@ -20,7 +20,7 @@ use tower_service::Service;
 /// finish the request it is in, and returns once every connection is done (an upgraded
 /// connection, a WebSocket, is its service's to close). A request's head, and on a kept-alive
 /// connection the next one, must arrive within `head_timeout`, else the connection is closed.
-pub(crate) async fn serve<L>(
+pub async fn serve<L>(
     mut listener: L,
     router: Router,
     head_timeout: Duration,

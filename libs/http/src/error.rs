@@ -2,7 +2,9 @@
 //! the gRPC status code the gRPC door answers with instead.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use samvad_auth::AuthError;
 
@@ -134,6 +136,45 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
+}
+
+/// Every error of the API (`/v1.0/...`) is `{"error": "..."}` (PROTOCOL §6), also the ones
+/// axum writes itself in plain text: a body, query or path that does not parse, a body too
+/// large, an unknown route or method. The probes and `/metrics` answer as they do.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/v1.0/");
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !api || response.status().as_u16() < 400 || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Rejections say in a line what was wrong; a body that is not one is not passed on.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => parts
+            .status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_owned(),
+        said => said.to_owned(),
+    };
+    let mut answer = ApiError {
+        status: parts.status,
+        message,
+    }
+    .into_response();
+    // What else it said (`Allow` on a 405, say) stays.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name, value.clone());
+        }
+    }
+    answer
 }
 
 #[cfg(test)]
