@@ -36,7 +36,7 @@ BEHIND_NGINX = ("ws-gateway", "rest-gateway")
 STABLE_IDENTITY = ("ws-gateway",)
 # Above SAMVAD_DRAIN_SECS + SAMVAD_CLOSE_SPREAD_SECS: a second for the close handshakes and up
 # to 10 s for in-flight work and 1 s for blocking work (STOP_WORK, STOP_RUNTIME in
-# libs/kit/src/node.rs), and a few to spare.
+# libs/runtime/src/node.rs), and a few to spare.
 GRACE_MARGIN = 15
 
 

@@ -308,7 +308,7 @@ mod tests {
     impl TempFile {
         fn new(text: &str) -> Self {
             let path =
-                std::env::temp_dir().join(format!("samvad-kit-{}.json", uuid::Uuid::now_v7()));
+                std::env::temp_dir().join(format!("samvad-config-{}.json", uuid::Uuid::now_v7()));
             std::fs::write(&path, text).unwrap();
             Self(path)
         }

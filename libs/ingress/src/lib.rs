@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
 use samvad_http::ApiError;
-use samvad_kit::{Context, DoorLabel, Metrics, PerUser, ReasonLabel};
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
+use samvad_runtime::{Context, DoorLabel, Metrics, PerUser, ReasonLabel};
 use samvad_store::{Conv, StoreError, Stores};
 use tokio::sync::mpsc;
 
@@ -192,7 +192,7 @@ impl Ingress {
         message.validate_from_client()?;
         message.source = user.to_owned();
         message.server_id = uuid::Uuid::now_v7().to_string();
-        message.server_timestamp = samvad_kit::now_ms();
+        message.server_timestamp = samvad_runtime::now_ms();
         if message.kind == MessageType::ClientAck {
             return Ok(message);
         }
@@ -305,7 +305,7 @@ impl Ingress {
             self.metrics.accepted.get_or_create(&door).inc_by(count);
             let latency = self.metrics.accept_latency.get_or_create(&door);
             for m in messages.iter().filter(|m| m.kind != MessageType::ClientAck) {
-                latency.observe(samvad_kit::seconds_since(m.server_timestamp));
+                latency.observe(samvad_runtime::seconds_since(m.server_timestamp));
             }
         }
         Ok(())

@@ -18,7 +18,7 @@ use axum::http::HeaderMap;
 use axum::{Json, Router};
 use samvad_config::{AssetSettings, AssetStorage};
 use samvad_http::{ApiError, ErrorBody, Gate, User};
-use samvad_kit::{Context, ServiceDef, now_ms};
+use samvad_runtime::{Context, ServiceDef, now_ms};
 use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use samvad_bus::{Addressed, Bus, ClientAck, GatewayEvent, Outgoing, Record, Routed, Topic};
-use samvad_kit::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_presence::Presence;
 use samvad_protocol::{Channel, Message, MessageType};
+use samvad_runtime::{Context, Metrics, OutcomeLabel, ServiceDef};
 use samvad_store::{Ack, Appended, Conv, DeviceRef, NewEntry, Stores, TimelineStore};
 
 pub const SERVICE: ServiceDef = ServiceDef {
@@ -82,7 +82,7 @@ async fn retain(
         std::time::Duration::from_secs(60),
     );
     loop {
-        let before = samvad_kit::now_ms().saturating_sub(keep.as_millis() as u64);
+        let before = samvad_runtime::now_ms().saturating_sub(keep.as_millis() as u64);
         loop {
             match timeline.trim(before, TRIM_CHUNK).await {
                 Ok(n) if n == TRIM_CHUNK as u64 && !shutdown.is_cancelled() => continue,
@@ -317,7 +317,7 @@ fn read_receipt(message: &Message) -> Option<Vec<String>> {
 /// that is offline learns it from the conversation list.
 fn read_notice(reader: &str, conv: &Conv, seq: u64, channel: Channel) -> Message {
     let name = conv.name_for(reader);
-    samvad_kit::notice(
+    samvad_runtime::notice(
         "read",
         channel,
         reader,

@@ -3,7 +3,7 @@
 //! once, in the group's conversation, however many members the group has.
 
 use samvad_bus::{Accepted, Record, Routed, Topic};
-use samvad_kit::{Context, ServiceDef};
+use samvad_runtime::{Context, ServiceDef};
 use samvad_store::Conv;
 
 pub const SERVICE: ServiceDef = ServiceDef {

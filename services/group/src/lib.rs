@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::{Json, Router};
 use samvad_bus::{Record, Routed, Topic};
 use samvad_http::{ApiError, ErrorBody, User};
-use samvad_kit::{Context, ServiceDef};
 use samvad_protocol::Channel;
+use samvad_runtime::{Context, ServiceDef};
 use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -352,7 +352,7 @@ async fn notify(
         Change::Added(users) => ("add", json!({ "added": users }), Vec::new()),
         Change::Removed(users) => ("remove", json!({ "removed": users }), users.to_vec()),
     };
-    let message = samvad_kit::notice(
+    let message = samvad_runtime::notice(
         action,
         Channel::Group,
         actor,

@@ -2,8 +2,8 @@
 //! the group-router, 1:1 messages to delivery with their one recipient.
 
 use samvad_bus::{Accepted, Record, Routed, Topic};
-use samvad_kit::{Context, ServiceDef};
 use samvad_protocol::Channel;
+use samvad_runtime::{Context, ServiceDef};
 use samvad_store::Conv;
 
 pub const SERVICE: ServiceDef = ServiceDef {

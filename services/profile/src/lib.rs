@@ -9,7 +9,7 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
 use samvad_http::{ApiError, ErrorBody, Gate, User};
-use samvad_kit::{Context, PerUser, ReasonLabel, ServiceDef};
+use samvad_runtime::{Context, PerUser, ReasonLabel, ServiceDef};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};

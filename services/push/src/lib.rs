@@ -25,8 +25,8 @@ use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use samvad_bus::{Addressed, DeviceLogin, Topic};
 use samvad_http::{ApiError, ErrorBody};
-use samvad_kit::{Context, Metrics, ReasonLabel, ServiceDef};
 use samvad_protocol::{Encoding, Message, MessageType};
+use samvad_runtime::{Context, Metrics, ReasonLabel, ServiceDef};
 use samvad_store::{Device, ProfileStore};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -217,7 +217,7 @@ impl Pusher {
                 self.metrics.pushes_sent.inc();
                 self.metrics
                     .push_latency
-                    .observe(samvad_kit::seconds_since(message.server_timestamp));
+                    .observe(samvad_runtime::seconds_since(message.server_timestamp));
             }
             Outcome::Failed(failure) => {
                 tracing::warn!(user = %recipient, device = %device.device_id, id = %message.id, provider = provider.name(), reason = failure.as_str(), "push failed");

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use samvad_bus::Outgoing;
 use samvad_ingress::{Ingress, Rejection};
-use samvad_kit::TokenBucket;
 use samvad_protocol::{Channel, DecodeError, Message, MessageType};
+use samvad_runtime::TokenBucket;
 use samvad_store::{Conv, DeviceRef, Page, Position, SYSTEM_DEVICE};
 use serde_json::json;
 use tracing::Instrument;
@@ -399,7 +399,8 @@ impl Session {
             slow.cancelled(),
             unlinked.cancelled(),
         );
-        let key_lives = Duration::from_secs(expires.saturating_sub(samvad_kit::now_ms() / 1000));
+        let key_lives =
+            Duration::from_secs(expires.saturating_sub(samvad_runtime::now_ms() / 1000));
         let expired = tokio::time::sleep(key_lives);
         tokio::pin!(stopped, closed, let_go, logged_out, expired);
         // Once the process drains: this connection's own moment to close within the spread.
@@ -489,7 +490,7 @@ impl Session {
         }
         let latency = &self.gateway.ctx.metrics.delivery_latency;
         for item in out.iter().filter(|i| i.place.is_some()) {
-            latency.observe(samvad_kit::seconds_since(item.message.server_timestamp));
+            latency.observe(samvad_runtime::seconds_since(item.message.server_timestamp));
         }
         Ok(out)
     }
@@ -757,7 +758,7 @@ fn gap_notice(user: &str, conv: &Conv, from: u64, to: u64) -> Outgoing {
         Conv::Direct { .. } => (Channel::Individual, user),
     };
     let name = conv.name_for(user);
-    let message = samvad_kit::notice(
+    let message = samvad_runtime::notice(
         "gap",
         channel,
         samvad_protocol::SERVER_SOURCE,

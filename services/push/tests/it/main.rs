@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use push::{Fcm, PushProvider, Pusher, Retry, ServiceAccount, Vapid, WebPush};
 use samvad_bus::Addressed;
-use samvad_kit::{Metrics, ReasonLabel};
 use samvad_protocol::{Channel, Limits, Message, MessageType};
+use samvad_runtime::{Metrics, ReasonLabel};
 use samvad_store::{Device, EmbeddedStore, ProfileStore};
 use serde_json::{Value, json};
 

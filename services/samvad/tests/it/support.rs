@@ -19,7 +19,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
-    node: Option<samvad_kit::Node>,
+    node: Option<samvad_runtime::Node>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,7 +54,7 @@ impl TestApp {
             .validate()
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = samvad_kit::start(settings, samvad::SERVICES, listener)
+        let node = samvad_runtime::start(settings, samvad::SERVICES, listener)
             .await
             .unwrap();
         Self {

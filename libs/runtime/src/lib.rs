@@ -1,8 +1,8 @@
-//! The service harness every Samvad binary runs on: configuration, tracing, the backends a
-//! service talks through (bus, stores, presence, auth), the HTTP server with `/healthz`,
-//! `/readyz` and `/metrics`, tracked tasks and graceful shutdown. A service is a
-//! [`ServiceDef`]; a binary is `kit::main` over one or more of them, so the same services run
-//! one per process or all in one.
+//! The process every Samvad binary is: its services started from one [`ServiceDef`] each, the
+//! backends they talk through (bus, stores, presence, auth) built once from the settings,
+//! tracing, the HTTP server with `/healthz`, `/readyz` and `/metrics`, tracked tasks and
+//! consumers, and a graceful stop. A binary is `samvad_runtime::main` over one or more
+//! services, so the same services run one per process or all in one.
 
 mod consume;
 mod http;
@@ -13,12 +13,6 @@ mod rate;
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
 pub use node::{Context, Node, ServiceDef, main, start};
 pub use rate::{PerUser, TokenBucket};
-
-/// mimalloc rather than glibc's malloc, whose per-thread arenas fragment under many
-/// long-lived small allocations (a connection's buffers and queues): measured at 19,500 idle
-/// connections, see docs/BENCHMARKS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Milliseconds since the Unix epoch: the protocol's timestamps.
 pub fn now_ms() -> u64 {
