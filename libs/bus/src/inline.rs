@@ -150,9 +150,12 @@ impl Bus for InlineBus {
         topic: &Topic,
         _group: &str,
     ) -> Result<Box<dyn Subscription>, BusError> {
-        Err(BusError::Storage(format!(
-            "the in-line bus runs consumers of {topic} as they are published to; attach them"
-        )))
+        Err(BusError::Storage(
+            format!(
+                "the in-line bus runs consumers of {topic} as they are published to; attach them"
+            )
+            .into(),
+        ))
     }
 }
 

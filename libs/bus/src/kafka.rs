@@ -69,7 +69,7 @@ fn min_insync_replicas(replication: i32) -> i32 {
 }
 
 fn kafka(e: KafkaError) -> BusError {
-    BusError::Storage(e.to_string())
+    BusError::Storage(e.into())
 }
 
 /// The Kafka bus. Cheap to clone.
@@ -171,7 +171,7 @@ impl KafkaBus {
         std::thread::Builder::new()
             .name("kafka-reports".into())
             .spawn(move || serve_reports(reports))
-            .map_err(|e| BusError::Storage(format!("starting the producer's thread: {e}")))?;
+            .map_err(|e| BusError::Storage(e.into()))?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .create()
@@ -219,7 +219,7 @@ impl KafkaBus {
                 .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
         })
         .await
-        .map_err(|e| BusError::Storage(e.to_string()))?
+        .map_err(|e| BusError::Storage(e.into()))?
         .map_err(kafka)?;
         let missing: Vec<(String, bool)> = missing
             .into_iter()
@@ -262,7 +262,9 @@ impl KafkaBus {
                     created.insert(name);
                 }
                 Err((name, code)) => {
-                    return Err(BusError::Storage(format!("creating topic {name}: {code}")));
+                    return Err(BusError::Storage(
+                        format!("creating topic {name}: {code}").into(),
+                    ));
                 }
             }
         }

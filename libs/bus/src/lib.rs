@@ -154,7 +154,7 @@ impl Value {
     ) -> Result<T, (Self, BusError)> {
         match self {
             Self::Bytes(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| (Self::Bytes(bytes), BusError::Decode(e.to_string()))),
+                .map_err(|e| (Self::Bytes(bytes), BusError::Decode(e.into()))),
             Self::Event(event) if (&*event as &dyn Any).is::<T>() => {
                 let any: Arc<dyn Any + Send + Sync> = event;
                 Ok(Arc::unwrap_or_clone(
@@ -163,8 +163,9 @@ impl Value {
                 ))
             }
             Self::Event(event) => {
-                let error =
-                    BusError::Decode(format!("{event:?} is not a {}", std::any::type_name::<T>()));
+                let error = BusError::Decode(
+                    format!("{event:?} is not a {}", std::any::type_name::<T>()).into(),
+                );
                 Err((Self::Event(event), error))
             }
         }
@@ -193,24 +194,27 @@ pub trait Event: Any + Send + Sync + fmt::Debug {
 
 impl<T: Serialize + Any + Send + Sync + fmt::Debug> Event for T {
     fn to_json(&self) -> Result<Vec<u8>, BusError> {
-        serde_json::to_vec(self).map_err(|e| BusError::Encode(e.to_string()))
+        serde_json::to_vec(self).map_err(BusError::Encode)
     }
 }
+
+/// What a backend (or a consumer's handler) said went wrong, kept whole as the cause.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("bus storage: {0}")]
-    Storage(String),
+    Storage(#[source] Cause),
     #[error("the bus is shutting down")]
     Closed,
     #[error("consumer group {group} is already reading {topic} in this process")]
     GroupTaken { group: String, topic: String },
     #[error("encoding an event: {0}")]
-    Encode(String),
+    Encode(#[source] serde_json::Error),
     #[error("decoding an event: {0}")]
-    Decode(String),
+    Decode(#[source] Cause),
     #[error("a consumer failed: {0}")]
-    Handler(String),
+    Handler(#[source] Cause),
 }
 
 /// Publishes records and opens consumer-group subscriptions.

@@ -78,8 +78,8 @@ const READ_AHEAD: usize = 256;
 /// The header a record's key travels in.
 const KEY_HEADER: &str = "Samvad-Key";
 
-fn nats(e: impl std::fmt::Display) -> BusError {
-    BusError::Storage(format!("NATS: {e}"))
+fn nats(e: impl Into<crate::Cause>) -> BusError {
+    BusError::Storage(e.into())
 }
 
 /// A name JetStream accepts for a stream, consumer or bucket: no dots, wildcards or spaces.

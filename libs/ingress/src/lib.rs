@@ -139,10 +139,11 @@ impl Ingress {
         drop(ctx.metrics.accepted.get_or_create(&label));
         drop(ctx.metrics.accept_latency.get_or_create(&label));
         let (acks, queued) = mpsc::channel(ACK_QUEUE);
-        ctx.spawn(
-            "client acks",
-            publish_acks(Arc::clone(&ctx.bus), queued, ctx.shutdown()),
-        );
+        let (bus, shutdown) = (Arc::clone(&ctx.bus), ctx.shutdown());
+        ctx.spawn("client acks", async move {
+            publish_acks(bus, queued, shutdown).await;
+            Ok(())
+        });
         Self {
             door,
             metrics: ctx.metrics.clone(),
@@ -321,7 +322,7 @@ async fn publish_acks(
     bus: Arc<dyn Bus>,
     mut queued: mpsc::Receiver<Record>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     loop {
         tokio::select! {
@@ -335,15 +336,15 @@ async fn publish_acks(
                         break;
                     }
                 }
-                return Ok(());
+                return;
             }
-            n = queued.recv_many(&mut batch, ACK_BATCH) => if n == 0 { return Ok(()) },
+            n = queued.recv_many(&mut batch, ACK_BATCH) => if n == 0 { return },
         }
         let mut pause = Duration::from_millis(50);
         while let Err(error) = bus.publish(&Topic::ClientAcks, batch.clone()).await {
             tracing::warn!(%error, acks = batch.len(), "cannot publish client acks; trying again");
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(ACK_MAX_PAUSE);

@@ -16,7 +16,7 @@ pub const LAST_SEEN_KEPT: Duration = Duration::from_secs(365 * 86_400);
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error("presence backend: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[async_trait::async_trait]

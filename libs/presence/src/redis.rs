@@ -28,7 +28,7 @@ pub struct RedisPresence {
 }
 
 fn backend(e: redis::RedisError) -> PresenceError {
-    PresenceError::Backend(e.to_string())
+    PresenceError::Backend(e.into())
 }
 
 fn now_ms() -> u64 {

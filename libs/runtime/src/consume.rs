@@ -5,7 +5,6 @@ use std::any::Any;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use std::sync::Arc;
 
 use samvad_bus::{Bus, BusError, ParkedRecord, Received, Record, Topic, Value};
@@ -13,7 +12,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::metrics::{ConsumerLabel, TopicLabel};
-use crate::node::Context;
+use crate::node::{Cause, Context, report};
 
 /// Most records a consumer handles in one batch.
 const BATCH: usize = 256;
@@ -39,11 +38,11 @@ impl Context {
         topic: Topic,
         service: &str,
         handler: H,
-    ) -> anyhow::Result<()>
+    ) -> Result<(), BusError>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
         H: Fn(Vec<T>) -> F + Send + Sync + 'static,
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+        F: Future<Output = Result<(), Cause>> + Send + 'static,
     {
         let group = format!("{service}.{}", topic.name());
         let label = TopicLabel {
@@ -63,21 +62,13 @@ impl Context {
                 let parker = parker.clone();
                 Box::pin(async move {
                     parker.publish(poison?).await?;
-                    handled
-                        .await
-                        .map_err(|e| BusError::Handler(format!("{e:#}")))
+                    handled.await.map_err(BusError::Handler)
                 })
             });
-            inline
-                .attach(&topic, &group, handler)
-                .with_context(|| format!("attaching to {topic}"))?;
+            inline.attach(&topic, &group, handler)?;
             return Ok(());
         }
-        let mut subscription = self
-            .bus
-            .subscribe(&topic, &group)
-            .await
-            .with_context(|| format!("subscribing to {topic}"))?;
+        let mut subscription = self.bus.subscribe(&topic, &group).await?;
         self.metrics.lags.follow(
             ConsumerLabel {
                 topic: topic.name(),
@@ -107,11 +98,12 @@ impl Context {
                             }
                             handler(items).await
                         };
-                        match attempt.await {
+                        let attempt: Result<(), Cause> = attempt.await;
+                        match attempt {
                             Ok(()) => break,
                             Err(error) => {
                                 retries.inc();
-                                tracing::warn!(%topic, error = format!("{error:#}"), "handler failed; retrying the batch");
+                                tracing::warn!(%topic, error = report(&*error), "handler failed; retrying the batch");
                                 // Stopping with the batch unhandled: it is not committed.
                                 tokio::select! {
                                     _ = shutdown.cancelled() => return Ok(()),
@@ -126,12 +118,12 @@ impl Context {
                     subscription.commit(&batch).await?;
                 }
             };
-            let consumed: anyhow::Result<()> = consumed.await;
+            let consumed: Result<(), BusError> = consumed.await;
             // However the loop ended: leaving the group (which commits what was stored) blocks
             // in librdkafka, without end while the broker is away. So off the runtime's
             // threads, and waited for only within the node's stop allowance.
             let _ = tokio::task::spawn_blocking(move || drop(subscription)).await;
-            consumed
+            consumed.map_err(Cause::from)
         };
         self.spawn("consumer", consumer.instrument(span));
         Ok(())

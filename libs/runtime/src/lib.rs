@@ -11,7 +11,7 @@ mod node;
 mod rate;
 
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
-pub use node::{Context, Node, ServiceDef, main, start};
+pub use node::{Cause, Context, Node, NodeError, ServiceDef, main, report, start};
 pub use rate::{PerUser, TokenBucket};
 
 /// Milliseconds since the Unix epoch: the protocol's timestamps.

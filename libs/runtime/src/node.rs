@@ -9,16 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
-use samvad_auth::{AccessKeys, JwksConfig, JwksVerifier, LoginProvider};
-use samvad_bus::{Bus, InlineBus, KafkaBus, NatsBus};
+use samvad_auth::{AccessKeys, AuthError, JwksConfig, JwksVerifier, LoginProvider};
+use samvad_bus::{Bus, BusError, InlineBus, KafkaBus, NatsBus};
 use samvad_http::Gate;
-use samvad_presence::{MemoryPresence, Presence, RedisPresence};
-use samvad_sqlite::Db;
-use samvad_store::{EmbeddedStore, MongoStore, Stores};
+use samvad_presence::{MemoryPresence, Presence, PresenceError, RedisPresence};
+use samvad_sqlite::{Db, DbError};
+use samvad_store::{EmbeddedStore, MongoStore, StoreError, Stores};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +37,68 @@ const STOP_WORK: Duration = Duration::from_secs(10);
 /// exits anyway.
 const STOP_RUNTIME: Duration = Duration::from_secs(1);
 
-type StartFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Router>> + Send + 'a>>;
+/// What a service's start gives: its routes, or why it could not start.
+type StartFuture<'a> = Pin<Box<dyn Future<Output = Result<Router, Cause>> + Send + 'a>>;
+
+/// Why a service or a task failed, as it said.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a node could not start, or stopped with an error. Each says what was being done and
+/// keeps what went wrong as its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening the database: {0}")]
+    Database(#[from] DbError),
+    #[error("connecting to the bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("connecting to Redis: {0}")]
+    Presence(#[from] PresenceError),
+    #[error("access keys or login: {0}")]
+    Auth(#[from] AuthError),
+    #[error("building the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("starting {service}: {source}")]
+    Service {
+        service: &'static str,
+        #[source]
+        source: Cause,
+    },
+    #[error("the HTTP server task: {0}")]
+    Server(#[from] tokio::task::JoinError),
+    #[error("a task failed (logged above)")]
+    TaskFailed,
+}
+
+/// An error and its causes in one line, each cause once: an error whose message already
+/// ends with its cause's (as ours say `what: cause`) is not repeated.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !line.ends_with(&said) {
+            line.push_str(": ");
+            line.push_str(&said);
+        }
+        cause = e.source();
+    }
+    line
+}
+
+impl NodeError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
 
 /// A service: its name (the binary and container name) and how to start it on a node. `start`
 /// spawns the service's consumers with [`Context::spawn`] and returns its HTTP routes; `api`
@@ -128,14 +188,14 @@ impl Context {
     /// committed positions rather than limp on.
     pub fn spawn<F>(&self, name: &'static str, task: F)
     where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+        F: Future<Output = Result<(), Cause>> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
         self.shared.tasks.spawn(async move {
             if let Err(error) = task.await {
                 tracing::error!(
                     task = name,
-                    error = format!("{error:#}"),
+                    error = report(&*error),
                     "task failed; stopping"
                 );
                 shared.failed.store(true, Ordering::SeqCst);
@@ -177,7 +237,7 @@ impl Node {
     /// comes first. A task still waiting then (on a broker, a store or Redis that no longer
     /// answers) is abandoned: nothing is lost by that, since offsets are committed only after
     /// effects and acks are sent only after writes.
-    pub async fn stopped(self) -> anyhow::Result<()> {
+    pub async fn stopped(self) -> Result<(), NodeError> {
         self.shared.shutdown.cancelled().await;
         self.shared.tasks.close();
         let done = async {
@@ -185,14 +245,14 @@ impl Node {
             self.server.await
         };
         match tokio::time::timeout(STOP_WORK, done).await {
-            Ok(served) => served.context("http server task")?,
+            Ok(served) => served?,
             Err(_) => tracing::warn!(
                 secs = STOP_WORK.as_secs(),
                 "work still in progress after the stop allowance; stopping anyway"
             ),
         }
         if self.shared.failed.load(Ordering::SeqCst) {
-            anyhow::bail!("a task failed");
+            return Err(NodeError::TaskFailed);
         }
         Ok(())
     }
@@ -203,17 +263,9 @@ pub async fn start(
     settings: Settings,
     services: &[ServiceDef],
     listener: TcpListener,
-) -> anyhow::Result<Node> {
+) -> Result<Node, NodeError> {
     // reqwest is built without a TLS crypto provider of its own; this process uses ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = if settings.store == StoreSettings::Embedded {
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
-        Some(Db::open(&settings.data_dir.join("samvad.db")).context("opening the database")?)
-    } else {
-        None
-    };
-    let embedded_db = || db.clone().context("the embedded database is not open");
     let mut inline = None;
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusSettings::Memory => {
@@ -222,28 +274,27 @@ pub async fn start(
             Arc::new(bus)
         }
         BusSettings::Kafka(config) => {
-            let bus = KafkaBus::connect(config.clone())
-                .await
-                .context("connecting to Kafka")?;
+            let bus = KafkaBus::connect(config.clone()).await?;
             Arc::new(bus)
         }
         BusSettings::Nats(config) => {
-            let bus = NatsBus::connect(config.clone())
-                .await
-                .context("connecting to NATS")?;
+            let bus = NatsBus::connect(config.clone()).await?;
             Arc::new(bus)
         }
     };
-    let stores = match &settings.store {
-        StoreSettings::Embedded => Stores::from(
-            EmbeddedStore::open(embedded_db()?)
-                .await
-                .context("opening the store")?,
-        ),
-        StoreSettings::MongoDb { url, database } => Stores::from(
-            MongoStore::connect(url, database)
-                .await
-                .context("connecting to MongoDB")?,
+    let (db, stores) = match &settings.store {
+        StoreSettings::Embedded => {
+            std::fs::create_dir_all(&settings.data_dir).map_err(NodeError::io(format!(
+                "creating data directory {}",
+                settings.data_dir.display()
+            )))?;
+            let db = Db::open(&settings.data_dir.join("samvad.db"))?;
+            let store = EmbeddedStore::open(db.clone()).await?;
+            (Some(db), Stores::from(store))
+        }
+        StoreSettings::MongoDb { url, database } => (
+            None,
+            Stores::from(MongoStore::connect(url, database).await?),
         ),
     };
     let secrets = match &settings.access_key_secrets {
@@ -273,8 +324,7 @@ pub async fn start(
             },
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
-                .build()
-                .context("building the HTTP client")?,
+                .build()?,
         )?),
     };
 
@@ -285,14 +335,11 @@ pub async fn start(
             cluster,
             prefix,
             ttl,
-        } => Arc::new(
-            if *cluster {
-                RedisPresence::connect_cluster(urls, prefix, *ttl).await
-            } else {
-                RedisPresence::connect(&urls[0], prefix, *ttl).await
-            }
-            .context("connecting to Redis")?,
-        ),
+        } => Arc::new(if *cluster {
+            RedisPresence::connect_cluster(urls, prefix, *ttl).await
+        } else {
+            RedisPresence::connect(&urls[0], prefix, *ttl).await
+        }?),
     };
     let metrics = Metrics::default();
     let mut registry = Registry::with_prefix("samvad");
@@ -346,7 +393,10 @@ pub async fn start(
     for service in services {
         let routes = (service.start)(&ctx)
             .await
-            .with_context(|| format!("starting {}", service.name))?;
+            .map_err(|source| NodeError::Service {
+                service: service.name,
+                source,
+            })?;
         router = router.merge(routes);
         tracing::info!(service = service.name, "started");
     }
@@ -362,7 +412,9 @@ pub async fn start(
             crate::http::check_host,
         ));
     }
-    let addr = listener.local_addr()?;
+    let addr = listener
+        .local_addr()
+        .map_err(NodeError::io("reading the listener's address"))?;
     let shutdown = shared.shutdown.clone();
     // Without TCP_NODELAY, a small frame written while the client has not yet acknowledged the
     // previous one waits for its delayed ACK: 40 ms on Linux, on every busy chat connection.
@@ -386,7 +438,7 @@ pub async fn start(
 }
 
 /// The access-key secret of a node that was given none: made once, kept in the data directory.
-fn local_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+fn local_secret(data_dir: &Path) -> Result<Vec<u8>, NodeError> {
     let path = data_dir.join("access-key.secret");
     if let Ok(secret) = std::fs::read(&path)
         && secret.len() >= 32
@@ -401,7 +453,7 @@ fn local_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
             .collect()
     };
     write_private(&path, secret.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(NodeError::io(format!("writing {}", path.display())))?;
     Ok(secret.into_bytes())
 }
 
@@ -488,7 +540,7 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
     match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            tracing::error!(error = report(&e), "stopped with an error");
             ExitCode::FAILURE
         }
     }
@@ -519,11 +571,11 @@ fn check_config(args: &[String], env: &Environment) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn run(settings: Settings, services: &[ServiceDef]) -> anyhow::Result<()> {
+async fn run(settings: Settings, services: &[ServiceDef]) -> Result<(), NodeError> {
     survive_file_size_limit();
     let listener = TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+        .map_err(NodeError::io(format!("binding {}", settings.listen)))?;
     let (drain, spread) = (settings.drain, settings.close_spread);
     let node = start(settings, services, listener).await?;
     let shared = Arc::clone(&node.shared);
@@ -621,5 +673,24 @@ fn init_tracing(json: bool, filter: Option<&String>) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("delivering to alice")]
+        struct Delivering(#[source] StoreError);
+        let refused = StoreError::Backend(std::io::Error::other("connection refused").into());
+        assert_eq!(
+            report(&Delivering(refused)),
+            "delivering to alice: storage backend: connection refused"
+        );
+        let bind = NodeError::io("binding 127.0.0.1:1")(std::io::Error::other("in use"));
+        assert_eq!(report(&bind), "binding 127.0.0.1:1: in use");
     }
 }

@@ -89,7 +89,7 @@ impl GroupCache {
 }
 
 fn backend(e: DbError) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Backend(e.into())
 }
 
 impl EmbeddedStore {

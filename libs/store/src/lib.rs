@@ -24,12 +24,15 @@ pub use timeline::{
     Page, Position, SYSTEM_DEVICE, TimelineStore, Window, history, stamp,
 };
 
+/// What a backend said went wrong, kept whole as the cause.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend: {0}")]
-    Backend(String),
+    Backend(#[source] Cause),
     #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -23,11 +23,11 @@ use crate::{
 const DUPLICATE_KEY: i32 = 11000;
 
 fn backend(e: mongodb::error::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Backend(e.into())
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+fn corrupt(e: impl Into<crate::Cause>) -> StoreError {
+    StoreError::Corrupt(e.into())
 }
 
 fn is_duplicate(e: &mongodb::error::Error) -> bool {

@@ -94,7 +94,7 @@ impl Blobs {
     }
 }
 
-async fn start(ctx: &Context) -> anyhow::Result<Router> {
+async fn start(ctx: &Context) -> Result<Router, samvad_runtime::Cause> {
     let settings = Arc::new(ctx.settings.assets.clone());
     let mut router = Router::new();
     let blobs = match &settings.storage {
@@ -317,7 +317,7 @@ async fn download_url(
 async fn sweep(
     assets: Assets,
     shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), samvad_runtime::Cause> {
     let pause = (assets.settings.upload_ttl / 10).min(Duration::from_secs(60));
     loop {
         let before = now_ms().saturating_sub(assets.settings.upload_ttl.as_millis() as u64);

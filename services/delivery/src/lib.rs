@@ -29,7 +29,7 @@ struct Delivery {
     presence: Arc<dyn Presence>,
 }
 
-async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
+async fn start(ctx: &Context) -> Result<axum::Router, samvad_runtime::Cause> {
     // Counted from zero at start, so that a rate over each is defined from the start.
     for outcome in OUTCOMES {
         drop(
@@ -47,13 +47,13 @@ async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
     let d = delivery.clone();
     ctx.consume(Topic::Send, "delivery", move |batch| {
         let d = d.clone();
-        async move { d.deliver(batch).await }
+        async move { Ok(d.deliver(batch).await?) }
     })
     .await?;
     let d = delivery.clone();
     ctx.consume(Topic::ClientAcks, "delivery", move |batch| {
         let d = d.clone();
-        async move { d.acked(batch).await }
+        async move { Ok(d.acked(batch).await?) }
     })
     .await?;
     if let Some(keep) = ctx.settings.retention {
@@ -76,7 +76,7 @@ async fn retain(
     timeline: Arc<dyn TimelineStore>,
     keep: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), samvad_runtime::Cause> {
     let pause = (keep / 20).clamp(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(60),

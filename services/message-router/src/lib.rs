@@ -12,7 +12,7 @@ pub const SERVICE: ServiceDef = ServiceDef {
     api: None,
 };
 
-async fn start(ctx: &Context) -> anyhow::Result<axum::Router> {
+async fn start(ctx: &Context) -> Result<axum::Router, samvad_runtime::Cause> {
     let bus = ctx.bus.clone();
     ctx.consume(
         Topic::NewMessages,

@@ -48,7 +48,7 @@ pub const SERVICE: ServiceDef = ServiceDef {
 /// Pushes in flight at once within one batch.
 const CONCURRENCY: usize = 32;
 
-async fn start(ctx: &Context) -> anyhow::Result<Router> {
+async fn start(ctx: &Context) -> Result<Router, samvad_runtime::Cause> {
     let settings = &ctx.settings.push;
     // Push services and token endpoints never need redirects; following them would let a
     // made-up endpoint send us elsewhere.
@@ -93,7 +93,7 @@ async fn start(ctx: &Context) -> anyhow::Result<Router> {
     let offline = Arc::clone(&pusher);
     ctx.consume(Topic::Offline, "push", move |items: Vec<Addressed>| {
         let pusher = Arc::clone(&offline);
-        async move { pusher.push(&items).await }
+        async move { Ok(pusher.push(&items).await?) }
     })
     .await?;
     ctx.consume(Topic::Logins, "push", move |logins: Vec<DeviceLogin>| {

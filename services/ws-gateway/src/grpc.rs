@@ -57,7 +57,10 @@ const REQUEST_MAX: usize = 2 * 1024 * 1024;
 
 /// Serves the gRPC door on `listener` until the node stops. Health says SERVING until the node
 /// drains, then NOT_SERVING, so that balancers send new calls elsewhere.
-pub(crate) async fn serve(gateway: Gateway, listener: TcpListener) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+) -> Result<(), samvad_runtime::Cause> {
     let ctx = gateway.ctx.clone();
     let incoming = admitted(&gateway, listener);
     let max = REQUEST_MAX.max(ctx.settings.max_message_bytes + 1024);

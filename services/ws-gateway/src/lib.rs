@@ -168,7 +168,7 @@ impl std::ops::Deref for Gateway {
     }
 }
 
-async fn start(ctx: &Context) -> anyhow::Result<Router> {
+async fn start(ctx: &Context) -> Result<Router, samvad_runtime::Cause> {
     let gateway = Gateway(Arc::new(GatewayState {
         ctx: ctx.clone(),
         ws: Ingress::new(ctx, "ws"),
@@ -222,7 +222,7 @@ pub(crate) async fn accept<S, F>(
     listener: tokio::net::TcpListener,
     door: &'static str,
     serve: S,
-) -> anyhow::Result<()>
+) -> Result<(), samvad_runtime::Cause>
 where
     S: Fn(tokio::net::TcpStream) -> F,
     F: Future<Output = ()> + Send + 'static,

@@ -136,11 +136,14 @@ fn gone(_: axum::Error) -> End {
 }
 
 /// A read failed: a frame over the size limit gets close 1009, anything else ends quietly.
+/// axum's error wraps the WebSocket library's, which says which it was.
 fn read_error(e: &axum::Error) -> End {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
-        End::Close(Why::TooLarge)
-    } else {
-        End::ClientClosed
+    use std::error::Error as _;
+    match e
+        .source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+    {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(Why::TooLarge),
+        _ => End::ClientClosed,
     }
 }

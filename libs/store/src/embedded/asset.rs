@@ -127,7 +127,9 @@ impl AssetStore for EmbeddedStore {
             .map(|(key, seq)| {
                 Conv::from_key(&key)
                     .map(|conv| (conv, seq as u64))
-                    .ok_or_else(|| StoreError::Corrupt(format!("not a conversation key: {key:?}")))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("not a conversation key: {key:?}").into())
+                    })
             })
             .collect()
     }

@@ -81,8 +81,8 @@ const ADVANCE: &str = "
     FROM conversations WHERE conv = ?3
     ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)";
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
+fn corrupt(e: impl Into<crate::Cause>) -> StoreError {
+    StoreError::Corrupt(e.into())
 }
 
 fn conv_of(key: &str) -> rusqlite::Result<Conv> {

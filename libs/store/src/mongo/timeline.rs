@@ -114,10 +114,13 @@ impl MongoStore {
         if raced.is_empty() {
             Ok(())
         } else {
-            Err(StoreError::Backend(format!(
-                "{} conversations were created meanwhile; try again",
-                raced.len()
-            )))
+            Err(StoreError::Backend(
+                format!(
+                    "{} conversations were created meanwhile; try again",
+                    raced.len()
+                )
+                .into(),
+            ))
         }
     }
 
@@ -360,7 +363,9 @@ async fn update_all(
                 code,
             ) {
                 (Some(index), Some(DUPLICATE_KEY)) => Ok(index as usize),
-                _ => Err(StoreError::Backend(format!("update refused: {error:?}"))),
+                _ => Err(StoreError::Backend(
+                    format!("update refused: {error:?}").into(),
+                )),
             }
         })
         .collect()
