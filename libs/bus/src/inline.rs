@@ -13,12 +13,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::{Bus, BusError, Received, Record, Subscription, Topic};
+use crate::{Bus, BusError, Pauses, Received, Record, Subscription, Topic};
 
 /// A consumer run in line: it gets the records of one publish (or, for a queued topic, of
 /// several) and returns once their effects are durable.
@@ -29,8 +28,6 @@ pub type Handler =
 const QUEUE: usize = 1024;
 /// Most records a queued consumer handles at once.
 const BATCH: usize = 512;
-/// The longest pause between retries of a failing queued batch.
-const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 enum Consumer {
     Inline(Handler),
@@ -88,11 +85,10 @@ async fn work(topic: String, mut rx: mpsc::Receiver<Vec<Received>>, handler: Han
                 Err(_) => break,
             }
         }
-        let mut pause = Duration::from_millis(50);
+        let mut pauses = Pauses::default();
         while let Err(error) = handler(batch.clone()).await {
             tracing::warn!(%topic, %error, "queued handler failed; retrying the batch");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_PAUSE);
+            tokio::time::sleep(pauses.next_pause()).await;
         }
     }
 }
@@ -265,7 +261,7 @@ mod tests {
             if seen.lock().unwrap().len() == 3 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(*seen.lock().unwrap(), ["a", "b", "c"]);
     }

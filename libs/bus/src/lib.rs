@@ -11,6 +11,7 @@ mod event;
 mod inline;
 mod kafka;
 mod nats;
+mod pauses;
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -27,6 +28,7 @@ pub use event::{
 pub use inline::{Handler, InlineBus};
 pub use kafka::{KafkaBus, KafkaConfig};
 pub use nats::{NatsBus, NatsConfig};
+pub use pauses::Pauses;
 
 /// Every topic the services exchange. Names are `{prefix}{name}`; the `.vN` suffix versions the
 /// payload schema so a change can run beside the old one during a rolling upgrade (`.v2`: the

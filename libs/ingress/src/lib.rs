@@ -4,9 +4,8 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
+use samvad_bus::{Accepted, Bus, BusError, ClientAck, Pauses, Record, Topic, Upto};
 use samvad_http::ApiError;
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_runtime::{Context, DoorLabel, Metrics, PerUser, ReasonLabel};
@@ -22,8 +21,6 @@ const KNOWN_USERS_MAX: usize = 100_000;
 const ACK_QUEUE: usize = 10_000;
 /// Most client acks published at once.
 const ACK_BATCH: usize = 1_000;
-/// The longest pause between tries of a batch of acks the bus refused.
-const ACK_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Why a client's message was refused. Each is answered to that client alone.
 #[derive(Debug, thiserror::Error)]
@@ -340,14 +337,13 @@ async fn publish_acks(
             }
             n = queued.recv_many(&mut batch, ACK_BATCH) => if n == 0 { return },
         }
-        let mut pause = Duration::from_millis(50);
+        let mut pauses = Pauses::default();
         while let Err(error) = bus.publish(&Topic::ClientAcks, batch.clone()).await {
             tracing::warn!(%error, acks = batch.len(), "cannot publish client acks; trying again");
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(pauses.next_pause()) => {}
             }
-            pause = (pause * 2).min(ACK_MAX_PAUSE);
         }
         batch.clear();
     }

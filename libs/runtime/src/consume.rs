@@ -3,11 +3,10 @@
 
 use std::any::Any;
 use std::future::Future;
-use std::time::Duration;
 
 use std::sync::Arc;
 
-use samvad_bus::{Bus, BusError, ParkedRecord, Received, Record, Topic, Value};
+use samvad_bus::{Bus, BusError, ParkedRecord, Pauses, Received, Record, Topic, Value};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
@@ -16,8 +15,6 @@ use crate::node::{Cause, Context, report};
 
 /// Most records a consumer handles in one batch.
 const BATCH: usize = 256;
-/// The longest pause between retries of a failing batch.
-const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 impl Context {
     /// Joins consumer group `{service}.{topic}` and runs `handler` on each batch of decoded
@@ -89,7 +86,7 @@ impl Context {
                     };
                     let (mut items, poison) = decode::<T>(batch.clone());
                     let mut poison = Some(parker.records(poison)?);
-                    let mut pause = Duration::from_millis(50);
+                    let mut pauses = Pauses::default();
                     loop {
                         let attempt = async {
                             if let Some(records) = &poison {
@@ -107,9 +104,8 @@ impl Context {
                                 // Stopping with the batch unhandled: it is not committed.
                                 tokio::select! {
                                     _ = shutdown.cancelled() => return Ok(()),
-                                    _ = tokio::time::sleep(pause) => {}
+                                    _ = tokio::time::sleep(pauses.next_pause()) => {}
                                 }
-                                pause = (pause * 2).min(MAX_PAUSE);
                                 // The handler took the batch: decode it again (poison is parked).
                                 items = decode::<T>(batch.clone()).0;
                             }

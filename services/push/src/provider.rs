@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 /// Largest part of a provider's response body that is read (for errors and tokens).
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
@@ -93,21 +94,37 @@ impl Default for Retry {
 }
 
 impl Retry {
-    /// The pause before the next try after `attempt` (1 for the first) failed, or `None` when
-    /// the push should be given up. `retry_after` is what the provider asked for.
-    pub fn pause(&self, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
-        if attempt >= self.attempts {
-            return None;
+    /// The pauses of one push: after each failed try but the last, `backoff` doubling, with
+    /// up to as much again of jitter (pushes that failed together do not all come back
+    /// together), at most `max_wait`.
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            pauses: ExponentialBuilder::new()
+                .with_min_delay(self.backoff)
+                .with_max_delay(self.max_wait)
+                .with_jitter()
+                .with_max_times(self.attempts.saturating_sub(1) as usize)
+                .build(),
+            max_wait: self.max_wait,
         }
-        if let Some(asked) = retry_after {
-            return (asked <= self.max_wait).then_some(asked);
+    }
+}
+
+/// Where one push is in its [`Retry`].
+struct Schedule {
+    pauses: ExponentialBackoff,
+    max_wait: Duration,
+}
+
+impl Schedule {
+    /// The pause before the next try, or `None` when the push should be given up.
+    /// `retry_after` is what the provider asked for: kept to, unless longer than `max_wait`.
+    fn next_pause(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        let pause = self.pauses.next()?;
+        match retry_after {
+            Some(asked) => (asked <= self.max_wait).then_some(asked),
+            None => Some(pause.min(self.max_wait)),
         }
-        let doubled = self
-            .backoff
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
-        // A little jitter, so pushes that failed together do not all come back together.
-        let jitter = doubled / 4 * rand::random_range(0..=100) / 100;
-        Some((doubled + jitter).min(self.max_wait))
     }
 }
 
@@ -127,16 +144,15 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Step>,
 {
-    let mut tries = 1;
+    let mut schedule = retry.schedule();
     loop {
         match attempt().await {
             Step::Done(outcome) => return outcome,
-            Step::Again { retry_after } => match retry.pause(tries, retry_after) {
+            Step::Again { retry_after } => match schedule.next_pause(retry_after) {
                 Some(pause) => tokio::time::sleep(pause).await,
                 None => return Outcome::Failed(Failure::Unavailable),
             },
         }
-        tries += 1;
     }
 }
 
@@ -220,20 +236,24 @@ mod tests {
             let p = p.unwrap().as_millis() as u64;
             assert!((low..=high).contains(&p), "{p} ms not in {low}..={high}");
         };
-        within(retry.pause(1, None), 100, 125);
-        within(retry.pause(2, None), 200, 250);
-        within(retry.pause(3, None), 400, 500);
-        assert_eq!(retry.pause(4, None), None);
+        let mut schedule = retry.schedule();
+        within(schedule.next_pause(None), 100, 200);
+        within(schedule.next_pause(None), 200, 400);
+        within(schedule.next_pause(None), 400, 800);
+        assert_eq!(schedule.next_pause(None), None);
     }
 
     #[test]
     fn retry_after_is_honoured_unless_it_is_too_long() {
         let retry = Retry::default();
         assert_eq!(
-            retry.pause(1, Some(Duration::from_secs(7))),
+            retry.schedule().next_pause(Some(Duration::from_secs(7))),
             Some(Duration::from_secs(7))
         );
-        assert_eq!(retry.pause(1, Some(Duration::from_secs(3600))), None);
+        assert_eq!(
+            retry.schedule().next_pause(Some(Duration::from_secs(3600))),
+            None
+        );
     }
 
     #[test]
