@@ -12,7 +12,7 @@ mod rate;
 
 pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, seconds_since};
 pub use node::{Cause, Context, Node, NodeError, ServiceDef, main, report, start};
-pub use rate::{PerUser, TokenBucket};
+pub use rate::{PerUser, TokenBucket, per_minute, per_second};
 
 /// Milliseconds since the Unix epoch: the protocol's timestamps.
 pub fn now_ms() -> u64 {

@@ -354,7 +354,7 @@ pub async fn start(
         bus: Arc::clone(&bus),
         inline,
         metrics_token: settings.metrics_token.clone(),
-        sends: PerUser::new(f64::from(settings.rate_limit), settings.rate_burst),
+        sends: PerUser::new(crate::per_second(settings.rate_limit, settings.rate_burst)),
         tasks: TaskTracker::new(),
         failed: AtomicBool::new(false),
     });

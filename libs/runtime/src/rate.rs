@@ -1,94 +1,74 @@
-//! Flood control: token buckets (so many per second, with bursts) — one per connection, and one
-//! per user for what they send (through every door of a process together), for logins and for
-//! contact syncs.
+//! Flood control on the `governor` crate (GCRA, which allows what a token bucket of the same
+//! rate and burst would): one budget per connection, and one per user for what they send
+//! (through every door of a process together), for logins and for contact syncs.
 
-use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-/// Users whose buckets are remembered; past this, buckets that have refilled are forgotten
-/// (a full bucket is what a new one would be).
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Users whose budgets are remembered; past this, budgets that have refilled are forgotten
+/// (a full budget is what a new one would be).
 const USERS_MAX: usize = 100_000;
 
-/// So many per second, with bursts.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
+/// `n` a second with bursts of `burst`; 0 counts as 1 (settings are checked to be at least 1).
+pub fn per_second(n: u32, burst: u32) -> Quota {
+    Quota::per_second(at_least_one(n)).allow_burst(at_least_one(burst))
 }
+
+/// `n` a minute, all of them at once if need be.
+pub fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(at_least_one(n))
+}
+
+fn at_least_one(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// One budget: a connection's.
+#[derive(Debug)]
+pub struct TokenBucket(DefaultDirectRateLimiter);
 
 impl TokenBucket {
-    /// `rate` tokens a second (a fraction: one a minute is `1.0 / 60.0`), at most `burst`.
-    pub fn new(rate: f64, burst: u32) -> Self {
-        Self {
-            rate,
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            at: Instant::now(),
-        }
+    pub fn new(quota: Quota) -> Self {
+        Self(RateLimiter::direct(quota))
     }
 
-    fn refill(&mut self, now: Instant) {
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-    }
-
-    /// Takes one token, if there is one.
-    pub fn take(&mut self) -> bool {
-        self.take_n(1)
-    }
-
-    /// Takes `n` tokens, or none if fewer are there.
-    pub fn take_n(&mut self, n: usize) -> bool {
-        self.refill(Instant::now());
-        let n = n as f64;
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            false
-        }
+    /// Takes one, if the budget allows it now.
+    pub fn take(&self) -> bool {
+        self.0.check().is_ok()
     }
 }
 
-/// A token bucket per user.
+/// A budget per user. Cheap to clone: clones share the budgets.
 #[derive(Clone)]
 pub struct PerUser {
-    rate: f64,
-    burst: u32,
-    buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
+    quota: Quota,
+    users: Arc<Mutex<DefaultKeyedRateLimiter<String>>>,
 }
 
 impl PerUser {
-    pub fn new(rate: f64, burst: u32) -> Self {
+    pub fn new(quota: Quota) -> Self {
         Self {
-            rate,
-            burst,
-            buckets: Arc::default(),
+            quota,
+            users: Arc::new(Mutex::new(RateLimiter::keyed(quota))),
         }
     }
 
-    /// Takes `n` tokens from `user`'s bucket, or none if fewer are there.
+    /// Takes `n` from `user`'s budget, or none if it does not allow that many now.
     pub fn take(&self, user: &str, n: usize) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= USERS_MAX && !buckets.contains_key(user) {
-            let now = Instant::now();
-            buckets.retain(|_, b| {
-                b.refill(now);
-                b.tokens < b.burst
-            });
-            // Every bucket still in use: start over rather than sweep again at the next user.
-            if buckets.len() >= USERS_MAX {
-                buckets.clear();
+        let Some(n) = u32::try_from(n).ok().and_then(NonZeroU32::new) else {
+            return n == 0;
+        };
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if users.len() >= USERS_MAX {
+            users.retain_recent();
+            // Every budget still in use: start over rather than sweep again at the next user.
+            if users.len() >= USERS_MAX {
+                *users = RateLimiter::keyed(self.quota);
             }
         }
-        buckets
-            .entry(user.to_owned())
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
-            .take_n(n)
+        matches!(users.check_key_n(&user.to_owned(), n), Ok(Ok(())))
     }
 }
 
@@ -97,15 +77,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bucket_gives_its_burst_then_nothing_and_a_batch_takes_all_or_none() {
-        let mut b = TokenBucket::new(1.0, 3);
-        assert!(!b.take_n(4), "more than the burst");
-        assert!(b.take_n(2));
-        assert!(b.take());
-        assert!(!b.take());
-        let users = PerUser::new(1.0, 2);
+    fn a_budget_gives_its_burst_then_nothing_and_a_batch_takes_all_or_none() {
+        let one = TokenBucket::new(per_second(1, 2));
+        assert!(one.take());
+        assert!(one.take());
+        assert!(!one.take(), "past the burst");
+        let users = PerUser::new(per_second(1, 3));
+        assert!(!users.take("ann", 4), "more than the burst");
         assert!(users.take("ann", 2));
+        assert!(!users.take("ann", 2), "all or none");
+        assert!(users.take("ann", 1));
         assert!(!users.take("ann", 1));
-        assert!(users.take("ben", 2), "each user has their own");
+        assert!(users.take("ben", 3), "each user has their own");
+        let logins = PerUser::new(per_minute(5));
+        assert!(logins.take("cat", 5), "a minute's worth at once");
+        assert!(!logins.take("cat", 1));
     }
 }

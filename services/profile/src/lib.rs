@@ -9,7 +9,7 @@ use axum::extract::{FromRef, Path, Query, State};
 use axum::{Json, Router};
 use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
 use samvad_http::{ApiError, ErrorBody, Gate, User};
-use samvad_runtime::{Context, PerUser, ReasonLabel, ServiceDef};
+use samvad_runtime::{Context, PerUser, ReasonLabel, ServiceDef, per_minute};
 use samvad_store::{Device, DeviceRef, Profile};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -51,10 +51,6 @@ struct Limits {
 }
 
 impl Limits {
-    fn per_minute(n: u32) -> PerUser {
-        PerUser::new(f64::from(n) / 60.0, n)
-    }
-
     /// `Ok` while `user` has budget left for `what`; else a 429 saying so, and counted.
     fn take(
         ctx: &Context,
@@ -96,8 +92,8 @@ fn routes(ctx: &Context) -> Router {
         ctx: ctx.clone(),
         gate: ctx.gate.clone(),
         limits: Limits {
-            logins: Limits::per_minute(ctx.settings.logins_per_minute),
-            syncs: Limits::per_minute(ctx.settings.contact_syncs_per_minute),
+            logins: PerUser::new(per_minute(ctx.settings.logins_per_minute)),
+            syncs: PerUser::new(per_minute(ctx.settings.contact_syncs_per_minute)),
         },
     })
 }

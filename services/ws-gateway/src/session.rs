@@ -242,10 +242,10 @@ pub(crate) async fn run<D: Door>(
         feeds: HashMap::new(),
         behind: VecDeque::new(),
         unacked: VecDeque::new(),
-        bucket: TokenBucket::new(
-            f64::from(gateway.ctx.settings.rate_limit),
+        bucket: TokenBucket::new(samvad_runtime::per_second(
+            gateway.ctx.settings.rate_limit,
             gateway.ctx.settings.rate_burst,
-        ),
+        )),
         refusals: 0,
     };
     gateway.ctx.metrics.connections.inc();
