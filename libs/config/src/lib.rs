@@ -72,6 +72,11 @@ pub struct Config {
     #[arg(long, env = "SAMVAD_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
 
+    /// An OpenTelemetry collector's OTLP/HTTP address (`http://collector:4318`): each span is
+    /// also exported there, to `/v1/traces`. Unset: spans are only logged.
+    #[arg(long, env = "SAMVAD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     #[command(flatten)]
     pub backends: BackendArgs,
 
@@ -240,6 +245,8 @@ pub struct Settings {
     pub mqtt_app: String,
     pub data_dir: PathBuf,
     pub json_logs: bool,
+    /// Where spans are exported (OTLP/HTTP, traces at `{endpoint}/v1/traces`), if anywhere.
+    pub otlp_traces: Option<String>,
     /// [`Config::instance_id`], or a random id for this run.
     pub instance_id: String,
     pub auth: AuthProvider,
@@ -331,6 +338,25 @@ impl Config {
                 self.log_format
             ),
         );
+        let otlp_traces = self
+            .otlp_endpoint
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .and_then(|endpoint| match url::Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                    Some(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                }
+                _ => {
+                    check(
+                        false,
+                        format!(
+                            "SAMVAD_OTLP_ENDPOINT: `{endpoint}` is not an http(s) URL such as \
+                             http://collector:4318"
+                        ),
+                    );
+                    None
+                }
+            });
         if let Some(id) = &self.instance_id {
             check(
                 !id.is_empty()
@@ -493,6 +519,7 @@ impl Config {
                 mqtt_app: self.mqtt_app.clone(),
                 data_dir: self.data_dir.clone(),
                 json_logs,
+                otlp_traces,
                 instance_id: self
                     .instance_id
                     .clone()
@@ -1110,6 +1137,7 @@ mod tests {
             ("SAMVAD_MAX_MESSAGE_BYTES", "lots"),
             ("SAMVAD_BUS", "carrier-pigeon"),
             ("SAMVAD_LOG_FORMAT", "xml"),
+            ("SAMVAD_OTLP_ENDPOINT", "collector:4318"),
         ]);
         let problems = Config::parse_with_env(["samvad"], &e)
             .unwrap()
@@ -1121,9 +1149,32 @@ mod tests {
             "SAMVAD_MAX_MESSAGE_BYTES",
             "SAMVAD_BUS",
             "SAMVAD_LOG_FORMAT",
+            "SAMVAD_OTLP_ENDPOINT",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn spans_go_to_the_collector_s_traces_path() {
+        let otlp = |endpoint: &str| {
+            Config::parse_with_env(
+                ["samvad"],
+                &env(&[
+                    ("SAMVAD_AUTH_PROVIDER", "dev"),
+                    ("SAMVAD_OTLP_ENDPOINT", endpoint),
+                ]),
+            )
+            .unwrap()
+            .validate()
+            .unwrap()
+            .otlp_traces
+        };
+        assert_eq!(
+            otlp("http://collector:4318/").as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(otlp(""), None, "empty is unset");
     }
 
     #[test]

@@ -258,14 +258,13 @@ impl Node {
     }
 }
 
-/// Builds the backends `settings` name and starts `services` on `listener`.
+/// Builds the backends `settings` name and starts `services` on `listener`. A rustls crypto
+/// provider must be installed first (the process's `main` installs ring's).
 pub async fn start(
     settings: Settings,
     services: &[ServiceDef],
     listener: TcpListener,
 ) -> Result<Node, NodeError> {
-    // reqwest is built without a TLS crypto provider of its own; this process uses ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut inline = None;
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusSettings::Memory => {
@@ -523,7 +522,20 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.json_logs, env.vars.get("RUST_LOG"));
+    // One service: its name; all of them in one process: `samvad`.
+    let name = match chosen.as_slice() {
+        [one] => one.name,
+        _ => "samvad",
+    };
+    // reqwest (push, JWK sets, the span exporter) is built without a TLS crypto provider of
+    // its own; this process uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exporting = init_tracing(
+        settings.json_logs,
+        env.vars.get("RUST_LOG"),
+        settings.otlp_traces.as_deref(),
+        name,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -537,6 +549,12 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
     let stopped = runtime.block_on(run(settings, &chosen));
     // Not a plain drop, which would wait for every blocking thread however long it is stuck.
     runtime.shutdown_timeout(STOP_RUNTIME);
+    // The spans still batched go out now (the exporter gives up after its own timeout).
+    if let Some(provider) = exporting
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "spans not exported at the stop");
+    }
     match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -657,8 +675,20 @@ async fn wait_for_signal() -> Stop {
 }
 
 /// Logs as `filter` (`RUST_LOG`) says, `info` and above by default.
-fn init_tracing(json: bool, filter: Option<&String>) {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stdout, filtered by RUST_LOG; with `otlp` (a collector's traces URL), each span
+/// is also exported there, in batches, under `service`. The provider returned is to be shut
+/// down at the end, which sends what is still batched.
+fn init_tracing(
+    json: bool,
+    filter: Option<&String>,
+    otlp: Option<&str>,
+    service: &'static str,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let filter = filter
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
@@ -666,14 +696,46 @@ fn init_tracing(json: bool, filter: Option<&String>) {
     // cost only the lines: by default the subscriber would say so with `eprintln!`, which
     // panics when stderr fails too, and take down whichever thread logged — the database
     // writer, reporting the very failure, so that no write ever succeeded again.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .log_internal_errors(false);
-    if json {
-        builder.json().init();
+    let lines = tracing_subscriber::fmt::layer().log_internal_errors(false);
+    let lines = if json {
+        lines.json().boxed()
     } else {
-        builder.init();
-    }
+        lines.boxed()
+    };
+    let exporter = otlp.map(|endpoint| {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build()
+    });
+    let provider = match exporter {
+        Some(Ok(exporter)) => Some(
+            opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(service)
+                        .build(),
+                )
+                .build(),
+        ),
+        Some(Err(e)) => {
+            eprintln!("spans will not be exported: {e}");
+            None
+        }
+        None => None,
+    };
+    let spans = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("samvad"))
+            .boxed()
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(spans)
+        .init();
+    provider
 }
 
 #[cfg(test)]

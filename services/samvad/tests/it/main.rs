@@ -28,3 +28,4 @@ mod profiles;
 mod push;
 mod rest;
 mod support;
+mod traces;
