@@ -190,7 +190,7 @@ impl Ingress {
         message.validate_from_client()?;
         message.source = user.to_owned();
         message.server_id = uuid::Uuid::now_v7().to_string();
-        message.server_timestamp = samvad_runtime::now_ms();
+        message.server_timestamp = samvad_protocol::now_ms();
         if message.kind == MessageType::ClientAck {
             return Ok(message);
         }

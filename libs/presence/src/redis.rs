@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
+use samvad_protocol::now_ms;
 
 use crate::{Presence, PresenceError};
 
@@ -29,12 +30,6 @@ pub struct RedisPresence {
 
 fn backend(e: redis::RedisError) -> PresenceError {
     PresenceError::Backend(e.into())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl RedisPresence {

@@ -118,6 +118,14 @@ pub mod v3;
 pub use error::{DecodeError, InvalidMessage, UnknownName};
 pub use message::{Channel, Encoding, Limits, MAX_ID_BYTES, Message, MessageType, SERVER_SOURCE};
 
+/// Milliseconds since the Unix epoch, the unit of every timestamp in a message; 0 if the
+/// clock is before 1970.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Decodes a v1 or v2 text frame (the version is chosen by `_v`; see the crate docs).
 pub fn decode_text(frame: &str, limits: &Limits) -> Result<Message, DecodeError> {
     check_size(frame.len(), limits)?;

@@ -14,13 +14,6 @@ pub use metrics::{DoorLabel, Metrics, OutcomeLabel, ReasonLabel, TopicLabel, sec
 pub use node::{Cause, Context, Node, NodeError, ServiceDef, main, report, start};
 pub use rate::{PerUser, TokenBucket, per_minute, per_second};
 
-/// Milliseconds since the Unix epoch: the protocol's timestamps.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A notice the server writes (PROTOCOL §2, §7): a v2.1 `NOTIFICATION` with fresh ids, stamped
 /// now, whose meta holds `action`, `contentType` `notification` and `meta`.
 pub fn notice(
@@ -32,7 +25,7 @@ pub fn notice(
     content: &serde_json::Value,
     meta: &[(&str, String)],
 ) -> samvad_protocol::Message {
-    let now = now_ms();
+    let now = samvad_protocol::now_ms();
     let mut all: std::collections::BTreeMap<String, String> = meta
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))

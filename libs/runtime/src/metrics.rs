@@ -81,7 +81,7 @@ fn latency() -> Histogram {
 
 /// Seconds since `at_ms` (milliseconds since the Unix epoch, a message's `server_timestamp`).
 pub fn seconds_since(at_ms: u64) -> f64 {
-    crate::now_ms().saturating_sub(at_ms) as f64 / 1000.0
+    samvad_protocol::now_ms().saturating_sub(at_ms) as f64 / 1000.0
 }
 
 /// Handles to every metric; cheap to clone.

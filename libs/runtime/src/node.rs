@@ -112,7 +112,9 @@ pub struct ServiceDef {
     pub api: Option<fn() -> utoipa::openapi::OpenApi>,
 }
 
-/// What a service is given: settings, backends, and the node's task and metric plumbing.
+/// What a service is given at its start: settings, backends, and the node's task and metric
+/// plumbing. A service takes what it uses into a state of its own; its handlers do not reach
+/// back here for backends.
 #[derive(Clone)]
 pub struct Context {
     pub settings: Arc<Settings>,
@@ -258,13 +260,13 @@ impl Node {
     }
 }
 
-/// Builds the backends `settings` name and starts `services` on `listener`. A rustls crypto
-/// provider must be installed first (the process's `main` installs ring's).
+/// Builds the backends `settings` name and starts `services` on `listener`.
 pub async fn start(
     settings: Settings,
     services: &[ServiceDef],
     listener: TcpListener,
 ) -> Result<Node, NodeError> {
+    use_ring();
     let mut inline = None;
     let bus: Arc<dyn Bus> = match &settings.bus {
         BusSettings::Memory => {
@@ -527,9 +529,7 @@ pub fn main(services: &[ServiceDef]) -> ExitCode {
         [one] => one.name,
         _ => "samvad",
     };
-    // reqwest (push, JWK sets, the span exporter) is built without a TLS crypto provider of
-    // its own; this process uses ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    use_ring();
     let exporting = init_tracing(
         settings.json_logs,
         env.vars.get("RUST_LOG"),
@@ -672,6 +672,13 @@ async fn wait_for_signal() -> Stop {
         let _ = tokio::signal::ctrl_c().await;
         Stop::Now
     }
+}
+
+/// reqwest (push, JWK sets, the span exporter) is built without a TLS crypto provider of its
+/// own; this process uses ring's. Installed before the first client is built: by `main`
+/// before the span exporter, by `start` for a node started on its own (the tests').
+fn use_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Logs as `filter` (`RUST_LOG`) says, `info` and above by default.

@@ -37,11 +37,10 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Now, in milliseconds since the Unix epoch, as stores keep times.
+/// Now, as stores keep times (milliseconds since the Unix epoch, signed as SQLite and BSON
+/// integers are).
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    samvad_protocol::now_ms() as i64
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -51,7 +51,7 @@ fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn unix_now() -> u64 {
-    samvad_runtime::now_ms() / 1000
+    samvad_protocol::now_ms() / 1000
 }
 
 impl Disk {

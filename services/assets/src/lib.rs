@@ -18,8 +18,9 @@ use axum::http::HeaderMap;
 use axum::{Json, Router};
 use samvad_config::{AssetSettings, AssetStorage};
 use samvad_http::{ApiError, ErrorBody, Gate, User};
-use samvad_runtime::{Context, ServiceDef, now_ms};
-use samvad_store::{Asset, FILE_ID_PREFIX, is_file_id};
+use samvad_protocol::now_ms;
+use samvad_runtime::{Context, ServiceDef};
+use samvad_store::{Asset, FILE_ID_PREFIX, Stores, is_file_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -47,9 +48,12 @@ fn new_file_id() -> String {
     format!("{FILE_ID_PREFIX}{:032x}", rand::random::<u128>())
 }
 
-#[derive(Clone)]
+/// What the attachment routes and the sweeper work with.
+#[derive(Clone, FromRef)]
 struct Assets {
-    ctx: Context,
+    /// Attachments, and who may read one (who shares its conversation).
+    stores: Stores,
+    gate: Gate,
     settings: Arc<AssetSettings>,
     blobs: Blobs,
 }
@@ -110,7 +114,8 @@ async fn start(ctx: &Context) -> Result<Router, samvad_runtime::Cause> {
         AssetStorage::S3(s3) => Blobs::S3(s3::S3::new(s3, Arc::clone(&settings))?),
     };
     let assets = Assets {
-        ctx: ctx.clone(),
+        stores: ctx.stores.clone(),
+        gate: ctx.gate.clone(),
         settings,
         blobs,
     };
@@ -125,13 +130,6 @@ fn api() -> OpenApiRouter<Assets> {
         .routes(routes!(upload_url))
         .routes(routes!(mark))
         .routes(routes!(download_url))
-}
-
-/// What [`User`] authenticates with.
-impl FromRef<Assets> for Gate {
-    fn from_ref(assets: &Assets) -> Self {
-        assets.ctx.gate.clone()
-    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -183,7 +181,7 @@ async fn upload_url(
             "category must be 1 to {MAX_CATEGORY} letters, digits, `-` or `_`"
         )));
     }
-    if assets.ctx.stores.assets.pending_uploads(&user.name).await? >= settings.max_pending {
+    if assets.stores.assets.pending_uploads(&user.name).await? >= settings.max_pending {
         return Err(ApiError::too_many(format!(
             "at most {} uploads may be pending at once: mark or finish some first (unmarked \
              ones expire after {} s)",
@@ -200,7 +198,7 @@ async fn upload_url(
         created_at: now_ms() as i64,
         size: None,
     };
-    assets.ctx.stores.assets.create_asset(&asset).await?;
+    assets.stores.assets.create_asset(&asset).await?;
     Ok(Json(json!({
         "url": assets.blobs.upload_url(&headers, &asset)?,
         "fileId": asset.file_id,
@@ -223,7 +221,7 @@ async fn owned(assets: &Assets, user: &User, file_id: &str) -> Result<Asset, Api
     if !is_file_id(file_id) {
         return Err(not_found());
     }
-    match assets.ctx.stores.assets.asset(file_id).await? {
+    match assets.stores.assets.asset(file_id).await? {
         Some(asset) if asset.owner == user.name => Ok(asset),
         _ => Err(not_found()),
     }
@@ -265,13 +263,7 @@ async fn mark(
             "{file_id} has not been uploaded: PUT the file to its upload URL first"
         )));
     };
-    if !assets
-        .ctx
-        .stores
-        .assets
-        .mark_uploaded(&file_id, size)
-        .await?
-    {
+    if !assets.stores.assets.mark_uploaded(&file_id, size).await? {
         return Err(ApiError::bad_request(format!(
             "{file_id} is marked uploaded already"
         )));
@@ -302,10 +294,10 @@ async fn download_url(
     if !is_file_id(&file_id) {
         return Err(not_found());
     }
-    let Some(asset) = assets.ctx.stores.assets.asset(&file_id).await? else {
+    let Some(asset) = assets.stores.assets.asset(&file_id).await? else {
         return Err(not_found());
     };
-    if asset.size.is_none() || !assets.ctx.stores.may_read(&user.name, &asset).await? {
+    if asset.size.is_none() || !assets.stores.may_read(&user.name, &asset).await? {
         return Err(not_found());
     }
     let url = assets.blobs.download_url(&headers, &asset)?;
@@ -323,7 +315,6 @@ async fn sweep(
         let before = now_ms().saturating_sub(assets.settings.upload_ttl.as_millis() as u64);
         loop {
             match assets
-                .ctx
                 .stores
                 .assets
                 .expire_uploads(before as i64, SWEEP_CHUNK)

@@ -82,7 +82,7 @@ async fn retain(
         std::time::Duration::from_secs(60),
     );
     loop {
-        let before = samvad_runtime::now_ms().saturating_sub(keep.as_millis() as u64);
+        let before = samvad_protocol::now_ms().saturating_sub(keep.as_millis() as u64);
         loop {
             match timeline.trim(before, TRIM_CHUNK).await {
                 Ok(n) if n == TRIM_CHUNK as u64 && !shutdown.is_cancelled() => continue,

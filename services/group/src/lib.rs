@@ -2,13 +2,17 @@
 //! members, anyone may leave, and when the last admin leaves the longest-standing member
 //! becomes admin. Every change sends each affected member a NOTIFICATION system message.
 
-use axum::extract::{Path, State};
+use std::sync::Arc;
+
+use axum::extract::{FromRef, Path, State};
 use axum::{Json, Router};
-use samvad_bus::{Record, Routed, Topic};
-use samvad_http::{ApiError, ErrorBody, User};
+use samvad_bus::{Bus, Record, Routed, Topic};
+use samvad_http::{ApiError, ErrorBody, Gate, User};
 use samvad_protocol::Channel;
 use samvad_runtime::{Context, ServiceDef};
-use samvad_store::{Conv, Group, Member, Role, SYSTEM_DEVICE};
+use samvad_store::{
+    Conv, Group, GroupStore, Member, ProfileStore, Role, SYSTEM_DEVICE, TimelineStore,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -27,19 +31,23 @@ const MAX_NAME: usize = 200;
 /// A group picture is a URL or an attachment id, not the picture itself.
 const MAX_PROFILE_PIC: usize = 2048;
 
-/// Refuses a group that would have more than the configured number of members.
-fn check_size(ctx: &Context, members: usize) -> Result<(), ApiError> {
-    let max = ctx.settings.max_group_members;
-    if members > max {
-        return Err(ApiError::bad_request(format!(
-            "a group may have at most {max} members"
-        )));
-    }
-    Ok(())
+/// What the group routes work with.
+#[derive(Clone, FromRef)]
+struct Groups {
+    groups: Arc<dyn GroupStore>,
+    /// Whether users exist.
+    profiles: Arc<dyn ProfileStore>,
+    /// Who takes part in a group's conversation, from when.
+    timeline: Arc<dyn TimelineStore>,
+    /// Where membership notices go.
+    bus: Arc<dyn Bus>,
+    /// Most members a group may have.
+    max_members: usize,
+    gate: Gate,
 }
 
 /// The routes, each where its handler's `#[utoipa::path]` says.
-fn api() -> OpenApiRouter<Context> {
+fn api() -> OpenApiRouter<Groups> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(fetch))
@@ -48,7 +56,88 @@ fn api() -> OpenApiRouter<Context> {
 
 fn routes(ctx: &Context) -> Router {
     let (router, _) = api().split_for_parts();
-    router.with_state(ctx.clone())
+    router.with_state(Groups {
+        groups: ctx.stores.groups.clone(),
+        profiles: ctx.stores.profiles.clone(),
+        timeline: ctx.stores.timeline.clone(),
+        bus: ctx.bus.clone(),
+        max_members: ctx.settings.max_group_members,
+        gate: ctx.gate.clone(),
+    })
+}
+
+impl Groups {
+    /// Refuses a group that would have more than the configured number of members.
+    fn check_size(&self, members: usize) -> Result<(), ApiError> {
+        let max = self.max_members;
+        if members > max {
+            return Err(ApiError::bad_request(format!(
+                "a group may have at most {max} members"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The group, if `user` is in it.
+    async fn of_member(&self, id: &str, user: &str) -> Result<Group, ApiError> {
+        match self.groups.group(id).await? {
+            Some(group) if group.member(user).is_some() => Ok(group),
+            _ => Err(ApiError::not_found(format!("unknown group `{id}`"))),
+        }
+    }
+
+    async fn check_users_exist(&self, users: &[String]) -> Result<(), ApiError> {
+        let found = self.profiles.existing(users).await?;
+        let unknown: Vec<&str> = users
+            .iter()
+            .filter(|u| !found.contains(u))
+            .map(String::as_str)
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request(format!(
+                "unknown users: {}",
+                unknown.join(", ")
+            )))
+        }
+    }
+
+    /// Stores the system message for `change` in the group's conversation and tells
+    /// `recipients`, durably, before the request is answered.
+    async fn notify(
+        &self,
+        group_id: &str,
+        actor: &str,
+        change: Change<'_>,
+        recipients: &[String],
+    ) -> Result<(), ApiError> {
+        let (action, content, leaving) = match change {
+            Change::Added(users) => ("add", json!({ "added": users }), Vec::new()),
+            Change::Removed(users) => ("remove", json!({ "removed": users }), users.to_vec()),
+        };
+        let message = samvad_runtime::notice(
+            action,
+            Channel::Group,
+            actor,
+            group_id,
+            false,
+            &content,
+            &[
+                ("chatId", group_id.to_owned()),
+                ("chatid", group_id.to_owned()),
+            ],
+        );
+        let routed = Routed {
+            recipients: recipients.to_vec(),
+            device: SYSTEM_DEVICE.to_owned(),
+            message,
+            leaving,
+        };
+        let records = vec![Record::event(Conv::group(group_id).key(), routed)];
+        self.bus.publish(&Topic::Send, records).await?;
+        Ok(())
+    }
 }
 
 /// One's groups
@@ -62,10 +151,10 @@ fn routes(ctx: &Context) -> Router {
             "members": [{"username": "alice", "role": "admin"}, {"username": "bob", "role": "user"}]}])),
         (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn list(
-    State(ctx): State<Context>,
+    State(groups): State<Groups>,
     User { name: user, .. }: User,
 ) -> Result<Json<Vec<Group>>, ApiError> {
-    Ok(Json(ctx.stores.groups.groups_of(&user).await?))
+    Ok(Json(groups.groups.groups_of(&user).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -93,7 +182,7 @@ struct Create {
         (status = 400, description = "A field is refused, a member does not exist, or the group is too large", body = ErrorBody),
         (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn create(
-    State(ctx): State<Context>,
+    State(groups): State<Groups>,
     User { name: user, .. }: User,
     Json(req): Json<Create>,
 ) -> Result<Json<Value>, ApiError> {
@@ -122,8 +211,8 @@ async fn create(
             "a new group may have at most {MAX_CREATE_MEMBERS} members"
         )));
     }
-    check_size(&ctx, members.len() + 1)?;
-    check_users_exist(&ctx, &members).await?;
+    groups.check_size(members.len() + 1)?;
+    groups.check_users_exist(&members).await?;
     let group = Group {
         group_id: uuid::Uuid::now_v7().to_string(),
         name: req.name,
@@ -138,17 +227,12 @@ async fn create(
         .collect(),
         profile_pic: req.profile_pic,
     };
-    ctx.stores.groups.create(&group).await?;
+    groups.groups.create(&group).await?;
     let everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
-    ctx.stores.timeline.join(&group.group_id, &everyone).await?;
-    notify(
-        &ctx,
-        &group.group_id,
-        &user,
-        Change::Added(&everyone),
-        &everyone,
-    )
-    .await?;
+    groups.timeline.join(&group.group_id, &everyone).await?;
+    groups
+        .notify(&group.group_id, &user, Change::Added(&everyone), &everyone)
+        .await?;
     Ok(Json(json!({ "groupId": group.group_id })))
 }
 
@@ -174,22 +258,14 @@ fn not_found() -> (axum::http::StatusCode, Json<Value>) {
         (status = 404, description = "No such group, or the caller is not in it (the two are not told apart)",
             body = Object, example = json!({"status": false, "error": "no such group of yours"}))))]
 async fn fetch(
-    State(ctx): State<Context>,
+    State(groups): State<Groups>,
     User { name: user, .. }: User,
     Path(id): Path<String>,
 ) -> Result<Result<Json<Group>, (axum::http::StatusCode, Json<Value>)>, ApiError> {
-    Ok(match ctx.stores.groups.group(&id).await? {
+    Ok(match groups.groups.group(&id).await? {
         Some(group) if group.member(&user).is_some() => Ok(Json(group)),
         _ => Err(not_found()),
     })
-}
-
-/// The group, if `user` is in it.
-async fn group_of_member(ctx: &Context, id: &str, user: &str) -> Result<Group, ApiError> {
-    match ctx.stores.groups.group(id).await? {
-        Some(group) if group.member(user).is_some() => Ok(group),
-        _ => Err(ApiError::not_found(format!("unknown group `{id}`"))),
-    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -213,7 +289,7 @@ struct Add {
         (status = 403, description = "The caller is not an admin", body = ErrorBody),
         (status = 404, description = "No such group of the caller's", body = ErrorBody)))]
 async fn add(
-    State(ctx): State<Context>,
+    State(groups): State<Groups>,
     User { name: user, .. }: User,
     Path(id): Path<String>,
     Json(req): Json<Add>,
@@ -223,7 +299,7 @@ async fn add(
             "at most {MAX_ADD_MEMBERS} members may be added at once"
         )));
     }
-    let group = group_of_member(&ctx, &id, &user).await?;
+    let group = groups.of_member(&id, &user).await?;
     if group.member(&user).map(|m| m.role) != Some(Role::Admin) {
         return Err(ApiError::forbidden("only a group admin may add members"));
     }
@@ -233,16 +309,18 @@ async fn add(
         .filter(|m| group.member(m).is_none())
         .collect::<std::collections::HashSet<_>>()
         .len();
-    check_size(&ctx, group.members.len() + joining)?;
-    check_users_exist(&ctx, &req.members).await?;
-    let added = ctx.stores.groups.add_members(&id, &req.members).await?;
+    groups.check_size(group.members.len() + joining)?;
+    groups.check_users_exist(&req.members).await?;
+    let added = groups.groups.add_members(&id, &req.members).await?;
     // Every requested member is in the group now; joining is idempotent, so a retry after a
     // crash between the two writes completes the join.
-    ctx.stores.timeline.join(&id, &req.members).await?;
+    groups.timeline.join(&id, &req.members).await?;
     if !added.is_empty() {
         let mut everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
         everyone.extend(added.iter().cloned());
-        notify(&ctx, &id, &user, Change::Added(&added), &everyone).await?;
+        groups
+            .notify(&id, &user, Change::Added(&added), &everyone)
+            .await?;
     }
     Ok(Json(json!({ "status": true })))
 }
@@ -268,12 +346,12 @@ struct Remove {
         (status = 403, description = "Only an admin may remove others", body = ErrorBody),
         (status = 404, description = "No such group of the caller's, or no such member", body = ErrorBody)))]
 async fn remove(
-    State(ctx): State<Context>,
+    State(groups): State<Groups>,
     User { name: user, .. }: User,
     Path(id): Path<String>,
     Json(req): Json<Remove>,
 ) -> Result<Json<Value>, ApiError> {
-    let group = group_of_member(&ctx, &id, &user).await?;
+    let group = groups.of_member(&id, &user).await?;
     let is_admin = group.member(&user).map(|m| m.role) == Some(Role::Admin);
     if req.member != user && !is_admin {
         return Err(ApiError::forbidden(
@@ -281,8 +359,7 @@ async fn remove(
         ));
     }
     let mut everyone: Vec<String> = group.members.iter().map(|m| m.username.clone()).collect();
-    if ctx
-        .stores
+    if groups
         .groups
         .remove_member(&id, &req.member)
         .await?
@@ -291,8 +368,7 @@ async fn remove(
         // Not a member: unless a removal was cut short between its two writes, and they still
         // take part in the timeline. Then this retry completes it.
         let conv = Conv::group(&id);
-        if ctx
-            .stores
+        if groups
             .timeline
             .conversation(&req.member, &conv)
             .await?
@@ -306,71 +382,18 @@ async fn remove(
         everyone.push(req.member.clone());
     }
     // The notice ends their part in the timeline where it is stored; they still receive it.
-    notify(
-        &ctx,
-        &id,
-        &user,
-        Change::Removed(std::slice::from_ref(&req.member)),
-        &everyone,
-    )
-    .await?;
+    groups
+        .notify(
+            &id,
+            &user,
+            Change::Removed(std::slice::from_ref(&req.member)),
+            &everyone,
+        )
+        .await?;
     Ok(Json(json!({ "status": true })))
-}
-
-async fn check_users_exist(ctx: &Context, users: &[String]) -> Result<(), ApiError> {
-    let found = ctx.stores.profiles.existing(users).await?;
-    let unknown: Vec<&str> = users
-        .iter()
-        .filter(|u| !found.contains(u))
-        .map(String::as_str)
-        .collect();
-    if unknown.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "unknown users: {}",
-            unknown.join(", ")
-        )))
-    }
 }
 
 enum Change<'a> {
     Added(&'a [String]),
     Removed(&'a [String]),
-}
-
-/// Stores the system message for `change` in the group's conversation and tells `recipients`,
-/// durably, before the request is answered.
-async fn notify(
-    ctx: &Context,
-    group_id: &str,
-    actor: &str,
-    change: Change<'_>,
-    recipients: &[String],
-) -> Result<(), ApiError> {
-    let (action, content, leaving) = match change {
-        Change::Added(users) => ("add", json!({ "added": users }), Vec::new()),
-        Change::Removed(users) => ("remove", json!({ "removed": users }), users.to_vec()),
-    };
-    let message = samvad_runtime::notice(
-        action,
-        Channel::Group,
-        actor,
-        group_id,
-        false,
-        &content,
-        &[
-            ("chatId", group_id.to_owned()),
-            ("chatid", group_id.to_owned()),
-        ],
-    );
-    let routed = Routed {
-        recipients: recipients.to_vec(),
-        device: SYSTEM_DEVICE.to_owned(),
-        message,
-        leaving,
-    };
-    let records = vec![Record::event(Conv::group(group_id).key(), routed)];
-    ctx.bus.publish(&Topic::Send, records).await?;
-    Ok(())
 }

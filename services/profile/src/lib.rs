@@ -5,12 +5,16 @@
 //! presence is shown; another's for whoever shares a conversation with them) and contact
 //! sync. Each login registers the device for push.
 
+use std::sync::Arc;
+
 use axum::extract::{FromRef, Path, Query, State};
 use axum::{Json, Router};
-use samvad_bus::{DeviceLogin, GatewayEvent, Record, Topic};
+use samvad_auth::{AccessKeys, LoginProvider};
+use samvad_bus::{Bus, DeviceLogin, GatewayEvent, Record, Topic};
 use samvad_http::{ApiError, ErrorBody, Gate, User};
-use samvad_runtime::{Context, PerUser, ReasonLabel, ServiceDef, per_minute};
-use samvad_store::{Device, DeviceRef, Profile};
+use samvad_presence::Presence;
+use samvad_runtime::{Context, Metrics, PerUser, ReasonLabel, ServiceDef, per_minute};
+use samvad_store::{Device, DeviceRef, Profile, Stores};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -35,9 +39,21 @@ const MAX_NAME: usize = 64;
 /// Most users one presence request may ask about.
 const MAX_PRESENCE: usize = 100;
 
+/// What the identity routes work with.
 #[derive(Clone, FromRef)]
 struct Profiles {
-    ctx: Context,
+    /// Profiles and devices; assets (a picture must be the user's own); who shares a
+    /// conversation with whom.
+    stores: Stores,
+    /// Where users are connected, and when they were last seen.
+    presence: Arc<dyn Presence>,
+    /// What proves a username at login.
+    login: Arc<LoginProvider>,
+    access_keys: Arc<AccessKeys>,
+    /// Where devices are registered for push and unlinked devices' gateways told.
+    bus: Arc<dyn Bus>,
+    metrics: Metrics,
+    max_devices_per_user: usize,
     gate: Gate,
     limits: Limits,
 }
@@ -53,7 +69,7 @@ struct Limits {
 impl Limits {
     /// `Ok` while `user` has budget left for `what`; else a 429 saying so, and counted.
     fn take(
-        ctx: &Context,
+        metrics: &Metrics,
         budget: &PerUser,
         user: &str,
         what: &'static str,
@@ -61,7 +77,7 @@ impl Limits {
         if budget.take(user, 1) {
             return Ok(());
         }
-        ctx.metrics
+        metrics
             .limited
             .get_or_create(&ReasonLabel { reason: what })
             .inc();
@@ -89,7 +105,13 @@ fn api() -> OpenApiRouter<Profiles> {
 fn routes(ctx: &Context) -> Router {
     let (router, _) = api().split_for_parts();
     router.with_state(Profiles {
-        ctx: ctx.clone(),
+        stores: ctx.stores.clone(),
+        presence: ctx.presence.clone(),
+        login: ctx.login.clone(),
+        access_keys: ctx.access_keys.clone(),
+        bus: ctx.bus.clone(),
+        metrics: ctx.metrics.clone(),
+        max_devices_per_user: ctx.settings.max_devices_per_user,
         gate: ctx.gate.clone(),
         limits: Limits {
             logins: PerUser::new(per_minute(ctx.settings.logins_per_minute)),
@@ -170,12 +192,12 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
         (status = 429, description = "Too many logins for this username in a minute", body = ErrorBody),
         (status = 503, description = "A backend is unavailable; try again", body = ErrorBody)))]
 async fn login(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     State(limits): State<Limits>,
     Json(login): Json<Login>,
 ) -> Result<Json<Value>, ApiError> {
     check_username(&login.username)?;
-    Limits::take(&ctx, &limits.logins, &login.username, "login")?;
+    Limits::take(&state.metrics, &limits.logins, &login.username, "login")?;
     if login.notification_token.len() > MAX_TOKEN {
         return Err(ApiError::bad_request(format!(
             "notificationToken may be at most {MAX_TOKEN} bytes"
@@ -189,20 +211,24 @@ async fn login(
             "deviceId must be 1 to {MAX_DEVICE_ID} bytes, without control characters"
         )));
     }
-    ctx.login.verify(&login.username, &login.auth_token).await?;
+    state
+        .login
+        .verify(&login.username, &login.auth_token)
+        .await?;
     let device = Device {
         device_id: login.device_id,
         notification_token: login.notification_token,
         message_version: login.message_version,
     };
-    let linked = ctx
+    let linked = state
         .stores
         .profiles
-        .login(&login.username, &device, ctx.settings.max_devices_per_user)
+        .login(&login.username, &device, state.max_devices_per_user)
         .await?;
     let who = samvad_auth::Identity::new(login.username.clone(), device.device_id.clone());
     // The device's duty starts here: what its conversations already hold is history to it.
-    ctx.stores
+    state
+        .stores
         .timeline
         .register(&DeviceRef {
             user: who.user.clone(),
@@ -211,7 +237,7 @@ async fn login(
         .await?;
     if !linked.unlinked.is_empty() {
         tracing::info!(user = %who.user, unlinked = ?linked.unlinked, "devices unlinked to make room for a new one");
-        unlinked(&ctx, &who.user, linked.unlinked).await?;
+        unlinked(&state, &who.user, linked.unlinked).await?;
     }
     let event = DeviceLogin {
         user: login.username.clone(),
@@ -219,7 +245,8 @@ async fn login(
         notification_token: device.notification_token,
         message_version: device.message_version,
     };
-    ctx.bus
+    state
+        .bus
         .publish(
             &Topic::Logins,
             vec![Record::event(login.username.clone(), event)],
@@ -229,16 +256,17 @@ async fn login(
     Ok(Json(json!({
         "status": true,
         "username": login.username,
-        "accesskey": ctx.access_keys.issue(&who, &linked.session),
+        "accesskey": state.access_keys.issue(&who, &linked.session),
         "isNew": linked.is_new,
     })))
 }
 
 /// Ends the duty of `devices`, which are no longer linked to `user`, and closes their
 /// connections on every gateway that holds one of the user's.
-async fn unlinked(ctx: &Context, user: &str, devices: Vec<String>) -> Result<(), ApiError> {
+async fn unlinked(state: &Profiles, user: &str, devices: Vec<String>) -> Result<(), ApiError> {
     for device in &devices {
-        ctx.stores
+        state
+            .stores
             .timeline
             .unregister(&DeviceRef {
                 user: user.to_owned(),
@@ -246,7 +274,7 @@ async fn unlinked(ctx: &Context, user: &str, devices: Vec<String>) -> Result<(),
             })
             .await?;
     }
-    let gateways = ctx
+    let gateways = state
         .presence
         .gateways(user)
         .await
@@ -257,7 +285,8 @@ async fn unlinked(ctx: &Context, user: &str, devices: Vec<String>) -> Result<(),
             items: Vec::new(),
             unlinked: devices.clone(),
         };
-        ctx.bus
+        state
+            .bus
             .publish(
                 &Topic::Gateway(gateway),
                 vec![Record::event(user.to_owned(), event)],
@@ -277,8 +306,8 @@ async fn unlinked(ctx: &Context, user: &str, devices: Vec<String>) -> Result<(),
         (status = 200, description = "Logged out", body = Object, example = json!({"status": true})),
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 404, description = "The device was not linked (any more)", body = ErrorBody)))]
-async fn logout(State(ctx): State<Context>, user: User) -> Result<Json<Value>, ApiError> {
-    unlink_device(&ctx, &user.name, user.device).await
+async fn logout(State(state): State<Profiles>, user: User) -> Result<Json<Value>, ApiError> {
+    unlink_device(&state, &user.name, user.device).await
 }
 
 /// Unlink a device
@@ -293,18 +322,22 @@ async fn logout(State(ctx): State<Context>, user: User) -> Result<Json<Value>, A
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 404, description = "No such device is linked", body = ErrorBody)))]
 async fn unlink(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     User { name, .. }: User,
     Path(device): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    unlink_device(&ctx, &name, device).await
+    unlink_device(&state, &name, device).await
 }
 
-async fn unlink_device(ctx: &Context, user: &str, device: String) -> Result<Json<Value>, ApiError> {
-    let was_linked = ctx.stores.profiles.unlink(user, &device).await?;
+async fn unlink_device(
+    state: &Profiles,
+    user: &str,
+    device: String,
+) -> Result<Json<Value>, ApiError> {
+    let was_linked = state.stores.profiles.unlink(user, &device).await?;
     // Even if it was not (any more): a logout cut short after the first step is finished by
     // the next one.
-    unlinked(ctx, user, vec![device.clone()]).await?;
+    unlinked(state, user, vec![device.clone()]).await?;
     if !was_linked {
         return Err(ApiError::not_found(format!("no device {device} is linked")));
     }
@@ -323,8 +356,8 @@ async fn unlink_device(ctx: &Context, user: &str, device: String) -> Result<Json
             "deviceId": "phone", "current": true, "lastLogin": 1_765_000_000_000_u64,
             "push": true, "messageVersion": 2.1}])),
         (status = 401, description = "Credentials refused", body = ErrorBody)))]
-async fn devices(State(ctx): State<Context>, user: User) -> Result<Json<Value>, ApiError> {
-    let linked = ctx.stores.profiles.devices(&user.name).await?;
+async fn devices(State(state): State<Profiles>, user: User) -> Result<Json<Value>, ApiError> {
+    let linked = state.stores.profiles.devices(&user.name).await?;
     Ok(Json(Value::Array(
         linked
             .into_iter()
@@ -373,8 +406,9 @@ fn profile_json(profile: &Profile, own: bool) -> Value {
     body
 }
 
-async fn own_profile(ctx: &Context, user: &str) -> Result<Profile, ApiError> {
-    ctx.stores
+async fn own_profile(state: &Profiles, user: &str) -> Result<Profile, ApiError> {
+    state
+        .stores
         .profiles
         .profile(user)
         .await?
@@ -392,10 +426,10 @@ async fn own_profile(ctx: &Context, user: &str) -> Result<Profile, ApiError> {
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 404, description = "No profile: log in first", body = ErrorBody)))]
 async fn profile(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     User { name: user, .. }: User,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(profile_json(&own_profile(&ctx, &user).await?, true)))
+    Ok(Json(profile_json(&own_profile(&state, &user).await?, true)))
 }
 
 /// Someone's profile
@@ -410,15 +444,15 @@ async fn profile(
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 404, description = "No profile the caller may see", body = ErrorBody)))]
 async fn profile_of(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     User { name: user, .. }: User,
     Path(username): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::not_found(format!("no profile of {username} you may see"));
-    if !ctx.stores.share_conversation(&user, &username).await? {
+    if !state.stores.share_conversation(&user, &username).await? {
         return Err(not_found());
     }
-    let profile = ctx
+    let profile = state
         .stores
         .profiles
         .profile(&username)
@@ -482,11 +516,11 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 404, description = "No profile: log in first", body = ErrorBody)))]
 async fn set_profile(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     User { name: user, .. }: User,
     Json(change): Json<ProfileChange>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut profile = own_profile(&ctx, &user).await?;
+    let mut profile = own_profile(&state, &user).await?;
     if let Some(name) = change.name {
         if let Some(name) = &name {
             check_name(name)?;
@@ -495,7 +529,7 @@ async fn set_profile(
     }
     if let Some(pic) = change.profile_pic {
         if let Some(pic) = &pic {
-            let mine = match ctx.stores.assets.asset(pic).await? {
+            let mine = match state.stores.assets.asset(pic).await? {
                 Some(asset) => {
                     asset.owner == user
                         && asset.size.is_some()
@@ -515,7 +549,7 @@ async fn set_profile(
     if let Some(show) = change.show_presence {
         profile.show_presence = show;
     }
-    ctx.stores.profiles.set_profile(&profile).await?;
+    state.stores.profiles.set_profile(&profile).await?;
     Ok(Json(profile_json(&profile, true)))
 }
 
@@ -540,7 +574,7 @@ struct PresenceQuery {
         (status = 400, description = "Too many users named", body = ErrorBody),
         (status = 401, description = "Credentials refused", body = ErrorBody)))]
 async fn presence(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     User { name: viewer, .. }: User,
     Query(query): Query<PresenceQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -554,12 +588,12 @@ async fn presence(
     }
     let mut answer = serde_json::Map::new();
     for user in users {
-        if !ctx.stores.shows_presence(user).await?
-            || !ctx.stores.share_conversation(&viewer, user).await?
+        if !state.stores.shows_presence(user).await?
+            || !state.stores.share_conversation(&viewer, user).await?
         {
             continue;
         }
-        let online = !ctx
+        let online = !state
             .presence
             .gateways(user)
             .await
@@ -568,7 +602,8 @@ async fn presence(
         let last_seen = if online {
             None
         } else {
-            ctx.presence
+            state
+                .presence
                 .last_seen(user)
                 .await
                 .map_err(ApiError::unavailable)?
@@ -600,18 +635,18 @@ struct Sync {
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 429, description = "Too many syncs in a minute", body = ErrorBody)))]
 async fn sync(
-    State(ctx): State<Context>,
+    State(state): State<Profiles>,
     State(limits): State<Limits>,
     User { name, .. }: User,
     Json(sync): Json<Sync>,
 ) -> Result<Json<Value>, ApiError> {
-    Limits::take(&ctx, &limits.syncs, &name, "contact_sync")?;
+    Limits::take(&state.metrics, &limits.syncs, &name, "contact_sync")?;
     if sync.users.len() > MAX_SYNC {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_SYNC} users per sync"
         )));
     }
-    let found = ctx.stores.profiles.existing(&sync.users).await?;
+    let found = state.stores.profiles.existing(&sync.users).await?;
     Ok(Json(Value::Object(
         found.into_iter().map(|u| (u, Value::Bool(true))).collect(),
     )))

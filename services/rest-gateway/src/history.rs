@@ -1,14 +1,15 @@
 //! History (PROTOCOL §7): a user's conversations, and pages of one conversation's messages,
 //! encoded as the WebSocket would send them.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use samvad_http::{ApiError, ErrorBody, User};
 use samvad_protocol::Encoding;
-use samvad_runtime::Context;
-use samvad_store::{Conv, HISTORY_PAGE, HISTORY_PAGE_MAX, Page};
+use samvad_store::{Conv, HISTORY_PAGE, HISTORY_PAGE_MAX, Page, TimelineStore};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -24,10 +25,10 @@ use serde_json::{Value, json};
              "readSeq": 40, "unread": 2}])),
         (status = 401, description = "Credentials refused", body = ErrorBody)))]
 pub(crate) async fn conversations(
-    State(ctx): State<Context>,
+    State(timeline): State<Arc<dyn TimelineStore>>,
     User { name, .. }: User,
 ) -> Result<Json<Value>, ApiError> {
-    let states = ctx.stores.timeline.conversations(&name).await?;
+    let states = timeline.conversations(&name).await?;
     let list: Vec<Value> = states
         .iter()
         .map(|c| {
@@ -72,7 +73,7 @@ pub(crate) struct PageParams {
         (status = 401, description = "Credentials refused", body = ErrorBody),
         (status = 404, description = "The caller takes no part in that conversation", body = ErrorBody)))]
 pub(crate) async fn messages(
-    State(ctx): State<Context>,
+    State(timeline): State<Arc<dyn TimelineStore>>,
     User { name, .. }: User,
     Path(conv_name): Path<String>,
     Query(params): Query<PageParams>,
@@ -102,7 +103,7 @@ pub(crate) async fn messages(
     };
     let not_found = || ApiError::not_found(format!("you take no part in {conv_name}"));
     let conv = Conv::parse_for(&name, &conv_name).ok_or_else(not_found)?;
-    let (messages, more) = samvad_store::history(&*ctx.stores.timeline, &name, &conv, page, limit)
+    let (messages, more) = samvad_store::history(&*timeline, &name, &conv, page, limit)
         .await?
         .ok_or_else(not_found)?;
     let messages: Vec<String> = messages

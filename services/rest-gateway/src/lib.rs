@@ -5,6 +5,8 @@
 
 mod history;
 
+use std::sync::Arc;
+
 use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
 use axum::{Json, Router};
@@ -14,6 +16,7 @@ use samvad_http::{ApiError, ErrorBody, Gate, User};
 use samvad_ingress::{Ingress, MAX_BATCH};
 use samvad_protocol::{Encoding, MessageType};
 use samvad_runtime::{Context, ServiceDef};
+use samvad_store::TimelineStore;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -25,10 +28,13 @@ pub const SERVICE: ServiceDef = ServiceDef {
     api: Some(|| api().into_openapi()),
 };
 
+/// What the message routes work with.
 #[derive(Clone, FromRef)]
 struct Rest {
-    ctx: Context,
+    /// Where the history routes read.
+    timeline: Arc<dyn TimelineStore>,
     gate: Gate,
+    /// Where sent messages go in, as over the WebSocket.
     ingress: Ingress,
 }
 
@@ -43,7 +49,7 @@ fn api() -> OpenApiRouter<Rest> {
 fn routes(ctx: &Context) -> Router {
     let (router, _) = api().split_for_parts();
     router.with_state(Rest {
-        ctx: ctx.clone(),
+        timeline: ctx.stores.timeline.clone(),
         gate: ctx.gate.clone(),
         ingress: Ingress::new(ctx, "rest"),
     })

@@ -46,7 +46,7 @@ async fn tell(gateway: &Gateway, user: &str, online: bool) -> anyhow::Result<()>
         if !ctx.presence.gateways(user).await?.is_empty() {
             return Ok(()); // still connected elsewhere
         }
-        let now = samvad_runtime::now_ms();
+        let now = samvad_protocol::now_ms();
         ctx.presence.went_offline(user, now).await?;
         content["lastSeen"] = json!(now);
         meta.push(("lastSeen", now.to_string()));

@@ -400,7 +400,7 @@ impl Session {
             unlinked.cancelled(),
         );
         let key_lives =
-            Duration::from_secs(expires.saturating_sub(samvad_runtime::now_ms() / 1000));
+            Duration::from_secs(expires.saturating_sub(samvad_protocol::now_ms() / 1000));
         let expired = tokio::time::sleep(key_lives);
         tokio::pin!(stopped, closed, let_go, logged_out, expired);
         // Once the process drains: this connection's own moment to close within the spread.
