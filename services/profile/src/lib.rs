@@ -193,11 +193,15 @@ pub fn check_username(username: &str) -> Result<(), ApiError> {
         (status = 503, description = "A backend is unavailable; try again", body = ErrorBody)))]
 async fn login(
     State(state): State<Profiles>,
-    State(limits): State<Limits>,
     Json(login): Json<Login>,
 ) -> Result<Json<Value>, ApiError> {
     check_username(&login.username)?;
-    Limits::take(&state.metrics, &limits.logins, &login.username, "login")?;
+    Limits::take(
+        &state.metrics,
+        &state.limits.logins,
+        &login.username,
+        "login",
+    )?;
     if login.notification_token.len() > MAX_TOKEN {
         return Err(ApiError::bad_request(format!(
             "notificationToken may be at most {MAX_TOKEN} bytes"
@@ -636,11 +640,10 @@ struct Sync {
         (status = 429, description = "Too many syncs in a minute", body = ErrorBody)))]
 async fn sync(
     State(state): State<Profiles>,
-    State(limits): State<Limits>,
     User { name, .. }: User,
     Json(sync): Json<Sync>,
 ) -> Result<Json<Value>, ApiError> {
-    Limits::take(&state.metrics, &limits.syncs, &name, "contact_sync")?;
+    Limits::take(&state.metrics, &state.limits.syncs, &name, "contact_sync")?;
     if sync.users.len() > MAX_SYNC {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_SYNC} users per sync"
