@@ -189,11 +189,12 @@ impl Ingress {
     async fn check(&self, user: &str, mut message: Message) -> Result<Message, Rejection> {
         message.validate_from_client()?;
         message.source = user.to_owned();
-        message.server_id = uuid::Uuid::now_v7().to_string();
-        message.server_timestamp = samvad_protocol::now_ms();
+        // An ack ends a duty and goes no further: it gets no server id or time of its own.
         if message.kind == MessageType::ClientAck {
             return Ok(message);
         }
+        message.server_id = uuid::Uuid::now_v7().to_string();
+        message.server_timestamp = samvad_protocol::now_ms();
         if message.kind == MessageType::Notification
             && let Some(action) = message.meta.get("action")
             && SYSTEM_ACTIONS.contains(&action.as_str())

@@ -1,11 +1,11 @@
 //! JSON plumbing shared by the text codecs and the internal form.
 //!
-//! Frames are parsed into maps of [`RawValue`]s so that a message's `body` reaches the canonical
+//! Frames are parsed into lists of [`RawValue`]s so that a message's `body` reaches the canonical
 //! `content` byte for byte (key order, number spelling and all), and field values are only
-//! interpreted where the mapping needs them.
+//! interpreted where the mapping needs them. Keys and values borrow from the frame: decoding a
+//! frame allocates only what the message keeps.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -14,14 +14,82 @@ use serde_json::value::RawValue;
 
 use crate::DecodeError;
 
-/// A JSON object whose values are left unparsed.
-pub(crate) type Object<'a> = BTreeMap<String, &'a RawValue>;
+/// A JSON object whose values are left unparsed, its members in the order written. A key
+/// written twice means its last value, as in a map.
+#[derive(Debug, Default)]
+pub(crate) struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Object<'a> {
+    /// The value of `key` (its last, if written twice).
+    fn value(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'a> IntoIterator for Object<'a> {
+    type Item = (Cow<'a, str>, &'a RawValue);
+    type IntoIter = std::vec::IntoIter<Self::Item>;
+
+    /// The members in the order written (a key written twice comes twice, its last value last).
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Object<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Key(key), value)) = map.next_entry()? {
+                    members.push((key, value));
+                }
+                Ok(Object(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// An object key, borrowed from the text unless it had to be unescaped.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+/// Whether `text` cannot nest as deep as serde_json's limit (128): it holds fewer brackets
+/// that open than that, in strings or not. Counting them is far cheaper than a parse, and a
+/// frame holds a handful.
+fn shallow(text: &[u8]) -> bool {
+    text.iter().filter(|&&b| b == b'[' || b == b'{').count() < 128
+}
 
 /// Validates JSON text, applying serde_json's nesting limit (128) to every value.
 ///
-/// serde_json skips over `RawValue`s and `IgnoredAny` iteratively, without that limit, so a
-/// frame is walked with this visitor first: it recurses through `deserialize_any`, which is
-/// depth-checked, and allocates nothing.
+/// serde_json skips over `RawValue`s and `IgnoredAny` iteratively, without that limit, so text
+/// that is not plainly [`shallow`] is walked with this visitor first: it recurses through
+/// `deserialize_any`, which is depth-checked, and allocates nothing.
 struct Checked;
 
 impl<'de> Deserialize<'de> for Checked {
@@ -68,18 +136,25 @@ impl<'de> Visitor<'de> for CheckedVisitor {
 
 /// Checks that `bytes` is one JSON value (surrounding whitespace allowed), nested ≤ 128 deep.
 pub(crate) fn check_slice(bytes: &[u8]) -> Result<(), serde_json::Error> {
-    serde_json::from_slice::<Checked>(bytes).map(|_| ())
+    if shallow(bytes) {
+        serde_json::from_slice::<IgnoredAny>(bytes).map(|_| ())
+    } else {
+        serde_json::from_slice::<Checked>(bytes).map(|_| ())
+    }
 }
 
 /// Parses a text frame into its top-level object: [`DecodeError::Json`] unless it is valid,
 /// adequately shallow JSON, [`DecodeError::NotAnObject`] unless that JSON is an object.
 pub(crate) fn parse_frame(frame: &str) -> Result<Object<'_>, DecodeError> {
-    serde_json::from_str::<Checked>(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
-    // The frame is valid JSON, so anything before its first value is JSON whitespace.
+    let json = |e: serde_json::Error| DecodeError::Json(e.to_string());
+    if !shallow(frame.as_bytes()) {
+        serde_json::from_str::<Checked>(frame).map_err(json)?;
+    }
     if !frame.trim_start().starts_with('{') {
+        serde_json::from_str::<IgnoredAny>(frame).map_err(json)?;
         return Err(DecodeError::NotAnObject);
     }
-    serde_json::from_str(frame).map_err(|e| DecodeError::Json(e.to_string()))
+    serde_json::from_str(frame).map_err(json)
 }
 
 /// `value` as an object, or [`DecodeError::WrongType`] naming `field`.
@@ -99,16 +174,20 @@ pub(crate) fn object<'a>(
 
 /// The value of `key` in `object`, treating `null` as absent.
 pub(crate) fn get<'a>(object: &Object<'a>, key: &str) -> Option<&'a RawValue> {
-    object.get(key).copied().filter(|v| v.get() != "null")
+    object.value(key).filter(|v| v.get() != "null")
 }
 
 /// A JSON string's contents, or `None` if `value` is not a string.
 pub(crate) fn as_str(value: &RawValue) -> Option<String> {
-    if value.get().starts_with('"') {
-        serde_json::from_str(value.get()).ok()
-    } else {
-        None
+    let text = value.get();
+    if !text.starts_with('"') {
+        return None;
     }
+    // Valid JSON, so a string with no escapes is what its quotes hold.
+    if !text.contains('\\') {
+        return Some(text[1..text.len() - 1].to_owned());
+    }
+    serde_json::from_str(text).ok()
 }
 
 /// `value` as a string: [`DecodeError::WrongType`] (naming `field`) if it is anything else.

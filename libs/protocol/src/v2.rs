@@ -39,14 +39,14 @@ pub(crate) fn decode(frame: &Object<'_>, version: f32) -> Result<Message, Decode
             if value.get() == "null" {
                 continue;
             }
-            match key.as_str() {
+            match &*key {
                 "createdAt" => msg.timestamp = json::millis(value, "meta.createdAt")?,
                 "serverId" => msg.server_id = json::string(value, "meta.serverId")?,
                 "serverTimestamp" => {
                     msg.server_timestamp = json::millis(value, "meta.serverTimestamp")?;
                 }
                 _ => {
-                    msg.meta.insert(key, json::text(value));
+                    msg.meta.insert(key.into_owned(), json::text(value));
                 }
             }
         }
@@ -56,12 +56,12 @@ pub(crate) fn decode(frame: &Object<'_>, version: f32) -> Result<Message, Decode
         if value.get() == "null" {
             continue;
         }
-        match key.as_str() {
+        match &*key {
             "to" => msg.destination = json::string(value, "head.to")?,
             "from" => msg.source = json::string(value, "head.from")?,
             "ephemeral" => msg.ephemeral = ephemeral(value)?,
             _ => {
-                msg.meta.insert(key, json::text(value));
+                msg.meta.insert(key.into_owned(), json::text(value));
             }
         }
     }

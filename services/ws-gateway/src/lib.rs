@@ -12,6 +12,7 @@ mod grpc;
 mod mqtt;
 mod presence;
 mod session;
+mod signal;
 mod websocket;
 
 use std::collections::HashMap;
@@ -33,11 +34,11 @@ use samvad_runtime::{Context, Metrics, ServiceDef};
 use samvad_store::Conv;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::session::Wants;
+use crate::signal::{Reason, Signal};
 use crate::websocket::WebSocketDoor;
 
 pub const SERVICE: ServiceDef = ServiceDef {
@@ -121,10 +122,9 @@ struct Conn {
     /// The device it acts as.
     device: String,
     queue: mpsc::Sender<Outbound>,
-    /// Cancelled to close a connection that fell behind.
-    slow: CancellationToken,
-    /// Cancelled to close a connection whose device was unlinked (logged out).
-    unlinked: CancellationToken,
+    /// Raised to end the connection: it fell behind, its device was unlinked, the process
+    /// drains or stops.
+    signal: Arc<Signal>,
 }
 
 /// The gateway's state, shared by its connections: one pointer per connection, not a copy.
@@ -184,6 +184,7 @@ async fn start(ctx: &Context) -> Result<Router, samvad_runtime::Cause> {
         async { Ok(()) }
     })
     .await?;
+    ctx.spawn_detached(tell_the_stop(gateway.clone()));
     if let Some(addr) = ctx.settings.mqtt_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -205,6 +206,15 @@ async fn start(ctx: &Context) -> Result<Router, samvad_runtime::Cause> {
     }
     let (router, _) = api().split_for_parts();
     Ok(router.with_state(gateway))
+}
+
+/// Tells every connection when the process drains, then when it stops.
+async fn tell_the_stop(gateway: Gateway) {
+    let (closing, shutdown) = (gateway.ctx.closing(), gateway.ctx.shutdown());
+    closing.cancelled().await;
+    gateway.raise_all(Reason::Closing);
+    shutdown.cancelled().await;
+    gateway.raise_all(Reason::Stop);
 }
 
 /// The routes, each where its handler's `#[utoipa::path]` says.
@@ -290,22 +300,35 @@ impl Gateway {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, rx) = mpsc::channel(QUEUE);
-        let (slow, unlinked) = (CancellationToken::new(), CancellationToken::new());
+        let signal = Arc::new(Signal::default());
+        // Under the lock that `raise_all` takes: a stop that began before this look is raised
+        // here, one that begins after it finds the connection listed.
+        if self.ctx.closing().is_cancelled() {
+            signal.raise(Reason::Closing);
+        }
+        if self.ctx.shutdown().is_cancelled() {
+            signal.raise(Reason::Stop);
+        }
         conns.entry(who.user.clone()).or_default().push(Conn {
             id,
             device: who.device.clone(),
             queue,
-            slow: slow.clone(),
-            unlinked: unlinked.clone(),
+            signal: Arc::clone(&signal),
         });
         Ok(Registration {
             gateway: self.clone(),
             access,
             id,
             queue: rx,
-            slow,
-            unlinked,
+            signal,
         })
+    }
+
+    /// Raises `reason` for every connection.
+    fn raise_all(&self, reason: Reason) {
+        for conn in self.lock().values().flatten() {
+            conn.signal.raise(reason);
+        }
     }
 
     /// How many connections `user` holds here.
@@ -339,7 +362,7 @@ impl Gateway {
                 .flatten()
                 .filter(|conn| unlinked.contains(&conn.device))
             {
-                conn.unlinked.cancel();
+                conn.signal.raise(Reason::Unlinked);
             }
             // Made once per way of naming the conversations in it: the same for every member
             // of a group, one per side of a 1:1 chat. So encoded once per format.
@@ -369,8 +392,8 @@ impl Gateway {
     }
 }
 
-/// A connection's place in the gateway, taken at the upgrade: the connection's queue and its
-/// too-slow signal. Dropping it — the connection ended, or the upgrade never completed — gives
+/// A connection's place in the gateway, taken at the upgrade: the connection's queue and the
+/// signal that tells it to end. Dropping it — the connection ended, or the upgrade never completed — gives
 /// the place back.
 pub(crate) struct Registration {
     gateway: Gateway,
@@ -379,8 +402,7 @@ pub(crate) struct Registration {
     pub(crate) access: Access,
     pub(crate) id: u64,
     pub(crate) queue: mpsc::Receiver<Outbound>,
-    pub(crate) slow: CancellationToken,
-    pub(crate) unlinked: CancellationToken,
+    pub(crate) signal: Arc<Signal>,
 }
 
 impl Drop for Registration {
@@ -396,7 +418,7 @@ fn offer(conn: &Conn, event: Outbound, metrics: &Metrics) {
     metrics.queued.inc();
     if conn.queue.try_send(event).is_err() {
         metrics.queued.dec();
-        conn.slow.cancel();
+        conn.signal.raise(Reason::Slow);
     }
 }
 
@@ -467,6 +489,7 @@ async fn upgrade(
             format,
             ack,
             slow_client: gateway.ctx.settings.slow_client,
+            idle: session::Idle::new(websocket::IDLE),
         };
         let serve = session::run(gateway, registration, door, Via::WebSocket, wants);
         ctx.spawn_detached(serve);

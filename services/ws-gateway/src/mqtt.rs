@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::session::{Door, End, Refused, Session, Takes, Wants, Why, Window};
+use crate::session::{Door, End, Idle, Refused, Session, Takes, Wants, Why, Window};
 use crate::{Format, Gateway, Item, Via};
 
 /// Deliveries in flight (sent at QoS 1, not yet PUBACKed) at most, whatever the client allows.
@@ -258,8 +258,8 @@ pub(crate) struct MqttDoor {
     buf: BytesMut,
     codec: Codec,
     format: Format,
-    /// Silence after which the client is closed.
-    keep_alive: Duration,
+    /// Closes the client after a silence: 1.5 times the keep-alive it asked for.
+    idle: Idle,
     slow_client: Duration,
     subscriptions: Arc<Subscriptions>,
     /// Deliveries sent at QoS 1 and not yet PUBACKed, and where each stored one is.
@@ -506,10 +506,13 @@ impl Door for MqttDoor {
                 Err(PacketError::MaxSizeExceeded { .. }) => return Err(End::Close(Why::TooLarge)),
                 Err(_) => return Err(End::Close(Why::Malformed)),
             }
-            match tokio::time::timeout(self.keep_alive, self.wire.read_more(&mut self.buf)).await {
-                Err(_) => return Err(End::Close(Why::Idle)),
-                Ok(Ok(0) | Err(_)) => return Err(End::ClientClosed),
-                Ok(Ok(_)) => {}
+            let read = tokio::select! {
+                read = self.wire.read_more(&mut self.buf) => read,
+                () = self.idle.expired() => return Err(End::Close(Why::Idle)),
+            };
+            self.idle.active();
+            if let Ok(0) | Err(_) = read {
+                return Err(End::ClientClosed);
             }
         }
     }
@@ -680,7 +683,7 @@ pub(crate) async fn serve(gateway: Gateway, mut wire: Wire) {
         buf,
         codec,
         format: Format::Text,
-        keep_alive: QUIET,
+        idle: Idle::new(QUIET),
         slow_client: settings.slow_client,
         // Whose tree, once the CONNECT is accepted.
         subscriptions: Arc::new(Subscriptions {
@@ -799,7 +802,8 @@ impl MqttDoor {
                     self.format = Format::Binary;
                 }
                 if connect.keep_alive > 0 {
-                    self.keep_alive = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+                    let limit = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+                    self.idle.set_limit(limit);
                 }
                 if let Some(max) = connect.receive_max {
                     self.receive_max = usize::from(max).min(IN_FLIGHT);

@@ -20,6 +20,7 @@ use samvad_store::{Conv, DeviceRef, Page, Position, SYSTEM_DEVICE};
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::signal::{Reason, Reasons, Signal};
 use crate::{Gateway, Item, Outbound, Registration, Via};
 
 /// Entries read from the timeline at a time.
@@ -152,6 +153,48 @@ impl Feed {
     }
 }
 
+/// How long a client may send nothing before its connection closes. Each input only notes
+/// the time: the timer is moved only when it fires early, not at every read (a timer made and
+/// dropped at every turn of the connection's loop costs two locks of the runtime's timer wheel).
+pub(crate) struct Idle {
+    limit: Duration,
+    last: tokio::time::Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            last: tokio::time::Instant::now(),
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// The limit from now on (counted from the last input).
+    pub(crate) fn set_limit(&mut self, limit: Duration) {
+        self.limit = limit;
+        self.timer.as_mut().reset(self.last + limit);
+    }
+
+    /// The client sent something.
+    pub(crate) fn active(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+
+    /// Done once the client has sent nothing for the limit. Cancel-safe.
+    pub(crate) async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let due = self.last + self.limit;
+            if due <= tokio::time::Instant::now() {
+                return;
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum End {
@@ -228,7 +271,7 @@ pub(crate) async fn run<D: Door>(
     via: Via,
     wants: Wants,
 ) {
-    let (slow, unlinked) = (registration.slow.clone(), registration.unlinked.clone());
+    let signal = Arc::clone(&registration.signal);
     let expires = registration.access.expires;
     let user = registration.access.who.user.clone();
     let mut conn = Session {
@@ -262,14 +305,8 @@ pub(crate) async fn run<D: Door>(
                 let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
                 gateway.ctx.spawn_detached(announce);
             }
-            conn.serve(
-                &mut door,
-                &mut registration.queue,
-                &slow,
-                &unlinked,
-                expires,
-            )
-            .await
+            conn.serve(&mut door, &mut registration.queue, &signal, expires)
+                .await
         }
         Err(e) => {
             tracing::warn!(user = %user, error = %e, "cannot start the connection");
@@ -387,39 +424,37 @@ impl Session {
         &mut self,
         door: &mut D,
         queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
-        slow: &tokio_util::sync::CancellationToken,
-        unlinked: &tokio_util::sync::CancellationToken,
+        signal: &Signal,
         expires: u64,
     ) -> End {
-        let (shutdown, closing) = (self.gateway.ctx.shutdown(), self.gateway.ctx.closing());
-        // Made once, not at every turn of the loop: each is a lock of the token's node to make.
-        let (stopped, closed, let_go, logged_out) = (
-            shutdown.cancelled(),
-            closing.cancelled(),
-            slow.cancelled(),
-            unlinked.cancelled(),
-        );
         let key_lives =
             Duration::from_secs(expires.saturating_sub(samvad_protocol::now_ms() / 1000));
         let expired = tokio::time::sleep(key_lives);
-        tokio::pin!(stopped, closed, let_go, logged_out, expired);
+        tokio::pin!(expired);
         // Once the process drains: this connection's own moment to close within the spread.
         let deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(deadline);
-        let mut draining = false;
+        let mut seen = Reasons::default();
         loop {
+            let draining = seen.has(Reason::Closing);
             let result = tokio::select! {
-                () = &mut stopped => return End::Close(Why::Restarting),
-                () = &mut closed, if !draining => {
-                    draining = true;
+                raised = std::future::poll_fn(|cx| signal.poll_raised(seen, cx)) => {
+                    if raised.has(Reason::Stop) {
+                        return End::Close(Why::Restarting);
+                    }
+                    if raised.has(Reason::Unlinked) {
+                        return End::Close(Why::LoggedOut);
+                    }
+                    if raised.has(Reason::Slow) {
+                        return self.too_slow();
+                    }
+                    seen = raised;
                     let spread = self.gateway.ctx.settings.close_spread;
                     let delay = spread.mul_f64(rand::random::<f64>());
                     deadline.as_mut().reset(tokio::time::Instant::now() + delay);
                     Ok(())
                 }
                 _ = &mut deadline, if draining => return End::Close(Why::Restarting),
-                () = &mut let_go => return self.too_slow(),
-                () = &mut logged_out => return End::Close(Why::LoggedOut),
                 () = &mut expired => return End::Close(Why::KeyExpired),
                 input = door.read() => match input {
                     Ok(input) => Box::pin(door.handle(self, input)).await,

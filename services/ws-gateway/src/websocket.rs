@@ -8,11 +8,11 @@ use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, close_code};
 use futures_util::SinkExt;
 use serde_json::json;
 
-use crate::session::{Door, End, Refused, Session, Why};
+use crate::session::{Door, End, Idle, Refused, Session, Why};
 use crate::{Format, Item, encode};
 
 /// A connection that sends nothing (clients ping every 30 s) for this long is closed.
-const IDLE: Duration = Duration::from_secs(120);
+pub(crate) const IDLE: Duration = Duration::from_secs(120);
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -23,17 +23,23 @@ pub(crate) struct WebSocketDoor {
     pub(crate) ack: bool,
     /// How long a write may stay blocked.
     pub(crate) slow_client: Duration,
+    /// Closes the connection after [`IDLE`].
+    pub(crate) idle: Idle,
 }
 
 impl Door for WebSocketDoor {
     type Input = Frame;
 
     async fn read(&mut self) -> Result<Frame, End> {
-        match tokio::time::timeout(IDLE, self.socket.recv()).await {
-            Err(_) => Err(End::Close(Why::Idle)),
-            Ok(None) | Ok(Some(Ok(Frame::Close(_)))) => Err(End::ClientClosed),
-            Ok(Some(Err(e))) => Err(read_error(&e)),
-            Ok(Some(Ok(frame))) => Ok(frame),
+        let frame = tokio::select! {
+            frame = self.socket.recv() => frame,
+            () = self.idle.expired() => return Err(End::Close(Why::Idle)),
+        };
+        self.idle.active();
+        match frame {
+            None | Some(Ok(Frame::Close(_))) => Err(End::ClientClosed),
+            Some(Err(e)) => Err(read_error(&e)),
+            Some(Ok(frame)) => Ok(frame),
         }
     }
 

@@ -71,6 +71,7 @@ const POSITIONS: &str = "
 /// Moves a device's cursor (`?1` user, `?2` device, `?3` conversation) to `?4` and past the
 /// entries its own device sent right after it, never past what is stored (that would skip
 /// what comes next), nor over entries retention removed (a gap the device is to be told of).
+/// Only where its user takes part: an ack of another conversation moves nothing.
 const ADVANCE: &str = "
     INSERT INTO cursors (username, device, conv, seq)
     SELECT ?1, ?2, ?3,
@@ -79,6 +80,7 @@ const ADVANCE: &str = "
             WHERE t.conv = ?3 AND t.seq > ?4 AND (t.sender != ?1 OR t.device != ?2)
             ORDER BY t.seq LIMIT 1), last_seq) END
     FROM conversations WHERE conv = ?3
+        AND EXISTS (SELECT 1 FROM participants WHERE username = ?1 AND conv = ?3)
     ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)";
 
 fn corrupt(e: impl Into<crate::Cause>) -> StoreError {
@@ -403,20 +405,10 @@ impl TimelineStore for EmbeddedStore {
                      JOIN participants p ON p.conv = t.conv AND p.username = ?1
                      WHERE t.id = ?2 LIMIT 2",
                 )?;
-                let mut known = t.prepare_cached(
-                    "SELECT 1 FROM participants WHERE username = ?1 AND conv = ?2",
-                )?;
                 let mut advance = t.prepare_cached(ADVANCE)?;
                 for (device, ack) in &acks {
                     let targets: Vec<(String, i64)> = match ack {
-                        Ack::Upto { conv, seq } => {
-                            let key = conv.key();
-                            if known.exists(params![device.user, key])? {
-                                vec![(key, *seq as i64)]
-                            } else {
-                                Vec::new()
-                            }
-                        }
+                        Ack::Upto { conv, seq } => vec![(conv.key(), *seq as i64)],
                         // Only an id that names one message: another sender may reuse an id in
                         // another conversation, and must not move this cursor.
                         Ack::Id(id) => {

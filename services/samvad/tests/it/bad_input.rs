@@ -222,7 +222,17 @@ async fn a_client_that_reads_nothing_is_let_go_and_loses_nothing() {
     }
     assert_eq!(closed, 1, "the stalled connection was let go");
     assert!(most_queued > 0, "what waited for bob was counted as queued");
-    assert_eq!(gauges().await.1, 0, "and no longer once he was let go");
+    // Alice's and carol's connections may still be taking what they are handed; what waited
+    // for bob is no longer counted once he was let go, so the gauge drains to nothing.
+    let mut queued = gauges().await.1;
+    for _ in 0..250 {
+        if queued == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        queued = gauges().await.1;
+    }
+    assert_eq!(queued, 0, "and no longer once he was let go");
     bob_still_hears_alice(&mut a, &mut c, "others-unharmed").await;
     drop(stalled);
 
