@@ -5,10 +5,12 @@
 //! carry the events themselves), and a failure anywhere in the chain comes back to that one
 //! publisher: its client gets an error, never an ack.
 //!
-//! Topics whose loss in a crash costs only redundant work — client acks (the device is sent the
-//! message again), offline pushes (a nudge), logins — are queued instead: `publish` returns at
-//! once, and one worker per consumer hands them on in order, in batches (so acks become
-//! batched cursor updates), retrying a failed batch with a growing pause.
+//! Client acks run in line too: their publisher (the gateways' ack queue) already gathers them
+//! in the background, and its publish then returns once the cursors moved, so a device that
+//! reconnects finds its acks applied. Topics whose loss in a crash costs only redundant work —
+//! offline pushes (a nudge), logins — are queued instead: `publish` returns at once, and one
+//! worker per consumer hands them on in order, in batches, retrying a failed batch with a
+//! growing pause.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,8 +65,9 @@ impl InlineBus {
                 topic: topic.name(),
             });
         }
-        // The topics a message passes on its way run in line with the publisher; the rest queue.
-        let consumer = if topic.is_on_message_path() {
+        // The topics a message passes on its way, and client acks, run in line with the
+        // publisher; the rest queue.
+        let consumer = if topic.is_on_message_path() || matches!(topic, Topic::ClientAcks) {
             Consumer::Inline(handler)
         } else {
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -250,10 +253,10 @@ mod tests {
     async fn a_queued_topic_hands_on_in_order_later() {
         let bus = InlineBus::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        bus.attach(&Topic::ClientAcks, "delivery", recorder(&seen, false))
+        bus.attach(&Topic::Offline, "push", recorder(&seen, false))
             .unwrap();
         for key in ["a", "b", "c"] {
-            bus.publish(&Topic::ClientAcks, vec![record(key)])
+            bus.publish(&Topic::Offline, vec![record(key)])
                 .await
                 .unwrap();
         }

@@ -2,25 +2,24 @@
 //! stamp with the authenticated sender and the server's id and time, and publish durably.
 //! A message that passes these checks and is published is the message the server acks.
 
+mod acks;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use samvad_bus::{Accepted, Bus, BusError, ClientAck, Pauses, Record, Topic, Upto};
+use samvad_bus::{Accepted, Bus, BusError, ClientAck, Record, Topic, Upto};
 use samvad_http::ApiError;
 use samvad_protocol::{Channel, DecodeError, InvalidMessage, Limits, Message, MessageType};
 use samvad_runtime::{Context, DoorLabel, Metrics, PerUser, ReasonLabel};
 use samvad_store::{Conv, StoreError, Stores};
-use tokio::sync::mpsc;
+
+use crate::acks::AckQueue;
 
 /// The most messages one request may send (REST, gRPC `Send`).
 pub const MAX_BATCH: usize = 100;
 /// Usernames known to exist, remembered so most sends skip the profile lookup. Bounded: past
 /// the bound it is cleared and refills.
 const KNOWN_USERS_MAX: usize = 100_000;
-/// Client acks waiting to be published before a connection that acks waits for room.
-const ACK_QUEUE: usize = 10_000;
-/// Most client acks published at once.
-const ACK_BATCH: usize = 1_000;
 
 /// Why a client's message was refused. Each is answered to that client alone.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +123,7 @@ pub struct Ingress {
     limits: Limits,
     sends: PerUser,
     known_users: Arc<Mutex<HashSet<String>>>,
-    acks: mpsc::Sender<Record>,
+    acks: AckQueue,
 }
 
 impl Ingress {
@@ -135,10 +134,9 @@ impl Ingress {
         let label = DoorLabel { door };
         drop(ctx.metrics.accepted.get_or_create(&label));
         drop(ctx.metrics.accept_latency.get_or_create(&label));
-        let (acks, queued) = mpsc::channel(ACK_QUEUE);
-        let (bus, shutdown) = (Arc::clone(&ctx.bus), ctx.shutdown());
+        let (acks, publish) = AckQueue::start(Arc::clone(&ctx.bus), ctx.shutdown());
         ctx.spawn("client acks", async move {
-            publish_acks(bus, queued, shutdown).await;
+            publish.await;
             Ok(())
         });
         Self {
@@ -277,18 +275,24 @@ impl Ingress {
         Ok(accepted)
     }
 
+    /// Done once the client acks queued here before this call are published (or after a
+    /// while, if the bus cannot take them now): a connection that starts waits for this, so
+    /// that its device is not sent again what it acked just before.
+    pub async fn acks_published(&self) {
+        self.acks.published().await;
+    }
+
     /// Publishes messages `device` sent, as accepted; returns once they are durable. Client
-    /// acks go to delivery, queued (see [`publish_acks`]); everything else to the router,
-    /// keyed by conversation so each conversation keeps its order.
+    /// acks go to delivery, queued and gathered (see the `acks` module); everything else to
+    /// the router, keyed by conversation so each conversation keeps its order.
     pub async fn publish(&self, device: &str, messages: &[Message]) -> Result<(), BusError> {
         let mut new = Vec::new();
         for m in messages {
             if m.kind == MessageType::ClientAck {
-                let ack = Record::event(m.source.clone(), client_ack(device, m));
                 self.acks
-                    .send(ack)
+                    .push(client_ack(device, m))
                     .await
-                    .map_err(|_| BusError::Storage("the node is stopping".into()))?;
+                    .map_err(|()| BusError::Storage("the node is stopping".into()))?;
             } else {
                 let accepted = Accepted {
                     device: device.to_owned(),
@@ -308,45 +312,6 @@ impl Ingress {
             }
         }
         Ok(())
-    }
-}
-
-/// Publishes the client acks the connections queued, in batches: whatever queued while the
-/// last batch was on its way. So a connection never waits for its acks to reach the broker,
-/// and a broker gets one request for many acks. An ack lost in a crash only makes its message
-/// be sent to the device again, which its seq tells apart; a batch the bus refuses is tried
-/// again, after a growing pause, until the node stops.
-async fn publish_acks(
-    bus: Arc<dyn Bus>,
-    mut queued: mpsc::Receiver<Record>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(ACK_BATCH);
-    loop {
-        tokio::select! {
-            // At a stop, what is queued gets one try (within the node's stop allowance); what
-            // does not make it costs redeliveries, nothing more.
-            _ = shutdown.cancelled() => {
-                queued.close();
-                while queued.recv_many(&mut batch, ACK_BATCH).await > 0 {
-                    if let Err(error) = bus.publish(&Topic::ClientAcks, std::mem::take(&mut batch)).await {
-                        tracing::warn!(%error, "client acks not published at the stop");
-                        break;
-                    }
-                }
-                return;
-            }
-            n = queued.recv_many(&mut batch, ACK_BATCH) => if n == 0 { return },
-        }
-        let mut pauses = Pauses::default();
-        while let Err(error) = bus.publish(&Topic::ClientAcks, batch.clone()).await {
-            tracing::warn!(%error, acks = batch.len(), "cannot publish client acks; trying again");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(pauses.next_pause()) => {}
-            }
-        }
-        batch.clear();
     }
 }
 

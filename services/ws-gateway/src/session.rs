@@ -342,6 +342,8 @@ impl Session {
         if !self.gateway.ctx.gate.still_linked(access).await? {
             return Ok(false);
         }
+        // What the device acked through this door just before is in its cursors first.
+        self.gateway.ingress(self.via).acks_published().await;
         self.look().await?;
         Ok(true)
     }

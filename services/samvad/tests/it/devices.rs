@@ -56,6 +56,33 @@ async fn one_devices_ack_never_ends_anothers_duty() {
 }
 
 #[tokio::test]
+async fn a_device_that_acks_and_reconnects_at_once_is_not_sent_it_again() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let phone = app.device("bob", "phone").await;
+    let mut a = app.connect(&alice, "text", true).await;
+    let mut p = app.connect(&phone, "text", false).await;
+    for i in 1..=5 {
+        a.send(&chat(&format!("r-{i}"), "alice", "bob", &format!("#{i}")))
+            .await;
+        a.message().await;
+        let got = p.message().await;
+        assert_eq!(text_of(&got), format!("#{i}"));
+        // Acks by id and cumulative, as clients do.
+        if i % 2 == 0 {
+            p.ack_upto("chat:alice", i).await;
+        } else {
+            p.client_ack(&got).await;
+        }
+    }
+    // Straight back, as a phone does when its network changes: no pause for the acks.
+    p.close().await;
+    let mut p = app.connect(&phone, "text", false).await;
+    p.quiet().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn both_sides_of_a_chat_share_one_sequence() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
