@@ -214,3 +214,57 @@ async fn publish(
         tracing::warn!(%error, "client acks not published at the stop");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use samvad_bus::Upto;
+
+    use super::*;
+
+    fn ack(device: &str, id: &str, upto: Option<(&str, u64)>) -> Queued {
+        Queued::Ack(ClientAck {
+            user: "bob".into(),
+            device: device.into(),
+            id: id.into(),
+            upto: upto.map(|(conv, seq)| Upto {
+                conv: conv.into(),
+                seq,
+            }),
+        })
+    }
+
+    #[test]
+    fn a_window_keeps_the_furthest_ack_of_each_cursor_and_every_ack_by_id() {
+        let mut window = Window::default();
+        for queued in [
+            ack("phone", "m-3", Some(("chat:alice", 3))),
+            ack("phone", "m-5", Some(("chat:alice", 5))),
+            ack("phone", "m-4", Some(("chat:alice", 4))),
+            ack("laptop", "m-2", Some(("chat:alice", 2))),
+            ack("phone", "g-1", Some(("group:g", 1))),
+            ack("phone", "x", None),
+            ack("phone", "y", None),
+            ack("phone", "x", None),
+        ] {
+            window.add(queued);
+        }
+        assert_eq!(window.taken, 8);
+        let mut kept: Vec<(String, String, Option<u64>)> = window
+            .acks
+            .iter()
+            .map(|ByCursor(a)| (a.device.clone(), a.id.clone(), a.upto.as_ref().map(|u| u.seq)))
+            .collect();
+        kept.sort();
+        let expected = [
+            ("laptop", "m-2", Some(2)),
+            ("phone", "g-1", Some(1)),
+            ("phone", "m-5", Some(5)),
+            ("phone", "x", None),
+            ("phone", "y", None),
+        ]
+        .map(|(d, i, s)| (d.to_owned(), i.to_owned(), s));
+        assert_eq!(kept, expected);
+        assert_eq!(window.take_records().len(), 5);
+        assert!(window.acks.is_empty());
+    }
+}
