@@ -252,7 +252,13 @@ mod tests {
         let mut kept: Vec<(String, String, Option<u64>)> = window
             .acks
             .iter()
-            .map(|ByCursor(a)| (a.device.clone(), a.id.clone(), a.upto.as_ref().map(|u| u.seq)))
+            .map(|ByCursor(a)| {
+                (
+                    a.device.clone(),
+                    a.id.clone(),
+                    a.upto.as_ref().map(|u| u.seq),
+                )
+            })
             .collect();
         kept.sort();
         let expected = [
