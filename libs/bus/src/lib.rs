@@ -89,7 +89,7 @@ impl Topic {
     }
 
     /// Whether a message waits on this topic between its sender and its recipients' devices.
-    /// The others (acks, pushes, logins, parked records) carry work nobody watches happen.
+    /// The others (acks, pushes, logins, parked records) carry work no message waits for.
     pub fn is_on_message_path(&self) -> bool {
         matches!(
             self,
