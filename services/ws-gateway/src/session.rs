@@ -259,18 +259,23 @@ pub(crate) enum Refused {
 }
 
 /// Serves a registered connection of a device through `door` until it ends.
-#[tracing::instrument(name = "connection", skip_all, fields(
-    user = %registration.access.who.user,
-    device = %registration.access.who.device,
-    door = ?via,
-))]
-pub(crate) async fn run<D: Door>(
+///
+/// A plain function around an `async move` block rather than an `async fn`: an `async fn`
+/// keeps its arguments twice in its state (as passed, and as the body's own bindings), the
+/// door among them, and this state is held for as long as each connection lives.
+pub(crate) fn run<D: Door>(
     gateway: Gateway,
     mut registration: Registration,
     mut door: D,
     via: Via,
     wants: Wants,
-) {
+) -> impl Future<Output = ()> + Send {
+    let span = tracing::info_span!(
+        "connection",
+        user = %registration.access.who.user,
+        device = %registration.access.who.device,
+        door = ?via,
+    );
     let signal = Arc::clone(&registration.signal);
     let expires = registration.access.expires;
     let user = registration.access.who.user.clone();
@@ -291,38 +296,43 @@ pub(crate) async fn run<D: Door>(
         )),
         refusals: 0,
     };
-    gateway.ctx.metrics.connections.inc();
-    let presence = &gateway.ctx.presence;
-    let gateway_id = &gateway.ctx.settings.instance_id;
-    // Present first, then where the device stands: whatever is stored after that look is
-    // handed to this connection live. The rarely run steps are boxed: an idle connection's
-    // task then holds only what waiting needs, not room for their state machines.
-    let access = &registration.access;
-    let end = match Box::pin(conn.start(presence.connected(&user, gateway_id), access)).await {
-        Ok(false) => End::Close(Why::LoggedOut),
-        Ok(true) => {
-            if gateway.connections_of(&user) == 1 {
-                let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
-                gateway.ctx.spawn_detached(announce);
+    async move {
+        gateway.ctx.metrics.connections.inc();
+        let presence = &gateway.ctx.presence;
+        let gateway_id = &gateway.ctx.settings.instance_id;
+        // Present first, then where the device stands: whatever is stored after that look is
+        // handed to this connection live. The rarely run steps (the start, the close with its
+        // grace timers) are boxed: an idle connection's task then holds only what waiting
+        // needs, not room for their state machines.
+        let access = &registration.access;
+        let started = Box::pin(conn.start(presence.connected(&user, gateway_id), access)).await;
+        let end = match started {
+            Ok(false) => End::Close(Why::LoggedOut),
+            Ok(true) => {
+                if gateway.connections_of(&user) == 1 {
+                    let announce = crate::presence::announce(gateway.clone(), user.clone(), true);
+                    gateway.ctx.spawn_detached(announce);
+                }
+                conn.serve(&mut door, &mut registration.queue, &signal, expires)
+                    .await
             }
-            conn.serve(&mut door, &mut registration.queue, &signal, expires)
-                .await
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e, "cannot start the connection");
+                STORE_BUSY
+            }
+        };
+        drop(registration);
+        gateway.ctx.metrics.connections.dec();
+        if let Err(e) = Box::pin(presence.disconnected(&user, gateway_id)).await {
+            tracing::warn!(user = %user, error = %e, "cannot record disconnect");
         }
-        Err(e) => {
-            tracing::warn!(user = %user, error = %e, "cannot start the connection");
-            STORE_BUSY
+        if gateway.connections_of(&user) == 0 {
+            let announce = crate::presence::announce(gateway.clone(), user.clone(), false);
+            gateway.ctx.spawn_detached(announce);
         }
-    };
-    drop(registration);
-    gateway.ctx.metrics.connections.dec();
-    if let Err(e) = Box::pin(presence.disconnected(&user, gateway_id)).await {
-        tracing::warn!(user = %user, error = %e, "cannot record disconnect");
+        Box::pin(door.close(end)).await;
     }
-    if gateway.connections_of(&user) == 0 {
-        let announce = crate::presence::announce(gateway.clone(), user.clone(), false);
-        gateway.ctx.spawn_detached(announce);
-    }
-    door.close(end).await;
+    .instrument(span)
 }
 
 impl Session {
