@@ -25,8 +25,13 @@ pub trait Presence: Send + Sync + 'static {
     async fn connected(&self, user: &str, gateway: &str) -> Result<(), PresenceError>;
     /// A connection of `user` on `gateway` closed.
     async fn disconnected(&self, user: &str, gateway: &str) -> Result<(), PresenceError>;
+    /// The gateways holding at least one connection of each of `users`, in their order: one
+    /// call for a whole batch or group, however many users it names.
+    async fn gateways_each(&self, users: &[&str]) -> Result<Vec<Vec<String>>, PresenceError>;
     /// The gateways holding at least one connection of `user`.
-    async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError>;
+    async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError> {
+        Ok(self.gateways_each(&[user]).await?.pop().unwrap_or_default())
+    }
     /// Records that `user`'s last connection closed at `at_ms`.
     async fn went_offline(&self, user: &str, at_ms: u64) -> Result<(), PresenceError>;
     /// When `user`'s last connection closed, if one ever did (kept for
@@ -99,12 +104,16 @@ impl Presence for MemoryPresence {
         Ok(seen.get(user).copied())
     }
 
-    async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError> {
-        Ok(self.with(|users| {
+    async fn gateways_each(&self, users: &[&str]) -> Result<Vec<Vec<String>>, PresenceError> {
+        Ok(self.with(|held| {
             users
-                .get(user)
-                .map(|g| g.keys().cloned().collect())
-                .unwrap_or_default()
+                .iter()
+                .map(|user| {
+                    held.get(*user)
+                        .map(|g| g.keys().cloned().collect())
+                        .unwrap_or_default()
+                })
+                .collect()
         }))
     }
 }

@@ -17,8 +17,8 @@ use samvad_protocol::now_ms;
 
 use crate::{Presence, PresenceError};
 
-/// Writes in flight at once during a heartbeat.
-const HEARTBEAT_CONCURRENCY: usize = 64;
+/// Commands in flight at once for one call (a heartbeat, a lookup of many users).
+const IN_FLIGHT: usize = 64;
 
 pub struct RedisPresence {
     conn: Conn,
@@ -87,6 +87,23 @@ impl RedisPresence {
         count
     }
 
+    /// The gateways holding a live entry of `user`; expired entries are removed on the way.
+    async fn lookup(&self, user: &str) -> Result<Vec<String>, PresenceError> {
+        let key = self.key(user);
+        let mut conn = self.conn.clone();
+        let entries: HashMap<String, u64> = conn.hgetall(&key).await.map_err(backend)?;
+        let now = now_ms();
+        let (live, expired): (Vec<_>, Vec<_>) =
+            entries.into_iter().partition(|(_, expires)| *expires > now);
+        if !expired.is_empty() {
+            let fields: Vec<String> = expired.into_iter().map(|(g, _)| g).collect();
+            if let Err(e) = conn.hdel::<_, _, ()>(&key, fields).await {
+                tracing::debug!(error = %e, "could not remove expired presence");
+            }
+        }
+        Ok(live.into_iter().map(|(g, _)| g).collect())
+    }
+
     /// Writes (or renews) the entry of `gateway` for `user`, and the key's expiry.
     async fn write(&self, user: &str, gateway: &str) -> Result<(), PresenceError> {
         let key = self.key(user);
@@ -121,20 +138,17 @@ impl Presence for RedisPresence {
         Ok(())
     }
 
-    async fn gateways(&self, user: &str) -> Result<Vec<String>, PresenceError> {
-        let key = self.key(user);
-        let mut conn = self.conn.clone();
-        let entries: HashMap<String, u64> = conn.hgetall(&key).await.map_err(backend)?;
-        let now = now_ms();
-        let (live, expired): (Vec<_>, Vec<_>) =
-            entries.into_iter().partition(|(_, expires)| *expires > now);
-        if !expired.is_empty() {
-            let fields: Vec<String> = expired.into_iter().map(|(g, _)| g).collect();
-            if let Err(e) = conn.hdel::<_, _, ()>(&key, fields).await {
-                tracing::debug!(error = %e, "could not remove expired presence");
-            }
-        }
-        Ok(live.into_iter().map(|(g, _)| g).collect())
+    async fn gateways_each(&self, users: &[&str]) -> Result<Vec<Vec<String>>, PresenceError> {
+        // One key per lookup (a cluster routes each to its node); the multiplexed connection
+        // pipelines the concurrent ones, so a group of 1,000 is not 1,000 round trips. (Owned
+        // names: a closure over borrowed ones is not Send for every lifetime, as the trait's
+        // boxed future needs.)
+        let users: Vec<String> = users.iter().map(|&user| user.to_owned()).collect();
+        futures_util::stream::iter(users)
+            .map(|user| async move { self.lookup(&user).await })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     async fn went_offline(&self, user: &str, at_ms: u64) -> Result<(), PresenceError> {
@@ -169,7 +183,7 @@ impl Presence for RedisPresence {
         // pipelines the concurrent ones.
         futures_util::stream::iter(pairs)
             .map(|(user, gateway)| async move { self.write(&user, &gateway).await })
-            .buffer_unordered(HEARTBEAT_CONCURRENCY)
+            .buffer_unordered(IN_FLIGHT)
             .try_collect::<()>()
             .await
     }

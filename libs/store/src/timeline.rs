@@ -93,6 +93,19 @@ impl Conv {
         }
     }
 
+    /// Whether viewers `a` and `b` name this conversation alike (what [`Conv::name_for`]
+    /// gives), without making the names: always in a group, when they see the same peer in a
+    /// 1:1 chat.
+    pub fn named_alike(&self, a: &str, b: &str) -> bool {
+        match self {
+            Self::Direct { low, high } => {
+                let peer = |viewer: &str| if low == viewer { high } else { low };
+                peer(a) == peer(b)
+            }
+            Self::Group(_) => true,
+        }
+    }
+
     /// The conversation `viewer` names `name` (`chat:<peer>`, `group:<id>`).
     pub fn parse_for(viewer: &str, name: &str) -> Option<Self> {
         let (kind, rest) = name.split_once(':')?;

@@ -108,11 +108,22 @@ struct Online<'a> {
 }
 
 impl Online<'_> {
-    async fn gateways(&mut self, user: &str) -> anyhow::Result<&[String]> {
-        if !self.known.contains_key(user) {
-            let gateways = self.presence.gateways(user).await?;
-            self.known.insert(user.to_owned(), gateways);
+    /// Looks up, in one call, those of `users` not known yet.
+    async fn learn(&mut self, mut unknown: Vec<&str>) -> anyhow::Result<()> {
+        unknown.retain(|user| !self.known.contains_key(*user));
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            let found = self.presence.gateways_each(&unknown).await?;
+            for (user, gateways) in unknown.into_iter().zip(found) {
+                self.known.insert(user.to_owned(), gateways);
+            }
         }
+        Ok(())
+    }
+
+    async fn gateways(&mut self, user: &str) -> anyhow::Result<&[String]> {
+        self.learn(vec![user]).await?;
         Ok(&self.known[user])
     }
 }
@@ -179,6 +190,15 @@ impl Delivery {
             presence: self.presence.as_ref(),
             known: HashMap::new(),
         };
+        // Everyone the batch may hand something to (the senders' other devices and readers
+        // too), looked up at once and after the append (ARCHITECTURE, invariant 4): a device
+        // that connects meanwhile is either found here or finds the entry in the timeline.
+        let users: Vec<&str> = batch
+            .iter()
+            .flat_map(|r| r.recipients.iter().chain([&r.message.source]))
+            .map(String::as_str)
+            .collect();
+        online.learn(users).await?;
         for routed in batch {
             let message = &routed.message;
             // A repeat (a re-send, or this batch again after a crash) is handed on again with

@@ -367,20 +367,21 @@ impl Gateway {
             // Made once per way of naming the conversations in it: the same for every member
             // of a group, one per side of a 1:1 chat. So encoded once per format.
             let convs: Vec<Conv> = items.iter().map(|i| Conv::of(&i.message)).collect();
-            let mut made: Vec<(Vec<String>, Outbound)> = Vec::new();
-            for user in users {
+            // Each way made, with the first user it was made for.
+            let mut made: Vec<(&str, Outbound)> = Vec::new();
+            for user in &users {
                 // Stale presence: the connection has gone, and its device reads the timeline
                 // when it is back.
-                let Some(list) = conns.get(&user) else {
+                let Some(list) = conns.get(user) else {
                     continue;
                 };
-                let names: Vec<String> = convs.iter().map(|c| c.name_for(&user)).collect();
-                let outbound = match made.iter().find(|(n, _)| *n == names) {
+                let alike = |other: &str| convs.iter().all(|c| c.named_alike(other, user));
+                let outbound = match made.iter().find(|(other, _)| alike(other)) {
                     Some((_, outbound)) => Arc::clone(outbound),
                     None => {
                         let outbound: Outbound =
-                            items.iter().map(|i| Item::new(&user, i.clone())).collect();
-                        made.push((names, Arc::clone(&outbound)));
+                            items.iter().map(|i| Item::new(user, i.clone())).collect();
+                        made.push((user, Arc::clone(&outbound)));
                         outbound
                     }
                 };

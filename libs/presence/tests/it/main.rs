@@ -41,6 +41,14 @@ async fn contract(p: &dyn Presence) {
     p.disconnected("bob", "g2").await.unwrap();
     assert!(sorted(p, "bob").await.is_empty());
     assert_eq!(sorted(p, "ann").await, ["g2"], "other users are untouched");
+    p.connected("bob", "g3").await.unwrap();
+    let each = p.gateways_each(&["ann", "nobody", "bob", "ann"]).await;
+    assert_eq!(
+        each.unwrap(),
+        [vec!["g2"], vec![], vec!["g3"], vec!["g2"]],
+        "one answer per user asked, in order"
+    );
+    p.disconnected("bob", "g3").await.unwrap();
     p.heartbeat().await.unwrap();
     assert_eq!(sorted(p, "ann").await, ["g2"]);
 
