@@ -355,6 +355,16 @@ pub async fn contract(s: &dyn TimelineStore) {
         .unwrap();
     assert_eq!(at(&phone).await, 4, "and past what it sent since");
     assert_eq!(at(&laptop).await, 1);
+    // A run of its own longer than a store reads at a time, then a reply: passed up to it.
+    let run: Vec<NewEntry> = (0..40)
+        .map(|i| entry(&dan, "bob", "phone", &format!("r{i}")))
+        .collect();
+    s.append(&run).await.unwrap();
+    s.append(&[entry(&dan, "dan", "default", "d2")])
+        .await
+        .unwrap();
+    s.ack(&[(phone.clone(), upto(4))]).await.unwrap();
+    assert_eq!(at(&phone).await, 44, "past its own forty, not past the reply");
 
     // A device unlinked and linked again starts afresh: owed nothing from before.
     assert_eq!(owed_in(s, &laptop).await.len(), 1);
@@ -380,8 +390,8 @@ pub async fn contract(s: &dyn TimelineStore) {
         removed += n;
     }
     assert_eq!(
-        removed, 17,
-        "five chat entries, four of ivy and jon's, four group entries, four more"
+        removed, 58,
+        "five chat entries, four of ivy and jon's, four group entries, 45 of bob and dan's"
     );
     let owed: Vec<_> = owed_in(s, &tablet)
         .await
