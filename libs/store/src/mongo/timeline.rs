@@ -25,7 +25,8 @@ use crate::{Result, StoreError, now_ms};
 
 /// Entries read at a time when a cursor is moved past its device's own.
 const OWN_PAGE: i64 = 16;
-/// Cursors whose place is looked up at once when a batch of acks moves many.
+/// Cursors whose place is looked up at once: a batch of acks moving many, a device with many
+/// conversations connecting.
 const LOOKUPS_IN_FLIGHT: usize = 16;
 
 impl MongoStore {
@@ -636,7 +637,7 @@ impl TimelineStore for MongoStore {
                     ))
                 })
                 .collect::<Result<_>>()?;
-        let mut positions = Vec::new();
+        let mut found = Vec::new();
         for part in &parts {
             let key = part.get_str("conv").map_err(corrupt)?;
             let Some(&(last_seq, first_seq)) = convs.get(key) else {
@@ -651,16 +652,28 @@ impl TimelineStore for MongoStore {
                 continue; // ended, and acked to its end
             }
             let last_seq = until.map_or(last_seq, |until| until.min(last_seq));
-            positions.push(Position {
-                conv: conv_of(part)?,
-                cursor: self
-                    .past_own(device, key, cursor, last_seq, first_seq)
-                    .await?,
-                last_seq,
-                first_seq,
-                until,
-            });
+            found.push((
+                key.to_owned(),
+                Position {
+                    conv: conv_of(part)?,
+                    cursor,
+                    last_seq,
+                    first_seq,
+                    until,
+                },
+            ));
         }
+        // Where each cursor lands past the device's own entries, a few conversations at once.
+        let mut positions: Vec<Position> = futures_util::stream::iter(found)
+            .map(|(key, mut p)| async move {
+                p.cursor = self
+                    .past_own(device, &key, p.cursor, p.last_seq, p.first_seq)
+                    .await?;
+                Ok::<_, StoreError>(p)
+            })
+            .buffered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await?;
         positions.sort_by_key(|p| p.conv.key());
         Ok(positions)
     }

@@ -364,7 +364,11 @@ pub async fn contract(s: &dyn TimelineStore) {
         .await
         .unwrap();
     s.ack(&[(phone.clone(), upto(4))]).await.unwrap();
-    assert_eq!(at(&phone).await, 44, "past its own forty, not past the reply");
+    assert_eq!(
+        at(&phone).await,
+        44,
+        "past its own forty, not past the reply"
+    );
 
     // A device unlinked and linked again starts afresh: owed nothing from before.
     assert_eq!(owed_in(s, &laptop).await.len(), 1);
