@@ -123,7 +123,9 @@ impl Online<'_> {
     }
 
     async fn gateways(&mut self, user: &str) -> anyhow::Result<&[String]> {
-        self.learn(vec![user]).await?;
+        if !self.known.contains_key(user) {
+            self.learn(vec![user]).await?;
+        }
         Ok(&self.known[user])
     }
 }
