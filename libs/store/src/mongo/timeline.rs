@@ -710,20 +710,25 @@ impl TimelineStore for MongoStore {
                 Ack::Id(id) => (device, places.get(id).cloned().unwrap_or_default()),
             })
             .collect();
-        // Who takes part where, all looked up at once.
-        let asked: Vec<Document> = candidates
-            .iter()
-            .flat_map(|(device, places)| {
-                places
-                    .iter()
-                    .map(|(key, _)| doc! { "user": &device.user, "conv": key })
-            })
-            .collect();
+        // Who takes part where, all looked up at once: every acking user in every conversation
+        // acked, which holds each pair asked (the test below is by pair). One range of the
+        // (user, conv) index per user, where an `$or` of pairs is a clause each (on the
+        // MongoDB-wire stand-in 50-80 ms for 64-256 pairs, against 2-7 ms).
+        let mut users: Vec<&str> = Vec::new();
+        let mut keys: Vec<&str> = Vec::new();
+        for (device, places) in &candidates {
+            users.push(&device.user);
+            keys.extend(places.iter().map(|(key, _)| key.as_str()));
+        }
+        users.sort_unstable();
+        users.dedup();
+        keys.sort_unstable();
+        keys.dedup();
         let mut parts: HashSet<(String, String)> = HashSet::new();
-        if !asked.is_empty() {
+        if !keys.is_empty() {
             let found = self
                 .participants
-                .find(doc! { "$or": asked })
+                .find(doc! { "user": { "$in": users }, "conv": { "$in": keys } })
                 .projection(doc! { "user": 1, "conv": 1 });
             for part in all(found).await? {
                 let user = part.get_str("user").map_err(corrupt)?.to_owned();
