@@ -236,8 +236,8 @@ impl Stores {
         let mut partners = std::collections::BTreeSet::new();
         for state in self.timeline.conversations(user).await? {
             match &state.conv {
-                Conv::Direct { low, high } => {
-                    partners.insert(if low == user { high } else { low }.clone());
+                Conv::Direct { .. } => {
+                    partners.extend(state.conv.peer_for(user).map(str::to_owned))
                 }
                 Conv::Group(id) => {
                     if let Some(group) = self.groups.group(id).await?

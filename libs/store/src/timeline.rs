@@ -82,13 +82,18 @@ impl Conv {
         }
     }
 
+    /// The other side of a 1:1 chat as `viewer` sees it; `None` in a group.
+    pub fn peer_for(&self, viewer: &str) -> Option<&str> {
+        match self {
+            Self::Direct { low, high } => Some(other(low, high, viewer)),
+            Self::Group(_) => None,
+        }
+    }
+
     /// How `viewer` names this conversation on the wire: `chat:<peer>` or `group:<id>`.
     pub fn name_for(&self, viewer: &str) -> String {
         match self {
-            Self::Direct { low, high } => {
-                let peer = if low == viewer { high } else { low };
-                format!("chat:{peer}")
-            }
+            Self::Direct { low, high } => format!("chat:{}", other(low, high, viewer)),
             Self::Group(id) => format!("group:{id}"),
         }
     }
@@ -97,13 +102,7 @@ impl Conv {
     /// gives), without making the names: always in a group, when they see the same peer in a
     /// 1:1 chat.
     pub fn named_alike(&self, a: &str, b: &str) -> bool {
-        match self {
-            Self::Direct { low, high } => {
-                let peer = |viewer: &str| if low == viewer { high } else { low };
-                peer(a) == peer(b)
-            }
-            Self::Group(_) => true,
-        }
+        self.peer_for(a) == self.peer_for(b)
     }
 
     /// The conversation `viewer` names `name` (`chat:<peer>`, `group:<id>`).
@@ -118,6 +117,11 @@ impl Conv {
             _ => None,
         }
     }
+}
+
+/// Of a 1:1 chat between `low` and `high`, the one who is not `viewer`.
+fn other<'a>(low: &'a str, high: &'a str, viewer: &str) -> &'a str {
+    if low == viewer { high } else { low }
 }
 
 impl fmt::Display for Conv {
