@@ -122,6 +122,11 @@ impl Online<'_> {
         Ok(())
     }
 
+    /// Drops what is known of `user`, so that the next look is a fresh one.
+    fn forget(&mut self, user: &str) {
+        self.known.remove(user);
+    }
+
     async fn gateways(&mut self, user: &str) -> anyhow::Result<&[String]> {
         if !self.known.contains_key(user) {
             self.learn(vec![user]).await?;
@@ -291,6 +296,9 @@ impl Delivery {
             device: receipt.device.clone(),
             message: read_notice(reader, &conv, read, receipt.message.channel),
         };
+        // Looked up after the position moved, not taken from the batch's look before it: a
+        // device that connects meanwhile is found here, or reads the new position itself.
+        online.forget(reader);
         for gateway in online.gateways(reader).await? {
             handoff.add(gateway, reader, &notice);
         }
