@@ -122,11 +122,6 @@ impl Online<'_> {
         Ok(())
     }
 
-    /// Drops what is known of `user`, so that the next look is a fresh one.
-    fn forget(&mut self, user: &str) {
-        self.known.remove(user);
-    }
-
     async fn gateways(&mut self, user: &str) -> anyhow::Result<&[String]> {
         if !self.known.contains_key(user) {
             self.learn(vec![user]).await?;
@@ -190,6 +185,15 @@ impl Delivery {
             })
             .collect();
         let mut appended = self.stores.timeline.append(&entries).await?.into_iter();
+        // The read positions the batch's READ receipts move, moved like the appends before
+        // anyone is looked up: one notice (or none) per routed message, in the batch's order.
+        let mut notices = Vec::with_capacity(batch.len());
+        for routed in &batch {
+            notices.push(match read_receipt(&routed.message) {
+                Some(ids) => self.read(routed, ids).await?,
+                None => None,
+            });
+        }
 
         let mut handoff = Handoff::default();
         let mut offline = Vec::new();
@@ -198,15 +202,16 @@ impl Delivery {
             known: HashMap::new(),
         };
         // Everyone the batch may hand something to (the senders' other devices and readers
-        // too), looked up at once and after the append (ARCHITECTURE, invariant 4): a device
-        // that connects meanwhile is either found here or finds the entry in the timeline.
+        // too), looked up at once and after the appends and reads (ARCHITECTURE, invariant 4):
+        // a device that connects meanwhile is either found here or finds the entry, or the
+        // read position, in the store.
         let users: Vec<&str> = batch
             .iter()
             .flat_map(|r| r.recipients.iter().chain([&r.message.source]))
             .map(String::as_str)
             .collect();
         online.learn(users).await?;
-        for routed in batch {
+        for (routed, notice) in batch.into_iter().zip(notices) {
             let message = &routed.message;
             // A repeat (a re-send, or this batch again after a crash) is handed on again with
             // its first seq: a connection that has it drops it; it is not pushed twice.
@@ -228,8 +233,10 @@ impl Delivery {
                     .attach_carried(&message.source, &Conv::of(message), seq, &message.content)
                     .await?;
             }
-            if let Some(ids) = read_receipt(message) {
-                self.read(&routed, ids, &mut handoff, &mut online).await?;
+            if let Some(notice) = notice {
+                for gateway in online.gateways(&message.source).await? {
+                    handoff.add(gateway, &message.source, &notice);
+                }
             }
             let item = Outgoing {
                 seq,
@@ -275,34 +282,22 @@ impl Delivery {
     }
 
     /// Moves the reader's read position to the last of the messages a READ receipt names, and
-    /// tells the reader's other devices (PROTOCOL §7), so unread counts agree everywhere.
-    async fn read(
-        &self,
-        receipt: &Routed,
-        ids: Vec<String>,
-        handoff: &mut Handoff,
-        online: &mut Online<'_>,
-    ) -> anyhow::Result<()> {
+    /// makes the notice that tells the reader's other devices (PROTOCOL §7), so unread counts
+    /// agree everywhere; none where the reader takes no part or the ids name nothing.
+    async fn read(&self, receipt: &Routed, ids: Vec<String>) -> anyhow::Result<Option<Outgoing>> {
         let reader = &receipt.message.source;
         let conv = Conv::of(&receipt.message);
         let Some(seq) = self.stores.timeline.last_of(&conv, &ids).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(read) = self.stores.timeline.read(reader, &conv, seq).await? else {
-            return Ok(()); // no part in it
+            return Ok(None); // no part in it
         };
-        let notice = Outgoing {
+        Ok(Some(Outgoing {
             seq: None,
             device: receipt.device.clone(),
             message: read_notice(reader, &conv, read, receipt.message.channel),
-        };
-        // Looked up after the position moved, not taken from the batch's look before it: a
-        // device that connects meanwhile is found here, or reads the new position itself.
-        online.forget(reader);
-        for gateway in online.gateways(reader).await? {
-            handoff.add(gateway, reader, &notice);
-        }
-        Ok(())
+        }))
     }
 
     async fn acked(&self, batch: Vec<ClientAck>) -> anyhow::Result<()> {
