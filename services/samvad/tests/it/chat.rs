@@ -170,8 +170,9 @@ async fn a_resent_id_from_the_same_sender_is_delivered_once() {
     app.stop().await;
 }
 
+/// Two connections with one access key are one device (its two devices are in `devices.rs`).
 #[tokio::test]
-async fn every_connection_of_a_user_receives_and_one_ack_ends_the_duty() {
+async fn every_connection_of_a_device_receives_and_one_ack_ends_its_duty() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
