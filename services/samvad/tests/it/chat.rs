@@ -170,7 +170,7 @@ async fn a_resent_id_from_the_same_sender_is_delivered_once() {
     app.stop().await;
 }
 
-/// Two connections with one access key are one device (its two devices are in `devices.rs`).
+/// Two connections with one access key are one device; a user's two devices are in `devices.rs`.
 #[tokio::test]
 async fn every_connection_of_a_device_receives_and_one_ack_ends_its_duty() {
     let app = TestApp::spawn().await;
